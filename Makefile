@@ -1,0 +1,63 @@
+# loopqual: two entry points, both idempotent on a fresh Debian bookworm machine (root).
+#   make qualify   install what is missing, build, boot, run the default matrix, report
+#   make test      host unit tests, then a real guest run that gates the patched module
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOOPQUAL := $(VENV)/bin/loopqual
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# Debian packages the harness needs on the host (the guest shares the host's root).
+APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
+	linux-image-6.12-amd64 linux-headers-6.12-amd64 \
+	build-essential kmod dwarves v4l-utils ffmpeg \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	python3-venv python3-dev busybox-static zstd udev chromium
+APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
+VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+.PHONY: all deps apt venv lint unit gate test qualify clean
+all: test
+
+deps: apt venv
+
+apt: $(APT_STAMP)
+$(APT_STAMP):
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+	    | awk '$$4 != "installed" {print $$1}'; \
+	  for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// /}" ]; then \
+	  echo "apt: installing $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "apt: all packages present"; fi
+	@mkdir -p .cache && touch $@
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): pyproject.toml | $(APT_STAMP)
+	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@# The guest reads the venv over 9p and cannot keep .pyc files: compile them here.
+	$(PY) -m compileall -q -j 0 $(VENV)/lib harness scenarios >/dev/null || true
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check harness scenarios tests
+
+unit: venv
+	$(PY) -m pytest -q tests
+
+# The gate: the patched module on the default kernel, default parameter sets, one boot.
+gate: venv
+	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(LOOPQUAL) qualify --module patched --out results/gate
+
+test: lint unit gate
+
+qualify: venv
+	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(LOOPQUAL) qualify
+
+clean:
+	rm -rf results
