@@ -1,0 +1,235 @@
+"""Module sources: download Debian's v4l2loopback-dkms with a private apt configuration,
+check it against the repository index's SHA256, unpack it into the cache, and apply the
+patch series for patched sources. The machine's own apt sources are never touched."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from .data import Mirror, Source
+from .errors import LoopqualError
+from .paths import cache_dir
+
+
+class SourceError(LoopqualError):
+    pass
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        raise SourceError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc
+
+
+def debian_mirror_from_apt() -> str:
+    """The Debian archive URL the machine's apt configuration uses (Origin/Label Debian)."""
+    proc = subprocess.run(
+        ["apt-get", "indextargets", "--format", "$(REPO_URI) $(ORIGIN) $(LABEL)"],
+        capture_output=True, text=True,
+    )
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "Debian" and parts[2] == "Debian":
+            return parts[0].rstrip("/")
+    raise SourceError(
+        "no Debian archive in the machine's apt configuration (apt-get indextargets shows "
+        "none with Origin Debian): run `apt-get update`, or set LOOPQUAL_MIRROR=<archive URL>"
+    )
+
+
+class PrivateApt:
+    """apt-get with its own sources.list, lists and cache under the loopqual cache."""
+
+    def __init__(self, mirror: Mirror, suite: str):
+        if not mirror.url:
+            mirror = Mirror(debian_mirror_from_apt(), mirror.components)
+        self.mirror, self.suite = mirror, suite
+        self.root = cache_dir() / "apt" / suite
+        for sub in ("lists/partial", "cache/archives/partial", "sourceparts", "debs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "sources.list").write_text(
+            f"deb {mirror.url} {suite} {' '.join(mirror.components)}\n"
+        )
+
+    def _opts(self) -> list[str]:
+        r = self.root
+        return [
+            "-o", f"Dir::Etc::SourceList={r / 'sources.list'}",
+            "-o", f"Dir::Etc::SourceParts={r / 'sourceparts'}",
+            "-o", f"Dir::State::Lists={r / 'lists'}",
+            "-o", f"Dir::Cache={r / 'cache'}",
+            "-o", "APT::Sandbox::User=root",
+            "-o", "Debug::NoLocking=1",
+        ]
+
+    def _packages_files(self) -> list[Path]:
+        # Compressed or not, depending on the machine's Acquire::GzipIndexes setting.
+        return sorted(p for p in (self.root / "lists").glob("*_Packages*") if p.is_file())
+
+    def _read_index(self, path: Path) -> str:
+        proc = _run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], f"reading {path.name}")
+        return proc.stdout
+
+    def update(self, force: bool = False) -> None:
+        if self._packages_files() and not force:
+            return
+        _run(["apt-get", *self._opts(), "-q", "update"],
+             f"apt-get update for suite {self.suite} ({self.mirror.url})")
+        if not self._packages_files():
+            raise SourceError(f"suite {self.suite}: the mirror gave no Packages index")
+
+    def index_entries(self, package: str) -> list[dict[str, str]]:
+        """The package's stanzas in the downloaded Packages index."""
+        out = []
+        for path in self._packages_files():
+            for stanza in self._read_index(path).split("\n\n"):
+                if f"Package: {package}\n" not in stanza + "\n":
+                    continue
+                fields = dict(
+                    line.split(": ", 1) for line in stanza.splitlines()
+                    if ": " in line and not line.startswith(" ")
+                )
+                if fields.get("Package") == package:
+                    out.append(fields)
+        return out
+
+    def fetch(self, package: str, version: str) -> Path:
+        """Download package=version (cached), checked against the index's SHA256."""
+        self.update()
+        entries = self.index_entries(package)
+        match = [e for e in entries if e.get("Version") == version]
+        if not match:
+            # The index may be stale: refresh once before calling the version gone.
+            self.update(force=True)
+            entries = self.index_entries(package)
+            match = [e for e in entries if e.get("Version") == version]
+        if not match:
+            served = ", ".join(sorted({e.get("Version", "?") for e in entries})) or "none"
+            raise SourceError(
+                f"{package} {version} is not served by {self.mirror.url} {self.suite} "
+                f"(it serves: {served}); update the version in kernel/sources.toml"
+            )
+        entry = match[0]
+        deb = self.root / "debs" / Path(entry["Filename"]).name
+        if not deb.exists() or _sha256(deb) != entry["SHA256"]:
+            _run(["apt-get", *self._opts(), "-q", "download", f"{package}={version}"],
+                 f"download of {package} {version}", cwd=self.root / "debs")
+        if not deb.exists():
+            raise SourceError(f"apt-get download did not produce {deb}")
+        got = _sha256(deb)
+        if got != entry["SHA256"]:
+            deb.unlink()
+            raise SourceError(
+                f"{deb.name}: SHA256 {got} does not match the repository index "
+                f"({entry['SHA256']}); the download was removed, run again"
+            )
+        return deb
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack_debian(src: Source, mirror: Mirror) -> Path:
+    """The pristine tree of an archive source (downloaded and unpacked once)."""
+    assert src.package and src.version and src.suite
+    dest = cache_dir() / "src" / src.name / src.version
+    done = dest / ".unpacked"
+    tree = _find_tree(dest) if done.exists() else None
+    if tree:
+        return tree
+    deb = PrivateApt(mirror, src.suite).fetch(src.package, src.version)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    _run(["dpkg-deb", "-x", str(deb), str(dest / "deb")], f"unpacking {deb.name}")
+    tree = _find_tree(dest)
+    if not tree:
+        raise SourceError(f"{deb.name}: no usr/src/v4l2loopback-*/v4l2loopback.c inside")
+    done.write_text(f"{deb.name}\n")
+    return tree
+
+
+def _find_tree(dest: Path) -> Path | None:
+    hits = sorted((dest / "deb" / "usr" / "src").glob("v4l2loopback-*/v4l2loopback.c"))
+    return hits[0].parent if hits else None
+
+
+def read_series(series: Path) -> list[Path]:
+    """The patch files named by a series file, in order (blank lines and # comments skipped)."""
+    if not series.exists():
+        raise SourceError(f"{series}: series file not found")
+    patches = []
+    for n, line in enumerate(series.read_text().splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        p = series.parent / name
+        if not p.is_file():
+            raise SourceError(f"{series}:{n}: patch '{name}' not found")
+        patches.append(p)
+    return patches
+
+
+def apply_series(base: Path, series: Path, dest: Path) -> list[Path]:
+    """Copy base to dest and apply the series with patch -p1; fail loudly naming the patch."""
+    patches = read_series(series)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(base, dest)
+    for p in patches:
+        proc = subprocess.run(
+            ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i", str(p)],
+            cwd=dest, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(dest, ignore_errors=True)
+            out = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+            raise SourceError(
+                f"patch {p.name} does not apply to {base.name}:\n{out}\n"
+                f"Rebase it with `loopqual series edit`, fix the conflict, then "
+                f"`loopqual series export`."
+            )
+    return patches
+
+
+def module_version(tree: Path) -> str:
+    """The version the tree says it is (dkms.conf PACKAGE_VERSION, else the directory name)."""
+    conf = tree / "dkms.conf"
+    if conf.exists():
+        m = re.search(r'^PACKAGE_VERSION="?([^"\n]+)"?', conf.read_text(), re.M)
+        if m:
+            return m.group(1)
+    m = re.match(r"v4l2loopback-(.+)", tree.name)
+    return m.group(1) if m else "unknown"
+
+
+def prepare(src: Source, sources: dict[str, Source], mirror: Mirror) -> tuple[Path, list[Path]]:
+    """The source tree to build for src, and the patch files applied to it."""
+    if src.kind == "local":
+        assert src.path
+        return src.path, []
+    if src.kind == "debian":
+        return unpack_debian(src, mirror), []
+    assert src.base and src.patches
+    base = unpack_debian(sources[src.base], mirror)
+    patches = read_series(src.patches)
+    key = hashlib.sha256()
+    key.update(str(base).encode())
+    for p in patches:
+        key.update(p.name.encode() + b"\0" + p.read_bytes())
+    dest = cache_dir() / "src" / src.name / key.hexdigest()[:16] / base.name
+    if not (dest.parent / ".applied").exists():
+        apply_series(base, src.patches, dest)
+        (dest.parent / ".applied").write_text("\n".join(p.name for p in patches) + "\n")
+    return dest, patches
