@@ -1,0 +1,236 @@
+"""Fixtures shared by every scenario suite (contract, clients, browser).
+
+Runs inside the guest, one pytest run per cell, with LOOPQUAL_CELL pointing at cell.json.
+Nothing touches a device at import time: the host collects these modules to list
+rules -> scenarios.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lib import proc  # noqa: E402
+from lib.v4l2 import CID_KEEP_FORMAT, Device  # noqa: E402
+
+PARAM_DIR = Path("/sys/module/v4l2loopback/parameters")
+DEFAULT_TIMEOUT = 120  # seconds per scenario; a hang becomes a failure
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "rules(*ids): contract rules (buffer-management.md) this scenario checks")
+    config.addinivalue_line(
+        "markers", "timeout(seconds): per-scenario wall-clock limit (default 120 s)")
+
+
+@dataclass
+class Cell:
+    device: str
+    devices: list[str]
+    module: str = "unknown"
+    module_version: str = ""
+    param_set: str = ""
+    params: dict = field(default_factory=dict)
+    controls: dict = field(default_factory=dict)
+    kernel_release: str = ""
+    work_dir: str = "/tmp"
+    # effective values (what the loaded module really uses)
+    exclusive_caps: bool = False
+    max_buffers: int = 2
+    max_openers: int = 10
+    keep_format: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.module} {self.param_set} exclusive_caps={int(self.exclusive_caps)} "
+                f"max_buffers={self.max_buffers} max_openers={self.max_openers} "
+                f"keep_format={self.keep_format}")
+
+
+def _read_param(name: str) -> str | None:
+    try:
+        return (PARAM_DIR / name).read_text().strip()
+    except OSError:
+        return None
+
+
+def _as_bool(text: str) -> bool:
+    return text.strip().upper() in ("Y", "1", "TRUE")
+
+
+def load_cell() -> Cell:
+    path = os.environ.get("LOOPQUAL_CELL")
+    data: dict = {}
+    if path:
+        data = json.loads(Path(path).read_text())
+    elif Path("/dev/video0").exists():
+        data = {"device": "/dev/video0", "devices": ["/dev/video0"]}
+    else:
+        pytest.fail("LOOPQUAL_CELL is not set and /dev/video0 does not exist: "
+                    "no v4l2loopback device to test")
+    device = data.get("device") or data["devices"][0]
+    devices = data.get("devices") or [device]
+    params = dict(data.get("params") or {})
+    cell = Cell(device=device, devices=devices, module=data.get("module", "unknown"),
+                module_version=data.get("module_version", ""),
+                param_set=data.get("param_set", ""), params=params,
+                controls=dict(data.get("controls") or {}),
+                kernel_release=data.get("kernel_release", os.uname().release),
+                work_dir=data.get("work_dir") or "/tmp")
+    idx = devices.index(device) if device in devices else 0
+    ec = _read_param("exclusive_caps")
+    if ec is not None:
+        parts = ec.split(",")
+        cell.exclusive_caps = _as_bool(parts[idx] if idx < len(parts) else parts[0])
+    else:
+        cell.exclusive_caps = bool(params.get("exclusive_caps", 0))
+    mb = _read_param("max_buffers")
+    cell.max_buffers = int(mb) if mb else int(params.get("max_buffers", 2))
+    mo = None
+    node = Path("/sys/class/video4linux") / Path(device).name / "max_openers"
+    try:
+        mo = node.read_text().strip()
+    except OSError:
+        mo = _read_param("max_openers")
+    cell.max_openers = int(mo) if mo else int(params.get("max_openers", 10))
+    try:
+        with Device(device) as d:
+            cell.keep_format = d.g_ctrl(CID_KEEP_FORMAT)
+    except OSError:
+        cell.keep_format = int(cell.controls.get("keep_format", 0))
+    cell.params.update(exclusive_caps=int(cell.exclusive_caps), max_buffers=cell.max_buffers,
+                       max_openers=cell.max_openers)
+    cell.controls["keep_format"] = cell.keep_format
+    return cell
+
+
+@pytest.fixture(scope="session")
+def cell() -> Cell:
+    return load_cell()
+
+
+# -- kernel health around every scenario (H1) ---------------------------------------------
+
+def _kmsg_open():
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def kmsg_read(fd) -> list[str]:
+    lines = []
+    if fd is None:
+        return lines
+    while True:
+        try:
+            rec = os.read(fd, 8192)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # overwritten records: keep reading
+                continue
+            break
+        if not rec:
+            break
+        text = rec.decode(errors="replace")
+        head, _, msg = text.partition(";")
+        for part in msg.split("\n"):
+            if part and not part.startswith(" "):
+                lines.append(part)
+    return lines
+
+
+def find_splats(lines: list[str]) -> list[dict]:
+    try:
+        from loopqual.health import find_splats as _find
+    except ImportError:  # running outside the venv: fall back to the repo copy
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from harness.health import find_splats as _find
+    return _find(lines)
+
+
+@pytest.fixture(autouse=True)
+def kernel_health(request):
+    fd = _kmsg_open()
+    yield
+    lines = kmsg_read(fd)
+    if fd is not None:
+        os.close(fd)
+    request.node.kernel_log = lines
+    splats = find_splats(lines)
+    if splats:
+        first = splats[0]
+        ctx = "\n".join(first["context"])
+        pytest.fail(f"H1: kernel log splat during the scenario ({first['pattern']}): "
+                    f"{first['line']}\n{ctx}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def scenario_timeout(request):
+    m = request.node.get_closest_marker("timeout")
+    seconds = int(m.args[0]) if m else DEFAULT_TIMEOUT
+
+    def on_alarm(signum, frame):
+        raise proc.Hang(f"scenario did not finish within {seconds}s: a call hangs")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+# -- openers ------------------------------------------------------------------------------
+
+class Openers:
+    """Factory for openers; closes every one of them after the scenario."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        self.devs: list[Device] = []
+
+    def fd(self, flags: int = os.O_RDWR | os.O_NONBLOCK, path: str | None = None) -> Device:
+        d = Device(path or self.cell.device, flags)
+        self.devs.append(d)
+        return d
+
+    def proc(self, name: str = "opener", flags: int = os.O_RDWR | os.O_NONBLOCK,
+             path: str | None = None) -> proc.Worker:
+        return proc.Worker(path or self.cell.device, flags, name=name)
+
+    def close_all(self) -> list[str]:
+        for d in self.devs:
+            try:
+                d.close()
+            except OSError:
+                pass
+        self.devs.clear()
+        return proc.stop_all()
+
+
+@pytest.fixture
+def openers(cell):
+    o = Openers(cell)
+    yield o
+    stuck = o.close_all()
+    if stuck:
+        pytest.fail(f"openers could not be stopped (stuck in the kernel?): {stuck}",
+                    pytrace=False)
+
+
+def need_openers(cell: Cell, n: int) -> None:
+    if cell.max_openers < n:
+        pytest.skip(f"needs {n} openers at once; max_openers={cell.max_openers} in this cell "
+                    f"(L1 is what applies here)")

@@ -1,0 +1,176 @@
+"""Bad input: huge counts, bad indexes, types, memory types, user pointers, wrong states.
+
+The module must refuse with an error (never crash, never succeed on nonsense) and the kernel
+log must stay clean (H1, checked around every scenario).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+
+import pytest
+from lib.common import Writer, need_openers
+from lib.v4l2 import (
+    CAP,
+    OUT,
+    USERPTR,
+    V4L2Error,
+    _req,
+    ename,
+    err,
+    raw,
+)
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+libc.read.restype = libc.write.restype = ctypes.c_ssize_t
+
+BAD_PTRS = (0x1, 0xFFFF_FFFF_FFFF_F000, 0x0000_7FFF_FFFF_0000)
+
+
+def _raw_ioctl(fd, ioc, ptr) -> int:
+    r = libc.ioctl(fd, _req(ioc), ptr)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+@pytest.mark.rules("A7", "L2", "H1")
+def test_bad_huge_counts(cell, openers):
+    d = openers.fd()
+    for req in (0xFFFFFFFF, 0x80000000, 0x7FFFFFFF, 65536):
+        try:
+            n = d.reqbufs(OUT, req)["count"]
+        except V4L2Error as exc:
+            pytest.fail(f"REQBUFS(OUTPUT, {req:#x}): expected a clamped count, got "
+                        f"{ename(exc.errno)}")
+        assert 1 <= n <= cell.max_buffers, (f"REQBUFS(OUTPUT, {req:#x}): expected 1.."
+                                            f"{cell.max_buffers}, got {n}")
+
+
+@pytest.mark.rules("S5", "H1")
+def test_bad_indexes_and_types(cell, openers):
+    d = openers.fd()
+    wr = Writer(d, count=2)
+    n = wr.count
+    for idx in (n, 31, 32, 33, 1 << 31, 0xFFFFFFFF):
+        for op, fn in (("QUERYBUF", d.querybuf), ("QBUF", d.qbuf)):
+            e = err(fn, OUT, idx)
+            assert e == errno.EINVAL, f"{op}(OUTPUT, {idx:#x}): expected EINVAL, got {ename(e)}"
+    for bt in (0, 3, 4, 9, 10, 13, 100, 0xFFFFFFFF):
+        for op, fn in (("REQBUFS", lambda t: d.reqbufs(t, 2)), ("QUERYBUF", lambda t:
+                       d.querybuf(t, 0)), ("QBUF", lambda t: d.qbuf(t, 0)),
+                       ("DQBUF", lambda t: d.dqbuf(t)), ("STREAMON", d.streamon),
+                       ("STREAMOFF", d.streamoff), ("G_FMT", d.g_fmt)):
+            e = err(fn, bt)
+            assert e != 0, f"{op}(buffer type {bt:#x}): expected an error, it succeeded"
+
+
+@pytest.mark.rules("A1", "H1")
+def test_bad_memory_types(cell, openers):
+    d = openers.fd()
+    for mem in (0, USERPTR, 3, 4, 5, 0xFFFFFFFF):
+        e = err(d.reqbufs, OUT, 2, mem)
+        assert e == errno.EINVAL, f"REQBUFS(OUTPUT, 2, memory={mem:#x}): expected EINVAL, got " \
+                                  f"{ename(e)}"
+    Writer(d, count=2)
+    # QBUF with another memory type than the buffers': must not succeed as USERPTR
+    for mem in (USERPTR, 0xFFFFFFFF):
+        e = err(d.qbuf, OUT, 0, 100, mem)
+        assert e != 0, (f"QBUF(OUTPUT, 0, memory={mem:#x}) on MMAP buffers: "
+                                       f"expected an error, it succeeded")
+
+
+@pytest.mark.rules("W1", "W3", "H1")
+def test_bad_user_pointers_read_write(cell, openers):
+    need_openers(cell, 2)
+    w = openers.fd()
+    size = (w.s_fmt(OUT, 160, 120) if not cell.keep_format else w.g_fmt(OUT))["sizeimage"]
+    for p in BAD_PTRS:
+        r = libc.write(w.fd, p, size)
+        e = ctypes.get_errno()
+        assert r < 0 and e == errno.EFAULT, (f"write(fd, {p:#x}, {size}) from an unmapped "
+                                             f"address: expected EFAULT, got "
+                                             f"{r if r >= 0 else ename(e)}")
+    good = (ctypes.c_char * size)()
+    r = libc.write(w.fd, good, size)
+    assert r == size, f"write() of a valid frame after bad ones: expected {size}, got " \
+                      f"{r if r >= 0 else ename(ctypes.get_errno())}"
+    rd = openers.fd()
+    for p in BAD_PTRS:
+        libc.write(w.fd, good, size)
+        r = libc.read(rd.fd, p, size)
+        e = ctypes.get_errno()
+        assert r < 0 and e in (errno.EFAULT, errno.EAGAIN), (
+            f"read(fd, {p:#x}, {size}) into an unmapped address: expected EFAULT, got "
+            f"{r if r >= 0 else ename(e)}")
+    # short and huge lengths must not crash
+    libc.write(w.fd, good, 1)
+    big = mmap.mmap(-1, size * 4)
+    buf = ctypes.c_char.from_buffer(big)
+    libc.write(w.fd, ctypes.addressof(buf), size * 4)
+    libc.read(rd.fd, ctypes.addressof(buf), size * 4)
+    del buf
+    big.close()
+
+
+@pytest.mark.rules("S5", "H1")
+def test_bad_ioctl_argument_pointers(cell, openers):
+    d = openers.fd()
+    for name in ("QUERYCAP", "G_FMT", "S_FMT", "TRY_FMT", "REQBUFS", "QUERYBUF", "QBUF",
+                 "DQBUF", "STREAMON", "STREAMOFF", "G_PARM", "S_PARM", "G_CTRL", "S_CTRL",
+                 "SUBSCRIBE_EVENT", "DQEVENT", "ENUM_FMT", "ENUM_FRAMESIZES"):
+        ioc = getattr(raw.IOC, name)
+        for p in BAD_PTRS:
+            e = _raw_ioctl(d.fd, ioc, p)
+            if name == "DQEVENT" and e == errno.ENOENT:
+                continue  # no event pending: nothing is copied out, ENOENT is right
+            assert e == errno.EFAULT, f"VIDIOC_{name} with argument pointer {p:#x}: expected " \
+                                      f"EFAULT, got {ename(e)}"
+    d.querycap()
+
+
+@pytest.mark.rules("S1", "S4", "S5", "H1")
+def test_bad_wrong_state_sequences(cell, openers):
+    d = openers.fd()
+    e = err(d.qbuf, OUT, 0)
+    assert e == errno.EINVAL, f"QBUF(OUTPUT) before REQBUFS: expected EINVAL, got {ename(e)}"
+    e = err(d.streamoff, OUT)
+    assert e in (0, errno.EINVAL), f"STREAMOFF(OUTPUT) without a claim: got {ename(e)}"
+    wr = Writer(d, count=2, streamon=False)
+    e = err(d.streamoff, OUT)
+    assert e == 0, f"STREAMOFF(OUTPUT) by a claimant that never streamed: expected 0 " \
+                   f"(idempotent), got {ename(e)}"
+    wr_count = wr.count
+    d.streamon(OUT)
+    d.qbuf(OUT, 0, 10)
+    second = err(d.qbuf, OUT, 0, 10)  # queued twice: refused, or at least not duplicated
+    got = []
+    for _ in range(2 * wr_count + 2):
+        try:
+            got.append(d.wait_dqbuf(OUT, 0.5)["index"])
+        except OSError:
+            break
+    assert len(got) == len(set(got)) and len(got) <= wr_count, (
+        f"QBUF(OUTPUT, 0) twice (second QBUF: {ename(second)}), then DQBUF(OUTPUT) until empty: "
+        f"expected each buffer back at most once, got indexes {got}")
+    d.streamoff(OUT)
+    assert wr.count >= 1
+    e = err(d.mmap, OUT, 99)
+    assert e == errno.EINVAL, f"mmap of buffer 99 (QUERYBUF index out of range): got {ename(e)}"
+    off = d.querybuf(OUT, 0)["offset"]
+    for bad_off, length in ((off + 4096 * 1024, 4096), (off, 1 << 30)):
+        try:
+            m = mmap.mmap(d.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                          offset=bad_off)
+        except OSError:
+            continue
+        m.close()
+        pytest.fail(f"mmap(offset={bad_off:#x}, length={length:#x}) past the buffers: expected "
+                    f"an error, it succeeded")
+    e = err(d.streamon, CAP)
+    assert e == errno.EINVAL, f"STREAMON(CAPTURE) by an OUTPUT claimant: expected EINVAL, got " \
+                              f"{ename(e)}"

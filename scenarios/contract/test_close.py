@@ -1,0 +1,224 @@
+"""C: close() and SIGKILL release everything; the device returns to idle."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from lib.common import (
+    H2,
+    W2,
+    Reader,
+    Writer,
+    caps_str,
+    fmt_str,
+    need_openers,
+    skip_if_keep,
+    sysfs_attr,
+    wait_until,
+)
+from lib.v4l2 import (
+    CAP,
+    CAP_VIDEO_CAPTURE,
+    CAP_VIDEO_OUTPUT,
+    OUT,
+    YUYV,
+    Device,
+)
+
+
+def _new_writer_works(cell, openers, what: str):
+    """After `what`, a new writer must stream and a reader get its frame."""
+    d = openers.fd()
+    try:
+        wr = Writer(d, count=2, set_format=not cell.keep_format)
+    except OSError as exc:
+        pytest.fail(f"after {what}: a new writer (S_FMT, REQBUFS, STREAMON OUTPUT) failed: "
+                    f"{exc}")
+    try:
+        r = Reader(openers.fd())
+    except OSError as exc:
+        pytest.fail(f"after {what}: a reader (REQBUFS CAPTURE, STREAMON) failed with a new "
+                    f"writer streaming: {exc}")
+    f = wr.send()
+    try:
+        b = r.get_newer(f["frame"] - 1, 5.0)
+    except OSError as exc:
+        pytest.fail(f"after {what}: the new writer's frame did not reach a reader: {exc}")
+    assert b["frame"] == f["frame"]
+    r.dev.close()
+    d.close()
+
+
+def _advertises_output_when_idle(cell, what: str):
+    if not cell.exclusive_caps or cell.keep_format:
+        return
+    with Device(cell.device) as d:
+        caps = wait_until(lambda: d.device_caps() if d.device_caps() & CAP_VIDEO_OUTPUT else 0,
+                          3.0) or d.device_caps()
+    assert caps & CAP_VIDEO_OUTPUT and not caps & CAP_VIDEO_CAPTURE, (
+        f"exclusive_caps=1, after {what} and every opener closed: expected device_caps OUTPUT "
+        f"(not CAPTURE), got {caps_str(caps)}")
+
+
+def _frames_grow(w, what: str, secs: float = 5.0):
+    n0 = w.call("pump_status")["frames"]
+    ok = wait_until(lambda: w.call("pump_status")["frames"] > n0 + 1, secs)
+    st = w.call("pump_status")
+    assert ok and st["error"] is None, (
+        f"{what}: expected {w.name} to keep going, it did {st['frames'] - n0} more frames in "
+        f"{secs:.0f} s (error: {st['error']})")
+
+
+@pytest.mark.rules("C1")
+def test_c1_close_releases_and_others_carry_on(cell, openers):
+    need_openers(cell, 2)
+    w = openers.proc("writer")
+    w.call("start_writer", "mmap", count=2, fps=20, set_format=not cell.keep_format)
+    r1 = openers.proc("reader1")
+    r1.call("start_reader", "mmap", 2)
+    _frames_grow(r1, "reader1 with the writer streaming")
+    r1.stop()
+    _frames_grow(w, "writer after reader1 closed")
+    r2 = openers.proc("reader2")
+    try:
+        r2.call("start_reader", "mmap", 2)
+    except OSError as exc:
+        pytest.fail(f"a new reader after reader1 closed: expected its claim to succeed (reader1's "
+                    f"claim released), got {exc}")
+    _frames_grow(r2, "reader2")
+    w.stop()
+    w2 = openers.proc("writer2")
+    try:
+        w2.call("start_writer", "mmap", count=2, fps=20, set_format=False)
+    except OSError as exc:
+        pytest.fail(f"a new writer after the first writer closed: expected success, got {exc}")
+    _frames_grow(r2, "reader2 after the writer closed and a new one started")
+
+
+@pytest.mark.rules("C1", "A3")
+def test_c1_close_with_three_readers(cell, openers):
+    need_openers(cell, 4)
+    w = openers.proc("writer")
+    w.call("start_writer", "mmap", count=2, fps=20, set_format=not cell.keep_format)
+    rs = []
+    for i in range(3):
+        r = openers.proc(f"reader{i}")
+        try:
+            r.call("start_reader", "mmap", 2)
+        except OSError as exc:
+            pytest.fail(f"C1 with 3 readers: reader{i} could not start while a writer and {i} "
+                        f"reader(s) stream: {exc} (A3)")
+        rs.append(r)
+    rs[0].stop()
+    for r in rs[1:]:
+        _frames_grow(r, "after reader0 closed")
+    w.kill()
+    w2 = openers.proc("writer2")
+    w2.call("start_writer", "mmap", count=2, fps=20, set_format=False)
+    for r in rs[1:]:
+        _frames_grow(r, "after the writer was killed and a new one started")
+
+
+# victim, blocked-in, setup: how to block the victim in the named call
+KILL_CASES = [
+    ("writer", "DQBUF(OUTPUT)"),
+    ("writer", "write() streaming"),
+    ("writer", "mmap streaming"),
+    ("reader", "DQBUF(CAPTURE)"),
+    ("reader", "read()"),
+    ("reader", "mmap streaming"),
+]
+KILL_IDS = ["writer-dqbuf", "writer-write", "writer-streaming", "reader-dqbuf", "reader-read",
+            "reader-streaming"]
+
+
+@pytest.mark.rules("C2", "C1")
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim,state", KILL_CASES, ids=KILL_IDS)
+def test_c2_sigkill(cell, openers, victim, state):
+    need_openers(cell, 3)
+    blocked_note = ""
+    other = None
+    if victim == "writer":
+        v = openers.proc("victim-writer", flags=os.O_RDWR)
+        if state == "DQBUF(OUTPUT)":
+            v.call("s_fmt", OUT, 160, 120) if not cell.keep_format else None
+            n = v.call("reqbufs", OUT, 2)["count"]
+            for i in range(n):
+                v.call("mmap", OUT, i)
+            v.call("streamon", OUT)
+            v.send("dqbuf", OUT)
+            if v.done(1.0):
+                blocked_note = " (note: DQBUF(OUTPUT) returned instead of blocking)"
+        elif state == "write() streaming":
+            v.call("start_writer", "write", fps=50, set_format=not cell.keep_format)
+        else:
+            v.call("start_writer", "mmap", count=2, fps=50, set_format=not cell.keep_format)
+        other = openers.proc("reader")
+        try:
+            other.call("start_reader", "mmap", 2)
+        except OSError:
+            other.stop()
+            other = None
+        time.sleep(0.5)
+    else:
+        w = openers.proc("writer")
+        v = openers.proc("victim-reader", flags=os.O_RDWR)
+        # a writer that streams but sends no frame: the reader waits
+        fmt = w.call("s_fmt", OUT, 160, 120) if not cell.keep_format else w.call("g_fmt", OUT)
+        if state != "mmap streaming":
+            w.call("reqbufs", OUT, 2)
+            w.call("streamon", OUT)
+        if state == "DQBUF(CAPTURE)":
+            v.call("setup_mmap", CAP, 2)
+            v.call("streamon", CAP)
+            v.send("dqbuf", CAP)
+        elif state == "read()":
+            v.send("read", fmt["sizeimage"])
+        else:
+            w.call("start_writer", "mmap", count=2, fps=50, set_format=False)
+            v.call("start_reader", "mmap", 2)
+            time.sleep(0.5)
+        if state != "mmap streaming" and v.done(1.0):
+            blocked_note = f" (note: {state} returned instead of blocking)"
+        other = w
+    gone = v.kill()
+    assert gone, (f"SIGKILL of a {victim} blocked in {state}{blocked_note}: the process did not "
+                  f"exit within 5 s (stuck in the kernel)")
+    if other is not None:
+        other.stop()
+    what = f"SIGKILL of a {victim} in {state}{blocked_note}"
+    _new_writer_works(cell, openers, what)
+    openers.close_all()
+    _advertises_output_when_idle(cell, what)
+
+
+@pytest.mark.rules("C3", "X1")
+def test_c3_idle_after_last_close(cell, openers):
+    skip_if_keep(cell, "C3", "keep_format=1 keeps the device pinned after the last close")
+    need_openers(cell, 3)
+    wd = openers.fd()
+    wr = Writer(wd, count=2)
+    r = Reader(openers.fd())
+    wr.send()
+    r.get()
+    openers.close_all()
+    with Device(cell.device) as d:
+        if cell.exclusive_caps:
+            caps = d.device_caps()
+            assert caps & CAP_VIDEO_OUTPUT and not caps & CAP_VIDEO_CAPTURE, (
+                f"exclusive_caps=1 after the last close: expected device_caps OUTPUT without "
+                f"CAPTURE, got {caps_str(caps)}")
+        state = sysfs_attr(cell, "state")
+        if state is not None:
+            assert state == "output", (f"sysfs state after the last close: expected 'output', "
+                                       f"got {state!r}")
+        got = d.s_fmt(OUT, W2, H2, YUYV)
+        assert (got["width"], got["height"]) == (W2, H2), (
+            f"S_FMT(OUTPUT, {W2}x{H2}) after the last close: expected it to be taken, got "
+            f"{fmt_str(got)}")
+        n = d.reqbufs(OUT, 1)["count"]
+        assert n == 1, f"REQBUFS(OUTPUT, 1) after the last close: expected 1, got {n}"
+        d.reqbufs(OUT, 0)

@@ -1,0 +1,120 @@
+"""H: kernel health (log splats around every scenario, rmmod while open, leaks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from lib.common import Reader, Writer, need_openers
+from lib.v4l2 import CAP, OUT, Device
+
+KMEMLEAK = Path("/sys/kernel/debug/kmemleak")
+
+
+@pytest.mark.rules("H1")
+def test_h1_lifecycle_leaves_clean_log(cell, openers, request):
+    """A full writer/reader lifecycle; the autouse kernel_health fixture judges the log."""
+    need_openers(cell, 2)
+    assert os.path.exists("/dev/kmsg"), "H1 needs /dev/kmsg to read the kernel log"
+    for _ in range(2):
+        w, rd = openers.fd(), openers.fd()
+        wr = Writer(w, count=2)
+        r = Reader(rd)
+        for _ in range(3):
+            f = wr.send()
+            assert r.get_newer(f["frame"] - 1)["frame"] == f["frame"]
+        rd.streamoff(CAP)
+        w.streamoff(OUT)
+        rd.close()
+        w.close()
+
+
+@pytest.mark.rules("H2")
+def test_h2_rmmod_while_open_is_refused(cell, openers):
+    d = openers.fd()
+    wr = Writer(d, count=2)
+    wr.send()
+    p = subprocess.run(["rmmod", "v4l2loopback"], capture_output=True, text=True, timeout=30)
+    loaded = Path("/sys/module/v4l2loopback").exists()
+    assert loaded and p.returncode != 0, (
+        f"rmmod v4l2loopback while a writer has the device open: expected it refused (EBUSY, "
+        f"module in use), got exit {p.returncode}, module {'still' if loaded else 'NOT'} loaded: "
+        f"{p.stderr.strip()}")
+    assert "in use" in p.stderr or "busy" in p.stderr.lower(), (
+        f"rmmod while open: expected 'in use'/'busy', got {p.stderr.strip()!r}")
+    try:
+        wr.send()
+        d.querycap()
+    except OSError as exc:
+        pytest.fail(f"device after a refused rmmod: expected it to keep working, got {exc}")
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = int(v.split()[0])
+    return out
+
+
+def _cycle(path: str, keep: bool, i: int):
+    with Device(path) as d:
+        if not keep:
+            d.s_fmt(OUT, 160 + 16 * (i % 4), 120)
+        n = d.reqbufs(OUT, 2)["count"]
+        for j in range(n):
+            d.mmap(OUT, j)
+        d.streamon(OUT)
+        d.put_frame(0, i, 64)
+        d.streamoff(OUT)
+        d.munmap_all()
+        d.reqbufs(OUT, 0)
+    with Device(path) as r:
+        r.setup_mmap(CAP, 2, queue=False)
+        # close with buffers mapped and no REQBUFS(0): Firefox does this
+
+
+LEAK_TOLERANCE_KB = 1024  # over CYCLES cycles: < ~3.4 kB per cycle
+CYCLES = 300
+
+
+@pytest.mark.rules("H3")
+@pytest.mark.timeout(180)
+def test_h3_no_leak_over_cycles(cell, openers):
+    keep = bool(cell.keep_format)
+    for i in range(30):  # warm-up: caches, first allocations
+        _cycle(cell.device, keep, i)
+    before = _meminfo()
+    t0 = time.monotonic()
+    for i in range(CYCLES):
+        _cycle(cell.device, keep, i)
+    dt = time.monotonic() - t0
+    time.sleep(0.5)
+    after = _meminfo()
+    grew = {k: after[k] - before[k] for k in ("SUnreclaim", "VmallocUsed", "Slab")
+            if k in before and k in after}
+    total = grew.get("SUnreclaim", 0) + grew.get("VmallocUsed", 0)
+    assert total < LEAK_TOLERANCE_KB, (
+        f"{CYCLES} open/S_FMT/REQBUFS/mmap/STREAMON/close cycles ({dt:.1f} s): expected "
+        f"SUnreclaim+VmallocUsed to grow by less than {LEAK_TOLERANCE_KB} kB, grew {total} kB "
+        f"({grew})")
+
+
+@pytest.mark.rules("H3")
+def test_h3_kmemleak_clean(cell, openers):
+    if not KMEMLEAK.exists():
+        pytest.skip("/sys/kernel/debug/kmemleak is absent: this kernel has no kmemleak "
+                    "(CONFIG_DEBUG_KMEMLEAK off, as in Debian), or debugfs is not mounted")
+    KMEMLEAK.write_text("clear\n")
+    for i in range(50):
+        _cycle(cell.device, bool(cell.keep_format), i)
+    KMEMLEAK.write_text("scan\n")
+    time.sleep(1)
+    KMEMLEAK.write_text("scan\n")
+    report = KMEMLEAK.read_text()
+    ours = [b for b in report.split("unreferenced object") if "v4l2loopback" in b]
+    assert not ours, (f"kmemleak after 50 cycles: expected no leak in v4l2loopback, got "
+                      f"{len(ours)}:\n{ours[0][:1500]}")

@@ -1,0 +1,66 @@
+"""Seeded randomized sequences: several openers (processes) drive random legal and illegal
+calls for a bounded time; afterwards the device must be idle and the kernel log clean.
+
+Reproduce a run with LOOPQUAL_SEED=<seed> (printed in every message).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+from lib.common import H2, W2, Reader, Writer, caps_str, fmt_str
+from lib.fuzz import walk
+from lib.proc import Hang
+from lib.v4l2 import CAP_VIDEO_CAPTURE, CAP_VIDEO_OUTPUT, OUT, Device
+
+DURATION = float(os.environ.get("LOOPQUAL_FUZZ_SECONDS", "15"))
+
+
+@pytest.mark.rules("H1", "C1", "C2", "C3")
+@pytest.mark.timeout(int(DURATION) + 90)
+def test_random_sequences_leave_device_idle(cell, openers):
+    seed = int(os.environ.get("LOOPQUAL_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
+    tag = f"seed={seed} (rerun with LOOPQUAL_SEED={seed})"
+    n = max(1, min(4, cell.max_openers))
+    workers = [openers.proc(f"fuzz{i}") for i in range(n)]
+    for i, w in enumerate(workers):
+        w.send("fn", walk, seed + i, DURATION)
+    stats = {}
+    for i, w in enumerate(workers):
+        try:
+            stats[i] = w.result(DURATION + 30)
+        except Hang as exc:
+            pytest.fail(f"{tag}: opener fuzz{i} did not finish its {DURATION:.0f} s walk: {exc}")
+    # one opener killed mid-walk, too
+    victim = openers.proc("fuzz-killed")
+    victim.send("fn", walk, seed + 99, 30.0)
+    time.sleep(min(3.0, DURATION / 3))
+    assert victim.kill(), f"{tag}: SIGKILL of a fuzzing opener: it did not exit within 5 s"
+    openers.close_all()
+    calls = sum(sum(v) for s in stats.values() for v in s.values())
+    with Device(cell.device) as d:
+        if cell.exclusive_caps and not cell.keep_format:
+            caps = d.device_caps()
+            assert caps & CAP_VIDEO_OUTPUT and not caps & CAP_VIDEO_CAPTURE, (
+                f"{tag}: after {calls} random calls and every opener closed: expected "
+                f"device_caps OUTPUT (idle), got {caps_str(caps)}")
+        if not cell.keep_format:
+            got = d.s_fmt(OUT, W2, H2)
+            assert (got["width"], got["height"]) == (W2, H2), (
+                f"{tag}: after the random walk, S_FMT(OUTPUT, {W2}x{H2}) on the idle device: "
+                f"expected it, got {fmt_str(got)} (still pinned?)")
+    # and it streams
+    wd = openers.fd()
+    try:
+        wr = Writer(wd, count=2, set_format=not cell.keep_format)
+        r = Reader(openers.fd())
+        f = wr.send()
+        b = r.get_newer(f["frame"] - 1, 5.0)
+    except OSError as exc:
+        pytest.fail(f"{tag}: after {calls} random calls: a writer/reader round trip failed: {exc}")
+    assert b["frame"] == f["frame"], f"{tag}: reader got frame {b['frame']}, expected {f['frame']}"
+
+

@@ -1,0 +1,233 @@
+"""S: streaming (STREAMON/STREAMOFF tokens, QBUF/DQBUF rules, per-reader frames)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+from lib.common import Reader, Writer, need_openers
+from lib.v4l2 import BUF_FLAG_QUEUED, CAP, OUT, ename, err
+
+
+@pytest.mark.rules("S1")
+def test_s1_streamon_without_claim(cell, openers):
+    d = openers.fd()
+    for bt, name in ((OUT, "OUTPUT"), (CAP, "CAPTURE")):
+        e = err(d.streamon, bt)
+        assert e == errno.EINVAL, f"STREAMON({name}) without a claim: expected EINVAL, got " \
+                                  f"{ename(e)}"
+    # a claim on the other direction does not count
+    d.s_fmt(OUT, 160, 120)
+    d.reqbufs(OUT, 2)
+    e = err(d.streamon, CAP)
+    assert e == errno.EINVAL, (f"STREAMON(CAPTURE) by an opener that claims only OUTPUT: "
+                               f"expected EINVAL, got {ename(e)}")
+
+
+@pytest.mark.rules("S2")
+def test_s2_one_write_token(cell, openers):
+    need_openers(cell, 2)
+    a = openers.proc("writer-a")
+    b = openers.proc("writer-b")
+    a.call("s_fmt", OUT, 160, 120)
+    a.call("reqbufs", OUT, 2)
+    e = a.err("streamon", OUT)
+    assert e == 0, f"STREAMON(OUTPUT) by the first claimant: expected success, got {ename(e)}"
+    e = b.err("reqbufs", OUT, 2)
+    assert e == 0, (f"S2 needs a second OUTPUT claimant: REQBUFS(OUTPUT, 2) by a second opener "
+                    f"while the first streams: expected success (A3), got {ename(e)}")
+    e = b.err("streamon", OUT)
+    assert e == errno.EBUSY, (f"STREAMON(OUTPUT) by a second opener while the write token is "
+                              f"held: expected EBUSY, got {ename(e)}")
+    e = a.err("streamon", OUT)
+    assert e == 0, f"STREAMON(OUTPUT) again by the token holder: expected 0, got {ename(e)}"
+    a.call("streamoff", OUT)
+    e = b.err("streamon", OUT)
+    assert e == 0, (f"STREAMON(OUTPUT) by the second opener after the holder's STREAMOFF: "
+                    f"expected success, got {ename(e)}")
+
+
+@pytest.mark.rules("S3")
+def test_s3_readers_stream_without_writer(cell, openers):
+    need_openers(cell, 4)
+    readers = [openers.proc(f"reader{i}") for i in range(3)]
+    for i, r in enumerate(readers):
+        try:
+            r.call("setup_mmap", CAP, 2)
+        except OSError as exc:
+            pytest.fail(f"reader{i}: REQBUFS(CAPTURE, 2)+QBUF with no writer: expected success, "
+                        f"got {ename(exc.errno)}")
+        e = r.err("streamon", CAP)
+        assert e == 0, (f"reader{i}: STREAMON(CAPTURE) with no writer yet: expected success, got "
+                        f"{ename(e)}")
+    for i, r in enumerate(readers):
+        e = r.err("dqbuf", CAP)
+        assert e == errno.EAGAIN, (f"reader{i}: DQBUF(CAPTURE, O_NONBLOCK) before any frame: "
+                                   f"expected EAGAIN, got {ename(e)}")
+    w = openers.proc("writer")
+    info = w.call("start_writer", "mmap", count=2, set_format=False)
+    assert info["count"] >= 1
+    for i, r in enumerate(readers):
+        try:
+            b = r.call("wait_dqbuf", CAP, 8.0, timeout=15)
+        except OSError as exc:
+            pytest.fail(f"reader{i} (streaming since before the writer): expected a frame once "
+                        f"the writer streams, got {ename(exc.errno)}")
+        assert b["bytesused"] > 0
+
+
+@pytest.mark.rules("S4")
+def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
+    need_openers(cell, 3)
+    wr = Writer(openers.fd(), count=2)
+    r1 = Reader(openers.fd())
+    f = wr.send()
+    r1.get()
+    e = err(r1.dev.streamoff, CAP)
+    assert e == 0, f"STREAMOFF(CAPTURE) by a streaming reader: expected 0, got {ename(e)}"
+    for i in range(r1.count):
+        q = r1.dev.querybuf(CAP, i)
+        assert not q["flags"] & BUF_FLAG_QUEUED, (f"after STREAMOFF(CAPTURE), buffer {i} still "
+                                                  f"has V4L2_BUF_FLAG_QUEUED (flags "
+                                                  f"{q['flags']:#x}): expected it returned")
+    e = err(r1.dev.streamoff, CAP)
+    assert e == 0, f"second STREAMOFF(CAPTURE): expected 0 (idempotent), got {ename(e)}"
+    for _ in range(3):
+        try:
+            wr.send()
+        except (OSError, AssertionError) as exc:
+            pytest.fail(f"writer after a reader's STREAMOFF: expected it undisturbed, got {exc}")
+    # claim kept: QBUF + STREAMON work again without REQBUFS
+    for i in range(r1.count):
+        e = err(r1.dev.qbuf, CAP, i)
+        assert e == 0, f"QBUF(CAPTURE, {i}) after STREAMOFF (claim kept): expected 0, got " \
+                       f"{ename(e)}"
+    e = err(r1.dev.streamon, CAP)
+    assert e == 0, f"STREAMON(CAPTURE) after STREAMOFF: expected 0, got {ename(e)}"
+    f = wr.send()
+    got = r1.get_newer(f["frame"] - 1)
+    assert got["frame"] == f["frame"]
+    # writer STREAMOFF releases the write token
+    e = err(wr.dev.streamoff, OUT)
+    assert e == 0
+    other = openers.fd()
+    other.reqbufs(OUT, 2)
+    e = err(other.streamon, OUT)
+    assert e == 0, (f"STREAMON(OUTPUT) by another opener after the writer's STREAMOFF: expected "
+                    f"success (token released), got {ename(e)}")
+
+
+@pytest.mark.rules("S5")
+def test_s5_buffer_ioctls_need_claim_and_index(cell, openers):
+    d = openers.fd()
+    for bt, name in ((OUT, "OUTPUT"), (CAP, "CAPTURE")):
+        for op, fn in (("QUERYBUF", lambda t: d.querybuf(t, 0)), ("QBUF", lambda t: d.qbuf(t, 0)),
+                       ("DQBUF", lambda t: d.dqbuf(t))):
+            e = err(fn, bt)
+            assert e == errno.EINVAL, f"{op}({name}, 0) without a claim: expected EINVAL, got " \
+                                      f"{ename(e)}"
+    d.s_fmt(OUT, 160, 120)
+    n = d.reqbufs(OUT, 2)["count"]
+    for idx in (n, n + 1, 32, 0xFFFFFFFF):
+        for op, fn in (("QUERYBUF", d.querybuf), ("QBUF", d.qbuf)):
+            e = err(fn, OUT, idx)
+            assert e == errno.EINVAL, (f"{op}(OUTPUT, index {idx}) with {n} buffers granted: "
+                                       f"expected EINVAL, got {ename(e)}")
+    for op, fn in (("QUERYBUF", d.querybuf), ("QBUF", d.qbuf)):
+        e = err(fn, CAP, 0)
+        assert e == errno.EINVAL, (f"{op}(CAPTURE, 0) by an opener that claims only OUTPUT: "
+                                   f"expected EINVAL, got {ename(e)}")
+
+
+@pytest.mark.rules("S6")
+def test_s6_output_dqbuf_only_queued_oldest_first(cell, openers):
+    d = openers.fd()
+    wr = Writer(d, count=2)
+    if wr.count < 2:
+        pytest.skip("needs 2 OUTPUT buffers")
+    e = err(d.dqbuf, OUT)
+    assert e == errno.EAGAIN, (f"DQBUF(OUTPUT, O_NONBLOCK) with no buffer queued by the "
+                               f"application: expected EAGAIN, got {ename(e)}")
+    wr.dev.put_frame(1, 0, wr.fmt["sizeimage"])
+    wr.dev.put_frame(0, 1, wr.fmt["sizeimage"])
+    got = []
+    for _ in range(2):
+        try:
+            got.append(d.wait_dqbuf(OUT, 3.0)["index"])
+        except OSError as exc:
+            pytest.fail(f"DQBUF(OUTPUT) after queueing buffers 1 then 0: expected them back, got "
+                        f"{ename(exc.errno)} after {got}")
+    assert got == [1, 0], f"DQBUF(OUTPUT) order after QBUF 1 then 0: expected [1, 0], got {got}"
+    e = err(d.dqbuf, OUT)
+    assert e == errno.EAGAIN, (f"DQBUF(OUTPUT, O_NONBLOCK) after both were dequeued: expected "
+                               f"EAGAIN, got {ename(e)}")
+
+
+@pytest.mark.rules("S6")
+def test_s6_blocking_output_dqbuf_ended_by_streamoff(cell, openers):
+    w = openers.proc("writer", flags=os.O_RDWR)
+    w.call("s_fmt", OUT, 160, 120)
+    n = w.call("reqbufs", OUT, 2)["count"]
+    for i in range(n):
+        w.call("mmap", OUT, i)
+    w.call("streamon", OUT)
+    w.call("bg", "dqbuf", OUT)
+    time.sleep(1.0)
+    st = w.call("bg_result", 0)
+    assert not st["done"], (f"blocking DQBUF(OUTPUT) with nothing queued: expected it to wait, "
+                            f"it returned at once with "
+                            f"{ename(st['errno']) if st['errno'] else st['value']}")
+    w.call("streamoff", OUT)
+    st = w.call("bg_result", 3.0, timeout=6)
+    assert st["done"], ("blocking DQBUF(OUTPUT): STREAMOFF by the same opener did not end the "
+                        "wait within 3 s")
+
+
+def _check_frames(wr, readers, rounds=4):
+    last_seq = [None] * len(readers)
+    for k in range(rounds):
+        f = wr.send()
+        for i, r in enumerate(readers):
+            try:
+                b = r.get_newer(f["frame"] - 1)
+            except OSError as exc:
+                pytest.fail(f"reader{i}: frame {f['frame']} published: expected DQBUF(CAPTURE) to "
+                            f"return it, got {ename(exc.errno)}")
+            assert b["frame"] == f["frame"], (f"reader{i}: expected the newest frame "
+                                              f"{f['frame']}, got frame {b['frame']}")
+            assert b["bytesused"] == wr.fmt["sizeimage"], (
+                f"reader{i}: bytesused {b['bytesused']}, expected {wr.fmt['sizeimage']}")
+            assert b["ts"] == f["ts"], (f"reader{i}: timestamp {b['ts']}, expected the writer's "
+                                        f"{f['ts']}")
+            if last_seq[i] is not None:
+                assert b["sequence"] > last_seq[i], (
+                    f"reader{i}: sequence {b['sequence']} after {last_seq[i]}: expected it to "
+                    f"increase")
+            last_seq[i] = b["sequence"]
+        time.sleep(0.05 * k)
+
+
+@pytest.mark.rules("S7")
+def test_s7_reader_frame_metadata(cell, openers):
+    need_openers(cell, 2)
+    wr = Writer(openers.fd(), count=2)
+    _check_frames(wr, [Reader(openers.fd())])
+
+
+@pytest.mark.rules("S7", "A3")
+def test_s7_three_readers_independent(cell, openers):
+    need_openers(cell, 4)
+    wr = Writer(openers.fd(), count=2)
+    readers = []
+    for i in range(3):
+        try:
+            readers.append(Reader(openers.fd()))
+        except OSError as exc:
+            pytest.fail(f"S7 with 3 readers: reader{i} REQBUFS/STREAMON(CAPTURE) while a writer "
+                        f"and {i} reader(s) stream: expected success, got {ename(exc.errno)} (A3)")
+    _check_frames(wr, readers)
+    # a reader that stops dequeuing does not hold back the others
+    readers[0].dev.streamoff(CAP)
+    _check_frames(wr, readers[1:], 2)

@@ -1,0 +1,134 @@
+"""Helpers shared by scenarios: skips that depend on the cell, in-process writer/reader."""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import pytest
+
+from .v4l2 import (
+    CAP,
+    CAP_VIDEO_CAPTURE,
+    CAP_VIDEO_OUTPUT,
+    OUT,
+    YUYV,
+    Device,
+    V4L2Error,
+    ename,
+    fourcc,
+)
+
+W, H = 160, 120  # the standard format of the scenarios (small: TCG is slow)
+W2, H2 = 320, 240  # "another" format
+
+
+def need_openers(cell, n: int) -> None:
+    if cell.max_openers < n:
+        pytest.skip(f"needs {n} openers at once; max_openers={cell.max_openers} in this cell "
+                    f"(L1 is what applies here)")
+
+
+def need_ec(cell, value: bool, rule: str) -> None:
+    if bool(cell.exclusive_caps) != value:
+        pytest.skip(f"{rule} applies to exclusive_caps={int(value)}; this cell has "
+                    f"exclusive_caps={int(cell.exclusive_caps)}")
+
+
+def skip_if_keep(cell, rule: str, why: str = "keep_format=1 keeps format and count pinned "
+                 "across sessions") -> None:
+    if cell.keep_format:
+        pytest.skip(f"{rule} needs an unpinned device; {why}")
+
+
+def fmt_str(f: dict) -> str:
+    return f"{fourcc(f['pixelformat'])} {f['width']}x{f['height']} sizeimage={f['sizeimage']}"
+
+
+def caps_str(caps: int) -> str:
+    parts = []
+    if caps & CAP_VIDEO_CAPTURE:
+        parts.append("VIDEO_CAPTURE")
+    if caps & CAP_VIDEO_OUTPUT:
+        parts.append("VIDEO_OUTPUT")
+    return "|".join(parts) or "neither CAPTURE nor OUTPUT"
+
+
+def expect_errno(code: int, want: int, what: str) -> None:
+    assert code == want, f"{what}: expected {ename(want)}, got {ename(code)}"
+
+
+def sysfs_attr(cell, name: str) -> str | None:
+    try:
+        return (Path("/sys/class/video4linux") / Path(cell.device).name / name).read_text().strip()
+    except OSError:
+        return None
+
+
+class Writer:
+    """An in-process mmap writer on one opener."""
+
+    def __init__(self, dev: Device, count: int = 2, width: int = W, height: int = H,
+                 pixfmt: int = YUYV, streamon: bool = True, set_format: bool = True):
+        self.dev = dev
+        self.fmt = dev.s_fmt(OUT, width, height, pixfmt) if set_format else dev.g_fmt(OUT)
+        self.count = dev.reqbufs(OUT, count)["count"]
+        assert self.count >= 1, f"REQBUFS(OUTPUT, {count}) granted 0 buffers"
+        for i in range(self.count):
+            dev.mmap(OUT, i)
+        self.free = list(range(self.count))
+        self.n = 0
+        self.last_ts = None
+        if streamon:
+            dev.streamon(OUT)
+
+    def send(self, timeout: float = 3.0) -> dict:
+        """Publish the next frame; returns the queued buffer (with its timestamp)."""
+        if not self.free:
+            try:
+                b = self.dev.wait_dqbuf(OUT, timeout)
+            except V4L2Error as exc:
+                raise AssertionError(f"writer: DQBUF(OUTPUT) to recycle a buffer: {exc}") from None
+            self.free.append(b["index"])
+        idx = self.free.pop(0)
+        now = time.time()
+        ts = (int(now), int((now % 1) * 1e6))
+        self.dev.put_frame(idx, self.n, self.fmt["sizeimage"], ts=ts)
+        self.last_ts = ts
+        self.n += 1
+        return {"index": idx, "frame": self.n - 1, "ts": ts}
+
+
+class Reader:
+    """An in-process mmap reader on one opener."""
+
+    def __init__(self, dev: Device, count: int = 2, streamon: bool = True):
+        self.dev = dev
+        self.count = dev.setup_mmap(CAP, count)
+        if streamon:
+            dev.streamon(CAP)
+
+    def get(self, timeout: float = 3.0) -> dict:
+        b = self.dev.wait_dqbuf(CAP, timeout)
+        b["frame"] = self.dev.read_frame_number(CAP, b["index"])
+        self.dev.qbuf(CAP, b["index"])
+        return b
+
+    def get_newer(self, than: int, timeout: float = 3.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            b = self.get(max(0.05, deadline - time.monotonic()))
+            if b["frame"] > than:
+                return b
+            if time.monotonic() > deadline:
+                raise V4L2Error(errno.ETIMEDOUT, f"a frame newer than {than}")
+
+
+def wait_until(pred, timeout: float = 3.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(step)
