@@ -1,2 +1,171 @@
-def main() -> int:
-    raise SystemExit("loopqual: not yet implemented")
+"""loopqual: the command line.
+
+Exit codes (as tuxmake/tuxrun): 0 every gated result passed, 1 a gated result failed,
+2 anything incomplete or bad input (one clear line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import LoopqualError
+
+EPILOG = """exit codes: 0 all gated results passed; 1 a gated result failed;
+2 incomplete (infrastructure, timeout, hang, panic) or bad input.
+Data: kernel/kernels.toml, kernel/sources.toml, scenarios/params.toml,
+scenarios/suites.toml, kernel/expected-failures.toml."""
+
+
+def _matrix_args(p: argparse.ArgumentParser, with_suites: bool = True) -> None:
+    p.add_argument("--kernel", "-K", action="append", default=[], metavar="K",
+                   help="kernel name from kernel/kernels.toml (repeatable; default: the default kernels)")
+    p.add_argument("--module", "-m", action="append", default=[], metavar="M",
+                   help="module source from kernel/sources.toml, or a path to a local tree "
+                        "(repeatable; default: debian-0.15.0 and patched)")
+    if with_suites:
+        p.add_argument("--params", "-p", action="append", default=[], metavar="P",
+                       help="parameter set from scenarios/params.toml, or inline "
+                            "'exclusive_caps=1,keep_format=1' (repeatable; default: the default sets)")
+        p.add_argument("--suite", "-s", action="append", default=[], metavar="S",
+                       help="suite from scenarios/suites.toml (repeatable; default: the default suites)")
+        p.add_argument("-k", dest="k", metavar="EXPR",
+                       help="pytest -k expression selecting scenarios inside pytest suites")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="loopqual", description="Qualify v4l2loopback on real Debian kernels in QEMU guests.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"loopqual {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("qualify", help="build, boot, run the matrix, judge, report",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _matrix_args(q)
+    q.add_argument("--out", "-o", type=Path, metavar="DIR",
+                   help="results directory (default: results/<UTC timestamp>)")
+
+    sub.add_parser("list", help="kernels, module sources, parameter sets and suites known")
+
+    b = sub.add_parser("build", help="build only (cached); print module paths")
+    _matrix_args(b, with_suites=False)
+
+    sh = sub.add_parser("shell", help="boot a guest with the module loaded and open a shell")
+    sh.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
+    sh.add_argument("--module", "-m", metavar="M", default="patched", help="module source")
+    sh.add_argument("--params", "-p", metavar="P", default="ec1", help="parameter set")
+
+    r = sub.add_parser("report", help="re-render report.html from a results directory")
+    r.add_argument("dir", type=Path, metavar="DIR")
+
+    ser = sub.add_parser("series", help="edit the patch series as git commits")
+    ser.add_argument("action", choices=["edit", "export"],
+                     help="edit: make a git work tree of base + series; "
+                          "export: write its commits back to kernel/patches")
+    ser.add_argument("--worktree", type=Path, metavar="DIR",
+                     help="the work tree (default: .cache/series-work)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.print_help()
+        return 2
+    try:
+        return _dispatch(args, argv)
+    except LoopqualError as exc:
+        print(f"loopqual: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loopqual: interrupted", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args, argv: list[str]) -> int:
+    if args.command == "qualify":
+        from . import qualify
+
+        sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
+        out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return qualify.qualify(sel, out, argv)
+    if args.command == "list":
+        return _list()
+    if args.command == "build":
+        return _build(args)
+    if args.command == "shell":
+        from . import shell
+
+        return shell.run(args.kernel, args.module, args.params)
+    if args.command == "report":
+        from . import report
+
+        if not (args.dir / "results.json").exists():
+            raise LoopqualError(f"{args.dir}: no results.json there")
+        print(report.rerender(args.dir))
+        return 0
+    if args.command == "series":
+        from . import series_cli
+
+        return series_cli.run(args.action, args.worktree)
+    raise AssertionError(args.command)
+
+
+def _list() -> int:
+    from . import data
+
+    kernels = data.load_kernels()
+    _m, sources = data.load_sources()
+    params = data.load_params()
+    suites, profiles = data.load_suites()
+    print("Kernels (kernel/kernels.toml):")
+    for k in kernels.values():
+        print(f"  {k.name:14} {'default ' if k.default else '        '}{k.description}")
+    print("Module sources (kernel/sources.toml; or a path to a local tree):")
+    for s in sources.values():
+        what = f"{s.package} {s.version} ({s.suite})" if s.kind == "debian" else \
+            f"{s.base} + {s.patches.name if s.patches else ''}"
+        print(f"  {s.name:14} {'gated   ' if s.gated else 'info    '}{what}: {s.description}")
+    print("Parameter sets (scenarios/params.toml; or inline NAME=VALUE,...):")
+    for p in params.values():
+        settings = " ".join(f"{k}={v}" for k, v in p.all_params.items())
+        print(f"  {p.name:14} {'default ' if p.default else '        '}{settings:40} {p.description}")
+    print("Suites (scenarios/suites.toml):")
+    for s in suites.values():
+        extra = f" profiles: {', '.join(s.profiles)}" if s.profiles else ""
+        print(f"  {s.name:14} {'default ' if s.default else '        '}{s.description}{extra}")
+    return 0
+
+
+def _build(args) -> int:
+    from . import build, data, kernels, sources
+
+    all_kernels = data.load_kernels()
+    mirror, all_sources = data.load_sources()
+    ks = [data.resolve_kernel(n, all_kernels) for n in args.kernel] or \
+        [k for k in all_kernels.values() if k.default]
+    ms = [data.resolve_source(n, all_sources) for n in args.module] or \
+        [all_sources["debian-0.15.0"], all_sources["patched"]]
+    failed = False
+    for k in ks:
+        ik = kernels.resolve(k)
+        for m in ms:
+            tree, patches = sources.prepare(m, all_sources, mirror)
+            r = build.build(m.name, tree, patches, ik)
+            state = "cached" if r.cached else f"{r.duration_s} s"
+            if r.status == "ok":
+                print(f"{k.name} {m.name}: {r.ko} ({state}, {len(r.warnings)} warning(s))")
+            else:
+                failed = True
+                print(f"{k.name} {m.name}: BUILD FAILED ({state})\n{r.log_tail}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

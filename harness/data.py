@@ -268,6 +268,15 @@ class Profile:
     args: tuple[str, ...]
     producer: bool
     timeout_s: float
+    idle_s: float
+    requires: dict = field(default_factory=dict)
+    not_applicable_because: str = ""
+
+    def applies_to(self, params: ParamSet) -> str | None:
+        for k, v in self.requires.items():
+            if params.all_params.get(k, 0) != v:
+                return f"needs {k}={v}: {self.not_applicable_because}".strip()
+        return None
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,7 @@ class Suite:
     default: bool = False
     timeout_s: float = 900
     requires: dict = field(default_factory=dict)
+    strict: bool = False  # compliance: run profiles even where they do not apply
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -294,14 +304,22 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
     profiles = {}
     for name, e in _table(path, data, "profile").items():
         _check_keys(path, f"profile.{name}", e,
-                    {"description", "args", "producer", "timeout_s"}, {"timeout_s"})
-        profiles[name] = Profile(name, e.get("description", ""), tuple(e.get("args", [])),
-                                 bool(e.get("producer", False)), float(e["timeout_s"]))
+                    {"description", "args", "producer", "timeout_s", "idle_s", "requires",
+                     "not_applicable_because"}, {"timeout_s"})
+        if e.get("requires") and not e.get("not_applicable_because"):
+            raise DataError(f"{path}: [profile.{name}] has requires but no "
+                            f"not_applicable_because: say why it cannot apply elsewhere")
+        profiles[name] = Profile(
+            name, e.get("description", ""), tuple(e.get("args", [])),
+            bool(e.get("producer", False)), float(e["timeout_s"]),
+            float(e.get("idle_s", e["timeout_s"])), dict(e.get("requires", {})),
+            " ".join(str(e.get("not_applicable_because", "")).split()),
+        )
     suites = {}
     for name, e in _table(path, data, "suite").items():
         _check_keys(path, f"suite.{name}", e,
                     {"kind", "description", "paths", "profiles", "default", "timeout_s",
-                     "requires"}, {"kind"})
+                     "requires", "strict"}, {"kind"})
         kind = e["kind"]
         if kind not in ("pytest", "compliance"):
             raise DataError(f"{path}: [suite.{name}] kind must be 'pytest' or 'compliance'")
@@ -312,7 +330,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
             name=name, kind=kind, description=e.get("description", ""),
             paths=tuple(e.get("paths", [])), profiles=tuple(e.get("profiles", [])),
             default=bool(e.get("default", False)), timeout_s=float(e.get("timeout_s", 900)),
-            requires=dict(e.get("requires", {})),
+            requires=dict(e.get("requires", {})), strict=bool(e.get("strict", False)),
         )
     return suites, profiles
 

@@ -1,0 +1,491 @@
+"""The guest side: one Python process per boot walks every cell of the plan.
+
+For each cell: insmod -> wait for the nodes -> set controls -> suites (pytest scenario
+suites in a forked child; v4l2-compliance profiles, some with a producer process writing
+frames) -> kernel-log check -> close all -> rmmod. Every step has a timeout; a step that
+overruns is killed and the cell is marked incomplete with what it left behind.
+
+Results go to <out>/cells/<cell id>.json in the shared read-write directory as each cell
+ends; progress goes to stdout as lines "@@LQ {json}" that the host reads live.
+A cell whose module cannot be removed ends the boot (exit 3): the host reboots the guest
+and runs the remaining cells.
+
+Run as: python -m loopqual.guest.runner PLAN.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EVENT_PREFIX = "@@LQ "
+EXIT_REBOOT = 3
+MODULE = "v4l2loopback"
+
+
+def emit(event: str, **fields) -> None:
+    sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- kernel log
+class KmsgReader:
+    """New kernel-log lines since the reader was made (or last drained)."""
+
+    def __init__(self):
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        os.lseek(self.fd, 0, os.SEEK_END)
+
+    def drain(self) -> list[str]:
+        lines = []
+        while True:
+            try:
+                rec = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # overwritten records: skip on
+                continue
+            # "prio,seq,usec,flags;message" then continuation lines " KEY=value"
+            head, _, msg = rec.partition(";")
+            usec = head.split(",")[2] if head.count(",") >= 2 else "0"
+            text = msg.split("\n")[0]
+            lines.append(f"[{int(usec) / 1e6:12.6f}] {text}")
+        return lines
+
+    def close(self):
+        os.close(self.fd)
+
+
+# ---------------------------------------------------------------------------- processes
+def run_cmd(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, bool]:
+    """Run with a timeout in its own process group; (exit code or None, output, timed out).
+    On timeout the whole group gets SIGKILL (signalling only a wrapper would leave the child)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out.decode(errors="replace"), False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel)
+            out = b""
+        return None, out.decode(errors="replace"), True
+
+
+def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None, str, str]:
+    """Run with output streamed line by line: killed (whole group) when it runs past timeout
+    or prints nothing for idle seconds. (exit code or None, output, '' or why it was killed)."""
+    import select
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    chunks: list[bytes] = []
+    start = last = time.monotonic()
+    killed = ""
+    while True:
+        r, _, _ = select.select([proc.stdout], [], [], 0.5)
+        now = time.monotonic()
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            last = now
+        if now - start > timeout:
+            killed = f"did not finish within {timeout:.0f} s"
+        elif now - last > idle:
+            killed = f"printed nothing for {idle:.0f} s (stuck in a test)"
+        if killed:
+            _kill_group(proc.pid)
+            break
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        killed += "; it could not be killed (stuck in the kernel)"
+    out = b"".join(chunks).decode(errors="replace")
+    return (None if killed else proc.returncode), out, killed
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_child(pid: int, timeout: float) -> tuple[int | None, bool]:
+    """Wait for a forked child; on timeout SIGKILL its group. (exit status, timed out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        if time.monotonic() > deadline:
+            _kill_group(pid)
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.2)
+            return None, True
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- module
+def module_loaded() -> bool:
+    return Path(f"/sys/module/{MODULE}").exists()
+
+
+def insmod(ko: str, params: dict) -> tuple[bool, str]:
+    args = []
+    for k, v in params.items():
+        if isinstance(v, bool):
+            v = int(v)
+        v = str(v)
+        args.append(f'{k}="{v}"' if " " in v else f"{k}={v}")
+    deps = subprocess.run(["modinfo", "-F", "depends", ko], capture_output=True, text=True)
+    for dep in filter(None, deps.stdout.strip().split(",")):
+        run_cmd(["modprobe", dep], 60)
+    code, out, timed_out = run_cmd(["insmod", ko, *args], 60)
+    return code == 0, f"insmod {ko} {' '.join(args)}: " + (
+        "timed out" if timed_out else f"exit {code} {out.strip()}")
+
+
+def rmmod(timeout: float = 30) -> str:
+    """ok | busy | failed (after retries: openers may still be exiting)."""
+    last = ""
+    for _ in range(5):
+        if not module_loaded():
+            return "ok"
+        code, out, timed_out = run_cmd(["rmmod", MODULE], timeout)
+        if code == 0:
+            return "ok"
+        last = "timeout" if timed_out else out
+        time.sleep(1)
+    return "busy" if "in use" in last else "failed"
+
+
+def video_nodes() -> set[str]:
+    base = Path("/sys/class/video4linux")
+    return {f"/dev/{p.name}" for p in base.glob("video*")} if base.exists() else set()
+
+
+def wait_nodes(before: set[str], timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(n for n in video_nodes() - before if os.path.exists(n))
+        if new:
+            time.sleep(0.2)
+            return sorted(n for n in video_nodes() - before if os.path.exists(n))
+        time.sleep(0.1)
+    return []
+
+
+def set_controls(device: str, controls: dict) -> list[str]:
+    """Set V4L2 controls with VIDIOC_S_CTRL (through v4l2-ctl) and read them back."""
+    errors = []
+    for name, value in controls.items():
+        code, out, _ = run_cmd(["v4l2-ctl", "-d", device, "-c", f"{name}={value}"], 30)
+        if code != 0:
+            errors.append(f"set {name}={value} on {device}: {out.strip()}")
+            continue
+        code, out, _ = run_cmd(["v4l2-ctl", "-d", device, "-C", name], 30)
+        m = re.search(rf"{name}:\s*(-?\d+)", out)
+        if not m or int(m.group(1)) != int(value):
+            errors.append(f"control {name} on {device} reads back {out.strip()!r}, "
+                          f"expected {value}")
+    return errors
+
+
+def read_params() -> dict:
+    """The module's parameters as the kernel holds them (where readable)."""
+    out = {}
+    base = Path(f"/sys/module/{MODULE}/parameters")
+    for p in sorted(base.glob("*")) if base.exists() else []:
+        try:
+            out[p.name] = p.read_text().strip()
+        except OSError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------- producer
+def start_producer(device: str, width: int = 640, height: int = 480, fps: int = 30) -> tuple[int, int]:
+    """Fork a writer that sets YUYV WxH on OUTPUT and write()s frames until killed.
+    Returns (pid, read end of a pipe that carries 'ok' after the first frame, or an error)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return pid, rfd
+    os.close(rfd)
+    os.setsid()
+    status = "ok"
+    try:
+        import ctypes
+        import fcntl
+
+        from linuxpy.video import raw
+
+        fd = os.open(device, os.O_RDWR)
+        fmt = raw.v4l2_format()
+        fmt.type = raw.BufType.VIDEO_OUTPUT
+        fcntl.ioctl(fd, raw.IOC.G_FMT, fmt)
+        fmt.fmt.pix.width, fmt.fmt.pix.height = width, height
+        fmt.fmt.pix.pixelformat = raw.PixelFormat.YUYV
+        fmt.fmt.pix.field = raw.Field.NONE
+        fmt.fmt.pix.bytesperline = width * 2
+        fmt.fmt.pix.sizeimage = width * height * 2
+        fcntl.ioctl(fd, raw.IOC.S_FMT, fmt)
+        size = fmt.fmt.pix.sizeimage
+        frames = [bytes([(16 * i + x) % 256 for x in range(256)]) * (size // 256 + 1)
+                  for i in range(8)]
+        n = 0
+        period = 1.0 / fps
+        next_t = time.monotonic()
+        del ctypes
+        while True:
+            os.write(fd, frames[n % len(frames)][:size])
+            if n == 0:
+                os.write(wfd, b"ok\n")
+            n += 1
+            next_t += period
+            time.sleep(max(0.0, next_t - time.monotonic()))
+    except BaseException as exc:  # report, then leave without running the parent's code
+        status = f"producer failed: {type(exc).__name__}: {exc}"
+        try:
+            os.write(wfd, status.encode() + b"\n")
+        except OSError:
+            pass
+    os._exit(1)
+
+
+def producer_ready(rfd: int, timeout: float = 30) -> str:
+    import select
+
+    ready, _, _ = select.select([rfd], [], [], timeout)
+    if not ready:
+        return f"producer wrote no frame within {timeout:.0f} s"
+    msg = os.read(rfd, 4096).decode(errors="replace").strip()
+    return "" if msg.startswith("ok") else msg or "producer exited before writing a frame"
+
+
+# ---------------------------------------------------------------------------- suites
+def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, repo: str) -> dict:
+    """Fork a child that runs pytest on the suite's paths; results come back as JSON lines."""
+    results_file = out_dir / f"{cell['id']}-{suite['name']}-scenarios.jsonl"
+    log_file = out_dir / f"{cell['id']}-{suite['name']}-pytest.log"
+    results_file.unlink(missing_ok=True)
+    pid = os.fork()
+    if pid == 0:
+        code = 4
+        try:
+            os.setsid()
+            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(repo)
+            os.environ["LOOPQUAL_CELL"] = str(cell_json)
+            import pytest
+            from loopqual.guest.recorder import Recorder
+
+            args = [*(os.path.join(repo, p) for p in suite["paths"]),
+                    "-p", "no:cacheprovider", "-q", "-rN",
+                    "--rootdir", os.path.join(repo, "scenarios")]
+            if cell.get("k"):
+                args += ["-k", cell["k"]]
+            code = int(pytest.main(args, plugins=[Recorder(results_file)]))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    status, timed_out = wait_child(pid, suite["timeout_s"])
+    scenarios = []
+    if results_file.exists():
+        for line in results_file.read_text().splitlines():
+            if line.strip():
+                scenarios.append(json.loads(line))
+    log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    incomplete = None
+    if timed_out:
+        incomplete = f"suite {suite['name']} timed out after {suite['timeout_s']:.0f} s"
+    elif status not in (0, 1, 5):  # 0 passed, 1 tests failed, 5 none collected
+        incomplete = f"suite {suite['name']}: pytest exited {status} (see its log tail)"
+    elif status == 5 or not scenarios:
+        incomplete = f"suite {suite['name']}: no scenario ran (pytest exit {status})"
+    return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
+            "incomplete": incomplete, "scenarios": scenarios,
+            "log_tail": "\n".join(log.splitlines()[-40:])}
+
+
+def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: str) -> dict:
+    from loopqual import compliance
+
+    producer_pid, note = None, ""
+    if profile["producer"]:
+        producer_pid, rfd = start_producer(device)
+        note = producer_ready(rfd)
+        os.close(rfd)
+        if note:
+            wait_child(producer_pid, 0)
+            return {"profile": profile["name"], "status": "error", "error": note, "tests": [],
+                    "total": None, "succeeded": None, "failed": None, "warnings": None,
+                    "log_tail": ""}
+    # Line-buffered: a run killed in a hang must still leave every line it printed.
+    cmd = ["stdbuf", "-oL", "-eL", "v4l2-compliance", "-P", *profile["args"], "-d", device]
+    code, out, killed = run_watched(cmd, profile["timeout_s"], profile["idle_s"])
+    timed_out = bool(killed)
+    if producer_pid:
+        wait_child(producer_pid, 0)  # kills it
+    (out_dir / f"{cell_id}-compliance-{profile['name']}.txt").write_text(out)
+    run = compliance.parse(out, profile["name"])
+    run.exit_code, run.timed_out = code, timed_out
+    d = run.to_dict()
+    d["command"] = " ".join(cmd[3:])
+    d["log_tail"] = "\n".join(out.splitlines()[-25:])
+    if killed:
+        last = run.tests[-1].name if run.tests else "none"
+        d["error"] = f"v4l2-compliance {killed}; killed after test '{last}'"
+    return d
+
+
+# ---------------------------------------------------------------------------- one cell
+def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
+    from loopqual import health
+
+    t0 = time.monotonic()
+    res = {"id": cell["id"], "complete": False, "incomplete": [], "errors": [], "suites": [],
+           "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
+           "loaded_params": {}, "devices": []}
+    kmsg = KmsgReader()
+    all_kmsg: list[str] = []
+    try:
+        if module_loaded():
+            status = rmmod()
+            if status != "ok":
+                res["errors"].append(f"a previous {MODULE} is still loaded and rmmod says {status}")
+                res["needs_reboot"] = True
+                return res
+        before = video_nodes()
+        emit("step", cell=cell["id"], step="insmod")
+        ok, msg = insmod(cell["ko"], cell["params"])
+        if not ok:
+            res["errors"].append(msg)
+            return res
+        devices = wait_nodes(before)
+        if not devices:
+            res["errors"].append("no /dev/video node appeared within 20 s of insmod")
+            return res
+        res["devices"] = devices
+        res["loaded_params"] = read_params()
+        if cell["controls"]:
+            emit("step", cell=cell["id"], step="controls")
+            for dev in devices:
+                res["errors"].extend(set_controls(dev, cell["controls"]))
+            if res["errors"]:
+                return res
+        cell_json = out_dir / f"{cell['id']}-cell.json"
+        cell_json.write_text(json.dumps({
+            "device": devices[0], "devices": devices, "module": cell["module"],
+            "module_version": cell["module_version"], "param_set": cell["param_set"],
+            "params": cell["params"], "controls": cell["controls"],
+            "kernel_release": os.uname().release, "work_dir": str(out_dir),
+            "loaded_params": res["loaded_params"], "ko": cell["ko"],
+        }, indent=1))
+        for suite in cell["suites"]:
+            if suite.get("not_applicable"):
+                res["suites"].append({"name": suite["name"], "kind": suite["kind"],
+                                      "not_applicable": suite["not_applicable"]})
+                continue
+            emit("step", cell=cell["id"], step=f"suite {suite['name']}")
+            if suite["kind"] == "pytest":
+                sr = run_pytest_suite(suite, cell, cell_json, out_dir, plan["repo"])
+                if sr["incomplete"]:
+                    res["incomplete"].append(sr["incomplete"])
+            else:
+                runs = []
+                for prof in suite["profiles"]:
+                    if prof.get("not_applicable"):
+                        runs.append({"profile": prof["name"], "status": "not-applicable",
+                                     "not_applicable": prof["not_applicable"], "tests": []})
+                        continue
+                    emit("step", cell=cell["id"], step=f"compliance {prof['name']}")
+                    r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
+                    runs.append(r)
+                    if r["status"] == "incomplete":
+                        res["incomplete"].append(
+                            f"compliance {prof['name']}: "
+                            + (r.get("error") or "no Total line (v4l2-compliance did not finish)"))
+                sr = {"name": suite["name"], "kind": "compliance", "runs": runs}
+            res["suites"].append(sr)
+            all_kmsg += kmsg.drain()
+        res["complete"] = True
+    except Exception:
+        res["errors"].append("harness error in the guest:\n" + traceback.format_exc())
+    finally:
+        emit("step", cell=cell["id"], step="rmmod")
+        try:
+            refcnt = Path(f"/sys/module/{MODULE}/refcnt")
+            res["health"]["refcnt"] = int(refcnt.read_text()) if refcnt.exists() else None
+        except (OSError, ValueError):
+            pass
+        if module_loaded():
+            res["health"]["rmmod"] = rmmod()
+            if res["health"]["rmmod"] != "ok":
+                res["needs_reboot"] = True
+        all_kmsg += kmsg.drain()
+        kmsg.close()
+        res["health"]["splats"] = health.find_splats(all_kmsg)
+        res["kmsg_tail"] = all_kmsg[-80:]
+        res["duration_s"] = round(time.monotonic() - t0, 2)
+    return res
+
+
+def main(argv: list[str]) -> int:
+    plan_path = Path(argv[0])
+    plan = json.loads(plan_path.read_text())
+    out_dir = Path(plan["out"])
+    cells_dir = out_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    emit("boot", release=os.uname().release, cells=len(plan["cells"]))
+    # Import the heavy modules once, here: every fork below starts with them loaded
+    # (the root is 9p under TCG: imports cost seconds each time).
+    t0 = time.monotonic()
+    import linuxpy.video.raw  # noqa: F401
+    import pytest  # noqa: F401
+    from loopqual import compliance, health  # noqa: F401
+    from loopqual.guest import recorder  # noqa: F401
+
+    emit("ready", import_s=round(time.monotonic() - t0, 2))
+    for cell in plan["cells"]:
+        dest = cells_dir / f"{cell['id']}.json"
+        if dest.exists():
+            continue
+        emit("cell-start", cell=cell["id"])
+        res = run_cell(cell, plan, out_dir)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.rename(dest)
+        emit("cell-end", cell=cell["id"], complete=res["complete"],
+             duration_s=res.get("duration_s"))
+        if res.get("needs_reboot"):
+            emit("reboot-needed", cell=cell["id"], rmmod=res["health"]["rmmod"])
+            return EXIT_REBOOT
+    emit("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

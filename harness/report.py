@@ -1,0 +1,94 @@
+"""Reports for people: the terminal table printed after a run, and report.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+
+from . import results
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _summary(cell: dict) -> str:
+    c = results.counts(cell)
+    sc, comp = c["scenarios"], c["compliance"]
+    parts = []
+    if cell["scenarios"]:
+        parts.append(f"scen {sc['pass']}P/{sc['fail'] + sc['error']}F/{sc['skip']}S"
+                     + (f"/{sc['xfail']}xf" if sc["xfail"] else "")
+                     + (f"/{sc['xpass']}XP" if sc["xpass"] else ""))
+    if cell["compliance"]:
+        parts.append(f"v4l2c {comp['total']}T/{comp['failed']}F"
+                     + (f"/{comp['xfail']}xf" if comp["xfail"] else ""))
+    if cell["health"].get("splats"):
+        parts.append(f"{len(cell['health']['splats'])} splat(s)")
+    if cell["health"].get("rmmod") not in (None, "ok"):
+        parts.append(f"rmmod {cell['health']['rmmod']}")
+    return ", ".join(parts)
+
+
+def terminal_table(run: dict) -> str:
+    rows = [("kernel", "module", "params", "gated", "status", "summary")]
+    for cell in run["cells"]:
+        rows.append((cell["kernel"], cell["module"], cell["param_set"],
+                     "gate" if cell["gated"] else "info", cell["status"].upper(), _summary(cell)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(r[j].ljust(widths[j]) for j in range(5)) + "  " + r[5])
+        if i == 0:
+            lines.append("-" * (sum(widths) + 10 + len(r[5])))
+    problems = []
+    for cell in run["cells"]:
+        if cell["status"] == "pass":
+            continue
+        label = results.cell_label(cell)
+        for line in cell["errors"]:
+            problems.append(f"  {label}: error: {line.splitlines()[0]}")
+        for line in cell["incomplete"]:
+            problems.append(f"  {label}: incomplete: {line}")
+        for line in results.failures(cell)[:12]:
+            problems.append(f"  {label}: {line[:200]}")
+        extra = len(results.failures(cell)) - 12
+        if extra > 0:
+            problems.append(f"  {label}: ... and {extra} more (see the report)")
+    if problems:
+        lines += ["", "Problems:"] + problems
+    return "\n".join(lines)
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["summary"] = _summary
+    env.filters["failures"] = results.failures
+    env.filters["label"] = results.cell_label
+    env.filters["counts"] = results.counts
+    return env
+
+
+def write_html(path: Path, run: dict) -> None:
+    cells = run["cells"]
+    rows: dict[tuple, dict] = {}
+    param_sets: list[str] = []
+    for c in cells:
+        rows.setdefault((c["kernel"], c["module"]), {})[c["param_set"]] = c
+        if c["param_set"] not in param_sets:
+            param_sets.append(c["param_set"])
+    html = _env().get_template("report.html.j2").render(
+        run=run, rows=rows, param_sets=param_sets, cells=cells,
+        exit_meaning={0: "all gated results passed", 1: "a gated result failed",
+                      2: "incomplete: something did not run to the end"}[run["exit_code"]],
+    )
+    path.write_text(html)
+
+
+def rerender(results_dir: Path) -> Path:
+    data = json.loads((results_dir / "results.json").read_text())
+    out = results_dir / "report.html"
+    write_html(out, data)
+    return out

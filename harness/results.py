@@ -1,0 +1,243 @@
+"""The results model: a cell's verdict from what the guest recorded, gating against the
+expected-failures list, and the writers (results.json, junit.xml).
+
+Cell status:  error       the module did not build or load, or the harness failed for it
+              incomplete  some step did not run to the end (timeout, hang, panic, watchdog)
+              fail        a scenario, compliance test or health check failed
+              pass        everything that ran passed (skips and not-applicable suites say why)
+For gated cells (the patched source), failures listed in kernel/expected-failures.toml
+become "xfail" and do not fail the gate; a listed item that passes is "xpass" and does,
+so that the list only shrinks. Stock sources are informational.
+Exit code of a run: 2 if any cell is incomplete, else 1 if a gated cell is not pass, else 0.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .data import ExpectedFailure
+
+SCHEMA = 1
+FAILING = ("fail", "error")
+
+
+def _expected(expected: list[ExpectedFailure], kind: str, item_id: str, cell: dict):
+    for e in expected:
+        if e.matches(kind, item_id, cell["param_set"], cell["kernel"]):
+            return e
+    return None
+
+
+def _apply_expectations(item: dict, kind: str, item_id: str, cell: dict,
+                        expected: list[ExpectedFailure]) -> None:
+    if not cell["gated"]:
+        return
+    e = _expected(expected, kind, item_id, cell)
+    if e is None:
+        return
+    if item["status"] in FAILING:
+        item["status"] = "xfail"
+        item["expected"] = {"reason": e.reason, "rule": e.rule, "issue": e.issue,
+                            "inherent": e.inherent}
+    elif item["status"] == "pass":
+        item["status"] = "xpass"
+        item["expected"] = {"reason": e.reason, "rule": e.rule, "issue": e.issue,
+                            "inherent": e.inherent}
+
+
+def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
+                  expected: list[ExpectedFailure]) -> dict:
+    """meta: kernel, kernel_release, module, module_version, params, param_set, gated,
+    build, reproduce. guest: the runner's cell file (None if it never ran)."""
+    cell = {**meta, "status": "pass", "scenarios": [], "compliance": [],
+            "suites_not_applicable": [], "incomplete": [], "errors": [], "problems": [],
+            "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
+            "duration_s": None, "loaded_params": {}}
+    if meta["build"]["status"] != "ok":
+        cell["status"] = "error"
+        cell["errors"].append("build failed: " + (meta["build"]["log_tail"].splitlines() or ["?"])[-1])
+        return cell
+    if guest is None:
+        cell["incomplete"].append((host_incomplete or {}).get("reason", "the cell never ran"))
+        cell["console_tail"] = (host_incomplete or {}).get("console_tail", [])
+        cell["status"] = "incomplete"
+        return cell
+    cell["errors"] = list(guest.get("errors", []))
+    cell["incomplete"] = list(guest.get("incomplete", []))
+    if not guest.get("complete") and not cell["errors"] and not cell["incomplete"]:
+        cell["incomplete"].append("the guest runner did not finish this cell")
+    cell["health"] = guest.get("health", cell["health"])
+    cell["kmsg_tail"] = guest.get("kmsg_tail", [])
+    cell["duration_s"] = guest.get("duration_s")
+    cell["loaded_params"] = guest.get("loaded_params", {})
+    for suite in guest.get("suites", []):
+        if suite.get("not_applicable"):
+            cell["suites_not_applicable"].append(
+                {"suite": suite["name"], "reason": suite["not_applicable"]})
+            continue
+        if suite["kind"] == "pytest":
+            for sc in suite["scenarios"]:
+                sc = {**sc, "suite": suite["name"]}
+                _apply_expectations(sc, "scenario", sc["id"], cell, expected)
+                cell["scenarios"].append(sc)
+            if suite.get("incomplete"):
+                cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
+        else:
+            for run in suite["runs"]:
+                run = dict(run)
+                if run.get("status") == "not-applicable":
+                    cell["suites_not_applicable"].append(
+                        {"suite": f"{suite['name']}:{run['profile']}",
+                         "reason": run["not_applicable"]})
+                    continue
+                for t in run.get("tests", []):
+                    _apply_expectations(t, "compliance",
+                                        f"{run['profile']}::{t['section']}/{t['name']}",
+                                        cell, expected)
+                cell["compliance"].append(run)
+    cell["status"] = cell_status(cell)
+    return cell
+
+
+def failures(cell: dict) -> list[str]:
+    """One line per thing that fails this cell (expected failures excluded)."""
+    out = []
+    for sc in cell["scenarios"]:
+        if sc["status"] in FAILING:
+            out.append(f"scenario {sc['id']} [{','.join(sc['rules'])}]: {sc['status']}: "
+                       f"{sc['message'].splitlines()[0] if sc['message'] else ''}")
+        elif sc["status"] == "xpass":
+            out.append(f"scenario {sc['id']}: passes but is listed as an expected failure "
+                       f"(remove it from kernel/expected-failures.toml)")
+    for run in cell["compliance"]:
+        if run.get("status") == "error":
+            out.append(f"compliance {run['profile']}: {run.get('error', 'error')}")
+        for inc in run.get("inconsistencies", []):
+            out.append(f"compliance {run['profile']}: {inc}")
+        for t in run.get("tests", []):
+            if t["status"] == "fail":
+                detail = next((d for d in t["details"] if d.startswith("fail:")), "")
+                out.append(f"compliance {run['profile']}: {t['section']}/{t['name']}: FAIL {detail}")
+            elif t["status"] == "xpass":
+                out.append(f"compliance {run['profile']}: {t['section']}/{t['name']}: passes but "
+                           f"is listed as an expected failure (remove it)")
+    for s in cell["health"].get("splats", []):
+        out.append(f"kernel log: {s['pattern']}: {s['line']}")
+    if cell["health"].get("rmmod") not in (None, "ok"):
+        out.append(f"rmmod after the cell: {cell['health']['rmmod']}")
+    return out
+
+
+def cell_status(cell: dict) -> str:
+    if cell["errors"]:
+        return "error"
+    if cell["incomplete"]:
+        return "incomplete"
+    return "fail" if failures(cell) else "pass"
+
+
+def counts(cell: dict) -> dict:
+    c = {k: 0 for k in ("pass", "fail", "error", "skip", "xfail", "xpass")}
+    for sc in cell["scenarios"]:
+        c[sc["status"]] = c.get(sc["status"], 0) + 1
+    comp = {"total": 0, "failed": 0, "xfail": 0, "warnings": 0}
+    for run in cell["compliance"]:
+        comp["total"] += run.get("total") or 0
+        comp["warnings"] += run.get("warnings") or 0
+        comp["failed"] += sum(t["status"] == "fail" for t in run.get("tests", []))
+        comp["xfail"] += sum(t["status"] == "xfail" for t in run.get("tests", []))
+    return {"scenarios": c, "compliance": comp}
+
+
+def exit_code(cells: list[dict]) -> int:
+    if any(c["status"] == "incomplete" for c in cells):
+        return 2
+    if any(c["gated"] and c["status"] != "pass" for c in cells):
+        return 1
+    return 0
+
+
+def cell_label(cell: dict) -> str:
+    return f"{cell['kernel']}/{cell['module']}/{cell['param_set']}"
+
+
+# ---------------------------------------------------------------------------- writers
+def write_json(path: Path, run: dict) -> None:
+    path.write_text(json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
+
+
+def write_junit(path: Path, run: dict) -> None:
+    root = ET.Element("testsuites", name="loopqual")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for cell in run["cells"]:
+        label = cell_label(cell)
+        ts = ET.SubElement(root, "testsuite", name=label)
+        n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+
+        def case(classname: str, name: str, status: str, message: str = "", text: str = "",
+                 seconds: float | None = None, _ts=ts, _n=n):
+            tc = ET.SubElement(_ts, "testcase", classname=classname, name=name)
+            if seconds is not None:
+                tc.set("time", f"{seconds:.3f}")
+            _n["tests"] += 1
+            if status in ("fail", "xpass"):
+                el = ET.SubElement(tc, "failure", message=message[:500])
+                el.text = text or message
+                _n["failures"] += 1
+            elif status in ("error", "incomplete"):
+                el = ET.SubElement(tc, "error", message=message[:500])
+                el.text = text or message
+                _n["errors"] += 1
+            elif status in ("skip", "xfail", "not-applicable"):
+                ET.SubElement(tc, "skipped", message=message[:500])
+                _n["skipped"] += 1
+
+        b = cell["build"]
+        case(f"{label}", "build", "pass" if b["status"] == "ok" else "error",
+             "build failed" if b["status"] != "ok" else "", b.get("log_tail", ""))
+        for inc in cell["incomplete"]:
+            case(label, "cell", "incomplete", f"incomplete: {inc}",
+                 "\n".join(cell.get("console_tail", []) or cell.get("kmsg_tail", [])))
+        for err in cell["errors"] if b["status"] == "ok" else []:
+            case(label, "cell", "error", err.splitlines()[0], err)
+        for sc in cell["scenarios"]:
+            msg = sc.get("message", "")
+            if sc["status"] == "xfail":
+                msg = f"expected failure ({sc['expected']['rule']}, issue {sc['expected']['issue']}): " \
+                      f"{sc['expected']['reason']} | {msg}"
+            elif sc["status"] == "xpass":
+                msg = "listed in kernel/expected-failures.toml but passes: remove it"
+            case(f"{label}.scenarios", f"{sc['id']} [{','.join(sc['rules'])}]", sc["status"], msg,
+                 sc.get("longrepr", msg), sc.get("duration_s"))
+        for na in cell["suites_not_applicable"]:
+            case(f"{label}.{na['suite']}", na["suite"], "not-applicable", na["reason"])
+        for r in cell["compliance"]:
+            cls = f"{label}.compliance.{r['profile']}"
+            if r.get("status") == "error":
+                case(cls, "profile", "error", r.get("error", "error"), r.get("log_tail", ""))
+            for inc in r.get("inconsistencies", []):
+                case(cls, "total-line", "fail", inc)
+            for t in r.get("tests", []):
+                msg = "\n".join(t["details"])
+                if t["status"] == "xfail":
+                    msg = f"expected failure: {t['expected']['reason']}\n{msg}"
+                elif t["status"] == "xpass":
+                    msg = "listed in kernel/expected-failures.toml but passes: remove it"
+                case(cls, f"{t['section']}/{t['name']}", t["status"], msg.splitlines()[0] if msg else "", msg)
+        if b["status"] == "ok" and not (cell["incomplete"] and not cell["scenarios"] and not cell["compliance"]):
+            splats = cell["health"].get("splats", [])
+            rm = cell["health"].get("rmmod")
+            bad = [f"{s['pattern']}: {s['line']}" for s in splats]
+            if rm not in (None, "ok"):
+                bad.append(f"rmmod: {rm}")
+            case(f"{label}.health", "kernel-log+rmmod", "fail" if bad else "pass",
+                 "; ".join(bad), "\n".join(bad + cell.get("kmsg_tail", [])[-40:]))
+        for k, v in n.items():
+            ts.set(k, str(v))
+            totals[k] += v
+    for k, v in totals.items():
+        root.set(k, str(v))
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

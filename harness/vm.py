@@ -1,0 +1,229 @@
+"""Guests: boot a Debian kernel with virtme-ng (the host's root shared, results through a
+read-write directory), run the guest runner over a plan of cells, watch it.
+
+One boot serves every cell of a kernel. A hang, panic or module that will not unload ends
+that boot: the cell in progress is recorded as incomplete with the console tail, and the
+guest is booted again for the remaining cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LoopqualError
+from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
+from .paths import REPO, cache_dir
+
+BOOT_TIMEOUT_S = 240  # to the runner's first event; TCG boots in ~20 s on a quiet machine
+CELL_MARGIN_S = 180  # beyond the sum of a cell's step timeouts
+CONSOLE_TAIL = 60
+
+
+class GuestError(LoopqualError):
+    pass
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def vng_path() -> str:
+    """vng runs virtme-run by name: the venv's bin must be on PATH (we put it there)."""
+    os.environ["PATH"] = f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = shutil.which("vng")
+    if not path:
+        raise GuestError("vng (virtme-ng) not found: run `make deps` to install the venv")
+    if not shutil.which("qemu-system-x86_64"):
+        raise GuestError("qemu-system-x86_64 not found: `apt-get install qemu-system-x86` "
+                         "(or `make deps`)")
+    return path
+
+
+def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
+    """'kvm' if a KVM guest really starts this kernel here, else 'tcg'. /dev/kvm can exist
+    and still fail (nested setups: QEMU asserts on an MSR), so start one and watch it print.
+    LOOPQUAL_ACCEL=kvm|tcg overrides; the answer is cached per kernel and QEMU binary."""
+    forced = os.environ.get("LOOPQUAL_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    stamp = cache_dir() / "accel" / f"{vmlinuz.name}-{int(Path(qemu).stat().st_mtime)}"
+    if stamp.exists():
+        return stamp.read_text().strip()
+    cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display",
+           "none", "-no-reboot", "-serial", "stdio", "-kernel", str(vmlinuz),
+           "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    result, deadline, seen = "tcg", time.monotonic() + timeout, b""
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if r:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+                if b"Linux version" in seen:
+                    result = "kvm"
+                    break
+            elif proc.poll() is not None:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(result + "\n")
+    return result
+
+
+@dataclass
+class GuestRun:
+    """What the host saw of one kernel's guest runs."""
+    boots: int = 0
+    accel: str = ""
+    console: list[str] = field(default_factory=list)  # every boot's console, in order
+    host_incomplete: dict[str, dict] = field(default_factory=dict)  # cell id -> reason, tail
+    boot_seconds: list[float] = field(default_factory=list)
+
+
+def vng_command(vmlinuz: Path, rwdir: Path, plan: Path, accel: str, memory: str = "2G",
+                cpus: int = 1, exec_cmd: str | None = None) -> list[str]:
+    cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
+           "-r", str(vmlinuz), "--rwdir", str(rwdir),
+           "--append", "panic=-1 printk.devkmsg=on"]
+    if accel != "kvm":
+        cmd.append("--disable-kvm")
+    if exec_cmd is None:
+        exec_cmd = (f"cd {REPO} && exec {venv_bin() / 'python'} -m loopqual.guest.runner {plan}")
+    if exec_cmd:
+        cmd += ["--exec", exec_cmd]
+    return cmd
+
+
+def cell_budget(cell: dict) -> float:
+    total = CELL_MARGIN_S
+    for suite in cell["suites"]:
+        if suite.get("not_applicable"):
+            continue
+        if suite["kind"] == "pytest":
+            total += suite["timeout_s"] + 20
+        else:
+            total += sum(p["timeout_s"] + 50 for p in suite["profiles"]
+                         if not p.get("not_applicable"))
+    return total
+
+
+def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str) -> GuestRun:
+    """Boot as often as needed to give every cell a result file (or a host-side verdict)."""
+    gr = GuestRun(accel=accel)
+    cells_dir = rwdir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    by_id = {c["id"]: c for c in plan["cells"]}
+
+    def pending() -> list[dict]:
+        return [c for c in plan["cells"]
+                if not (cells_dir / f"{c['id']}.json").exists() and c["id"] not in gr.host_incomplete]
+
+    while pending():
+        remaining = pending()
+        plan_path = rwdir / f"plan-boot{gr.boots + 1}.json"
+        plan_path.write_text(json.dumps({**plan, "cells": remaining, "out": str(rwdir)}, indent=1))
+        gr.boots += 1
+        current, reason, tail = _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
+                                           by_id, on_event)
+        if current is None:
+            if reason:  # died before any cell started: nothing will go better next time
+                for c in pending():
+                    gr.host_incomplete[c["id"]] = {"reason": reason, "console_tail": tail}
+            continue
+        if not (cells_dir / f"{current}.json").exists():
+            gr.host_incomplete[current] = {"reason": reason or "the guest ended during this cell",
+                                           "console_tail": tail}
+            on_event({"event": "cell-end", "cell": current, "complete": False, "host": True})
+    return gr
+
+
+def _boot_once(gr: GuestRun, cmd: list[str], by_id: dict, on_event):
+    """One boot. Returns (cell in progress when it ended or None, reason, console tail)."""
+    console: deque[str] = deque(maxlen=4000)
+    t0 = time.monotonic()
+    deadline = t0 + BOOT_TIMEOUT_S
+    current, reason, booted, finished = None, "", False, False
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+    buf = b""
+    try:
+        while True:
+            r, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if r:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip("\r")
+                    idx = line.find(EVENT_PREFIX)
+                    if idx < 0:
+                        console.append(line)
+                        continue
+                    try:
+                        ev = json.loads(line[idx + len(EVENT_PREFIX):])
+                    except json.JSONDecodeError:
+                        console.append(line)
+                        continue
+                    name = ev.get("event")
+                    if name == "boot" and not booted:
+                        booted = True
+                        gr.boot_seconds.append(round(time.monotonic() - t0, 1))
+                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                    elif name == "ready":
+                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                    elif name == "cell-start":
+                        current = ev["cell"]
+                        deadline = time.monotonic() + cell_budget(by_id[current])
+                    elif name == "cell-end":
+                        current = None
+                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                    elif name == "done":
+                        finished = True
+                    on_event(ev)
+            elif proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                what = f"cell {current}" if current else ("boot" if not booted else "the runner")
+                reason = (f"guest watchdog: {what} gave no sign of progress within its budget; "
+                          f"the guest was stopped")
+                break
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    gr.console.extend(console)
+    tail = list(console)[-CONSOLE_TAIL:]
+    if not reason:
+        panic = next((ln for ln in console if "Kernel panic" in ln), None)
+        if panic:
+            reason = f"kernel panic: {panic.strip()}"
+        elif proc.returncode == EXIT_REBOOT or current is None and finished:
+            reason = ""
+        elif not booted:
+            reason = f"the guest did not boot (vng exit {proc.returncode})"
+        else:
+            reason = f"the guest ended unexpectedly (vng exit {proc.returncode})"
+    return current, reason, tail
