@@ -161,10 +161,30 @@ def find_splats(lines: list[str]) -> list[dict]:
     return _find(lines)
 
 
+def _progress(cell_dir: str | None, line: str) -> None:
+    """Append to <work_dir>/scenario-progress.log: survives a pytest killed by an oops."""
+    if not cell_dir:
+        return
+    try:
+        with open(os.path.join(cell_dir, "scenario-progress.log"), "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
 @pytest.fixture(autouse=True)
 def kernel_health(request):
+    work_dir = None
+    path = os.environ.get("LOOPQUAL_CELL")
+    if path:
+        try:
+            work_dir = json.loads(Path(path).read_text()).get("work_dir")
+        except (OSError, ValueError):
+            pass
+    _progress(work_dir, f"START {request.node.nodeid}")
     fd = _kmsg_open()
     yield
+    _progress(work_dir, f"END {request.node.nodeid}")
     lines = kmsg_read(fd)
     if fd is not None:
         os.close(fd)

@@ -378,6 +378,77 @@ class Device:
         return {"type": e.type, "pending": e.pending, "sequence": e.sequence,
                 "id": e.id, "u32": int.from_bytes(data[:4], "little")}
 
+    # -- other ioctls used by the client replays ------------------------------
+    def ioctl(self, name: str, arg):
+        """Any VIDIOC_<name> with a linuxpy ctypes argument; returns the argument."""
+        return _ioctl(self.fd, getattr(raw.IOC, name), arg, name)
+
+    def enum_framesizes(self, pixfmt: int) -> list[tuple[int, int]]:
+        out = []
+        for i in range(32):
+            f = raw.v4l2_frmsizeenum()
+            f.index = i
+            f.pixel_format = pixfmt
+            try:
+                self.ioctl("ENUM_FRAMESIZES", f)
+            except V4L2Error:
+                break
+            if f.type == 1:  # discrete
+                out.append((f.m1.discrete.width, f.m1.discrete.height))
+            else:
+                out.append((f.m1.stepwise.max_width, f.m1.stepwise.max_height))
+                break
+        return out
+
+    def enum_frameintervals(self, pixfmt: int, width: int, height: int) -> int:
+        n = 0
+        for i in range(32):
+            f = raw.v4l2_frmivalenum()
+            f.index = i
+            f.pixel_format = pixfmt
+            f.width = width
+            f.height = height
+            try:
+                self.ioctl("ENUM_FRAMEINTERVALS", f)
+            except V4L2Error:
+                break
+            n += 1
+            if f.type != 1:
+                break
+        return n
+
+    def enuminput(self, index: int = 0) -> str:
+        i = raw.v4l2_input()
+        i.index = index
+        self.ioctl("ENUMINPUT", i)
+        return bytes(i.name).rstrip(b"\0").decode(errors="replace")
+
+    def enumoutput(self, index: int = 0) -> str:
+        o = raw.v4l2_output()
+        o.index = index
+        self.ioctl("ENUMOUTPUT", o)
+        return bytes(o.name).rstrip(b"\0").decode(errors="replace")
+
+    def g_input(self) -> int:
+        return self.ioctl("G_INPUT", ctypes.c_int(0)).value
+
+    def s_input(self, index: int = 0) -> int:
+        return self.ioctl("S_INPUT", ctypes.c_int(index)).value
+
+    def g_output(self) -> int:
+        return self.ioctl("G_OUTPUT", ctypes.c_int(0)).value
+
+    def g_std(self) -> int:
+        return self.ioctl("G_STD", ctypes.c_uint64(0)).value
+
+    def create_bufs(self, buf_type: int, count: int, memory: int = MMAP) -> dict:
+        c = raw.v4l2_create_buffers()
+        c.count = count
+        c.memory = memory
+        c.format.type = buf_type
+        self.ioctl("CREATE_BUFS", c)
+        return {"index": c.index, "count": c.count, "capabilities": c.capabilities}
+
     # -- composite helpers ----------------------------------------------------
     def setup_mmap(self, buf_type: int, count: int, queue: bool = True) -> int:
         """REQBUFS + mmap every buffer (+ QBUF all for CAPTURE); return the granted count."""

@@ -94,7 +94,7 @@ def test_f4_try_fmt_changes_nothing(cell, openers):
             e = err(d.try_fmt, bt, *other, YUYV)
             assert e != errno.EBUSY, (f"TRY_FMT({'OUTPUT' if bt == OUT else 'CAPTURE'}) by {who} "
                                       f"while pinned: expected no EBUSY, got {ename(e)}")
-    after = b.g_fmt(OUT)
+    after = a.g_fmt(OUT)  # the claimant keeps its direction (X2)
     assert _dims(after) == _dims(pinned), (f"TRY_FMT changed the pinned format: "
                                            f"{fmt_str(pinned)} -> {fmt_str(after)}")
 

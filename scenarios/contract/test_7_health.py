@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from lib.common import Reader, Writer, need_openers
-from lib.v4l2 import CAP, OUT, Device
+from lib.v4l2 import CAP, OUT, Device, err
 
 KMEMLEAK = Path("/sys/kernel/debug/kmemleak")
 
@@ -60,21 +60,33 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
-def _cycle(path: str, keep: bool, i: int):
+def _cycle(path: str, keep: bool, i: int) -> int:
+    """One open/S_FMT/REQBUFS/mmap/STREAMON/close round; errors are tolerated (other rules
+    judge them); returns how many buffers were mapped."""
+    mapped = 0
     with Device(path) as d:
         if not keep:
-            d.s_fmt(OUT, 160 + 16 * (i % 4), 120)
-        n = d.reqbufs(OUT, 2)["count"]
-        for j in range(n):
-            d.mmap(OUT, j)
-        d.streamon(OUT)
-        d.put_frame(0, i, 64)
-        d.streamoff(OUT)
+            err(d.s_fmt, OUT, 160 + 16 * (i % 4), 120)
+        try:
+            n = d.reqbufs(OUT, 2)["count"]
+            for j in range(n):
+                d.mmap(OUT, j)
+                mapped += 1
+            d.streamon(OUT)
+            d.put_frame(0, i, 64)
+            d.streamoff(OUT)
+        except OSError:
+            pass
         d.munmap_all()
-        d.reqbufs(OUT, 0)
+        err(d.reqbufs, OUT, 0)
     with Device(path) as r:
-        r.setup_mmap(CAP, 2, queue=False)
-        # close with buffers mapped and no REQBUFS(0): Firefox does this
+        try:
+            r.setup_mmap(CAP, 2, queue=False)
+            mapped += 1
+        except OSError:
+            pass
+        # closed with buffers mapped and no REQBUFS(0): Firefox does this
+    return mapped
 
 
 LEAK_TOLERANCE_KB = 1024  # over CYCLES cycles: < ~3.4 kB per cycle
@@ -89,14 +101,17 @@ def test_h3_no_leak_over_cycles(cell, openers):
         _cycle(cell.device, keep, i)
     before = _meminfo()
     t0 = time.monotonic()
+    mapped = 0
     for i in range(CYCLES):
-        _cycle(cell.device, keep, i)
+        mapped += _cycle(cell.device, keep, i)
     dt = time.monotonic() - t0
     time.sleep(0.5)
     after = _meminfo()
     grew = {k: after[k] - before[k] for k in ("SUnreclaim", "VmallocUsed", "Slab")
             if k in before and k in after}
     total = grew.get("SUnreclaim", 0) + grew.get("VmallocUsed", 0)
+    assert mapped >= CYCLES, (f"{CYCLES} cycles mapped only {mapped} buffers: the cycle does not "
+                              f"exercise allocation on this module (see the A/S rules)")
     assert total < LEAK_TOLERANCE_KB, (
         f"{CYCLES} open/S_FMT/REQBUFS/mmap/STREAMON/close cycles ({dt:.1f} s): expected "
         f"SUnreclaim+VmallocUsed to grow by less than {LEAK_TOLERANCE_KB} kB, grew {total} kB "

@@ -1,0 +1,133 @@
+"""Running real client programs with hard timeouts, and judging them by the frames they move."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .common import Reader
+from .v4l2 import CAP_VIDEO_CAPTURE, Device, V4L2Error
+
+ENV = dict(os.environ, LC_ALL="C")
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.skip(f"{name} is not installed in the guest")
+    return path
+
+
+class Client:
+    """A program in its own session (process group), so stop() reaches it and its children."""
+
+    def __init__(self, argv: list[str], name: str, log_dir: str, env: dict | None = None):
+        self.argv = argv
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log = open(self.log_path, "wb")
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True,
+                                  env=env or ENV)
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGINT (clean stop, as a user's Ctrl-C), then SIGKILL to the whole group."""
+        if self.alive():
+            for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.p.pid, sig)
+                except ProcessLookupError:
+                    break
+                if self.wait(wait) is not None:
+                    break
+        self.log.close()
+        return self.p.returncode
+
+    def output(self, tail: int = 1500) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        return data[-tail:].decode(errors="replace")
+
+
+def digest(data) -> str:
+    return hashlib.blake2b(bytes(data), digest_size=8).hexdigest()
+
+
+def wait_capture(dev_path: str, timeout: float, exclusive_caps: bool) -> bool:
+    """Wait until a writer streams (exclusive_caps=1: CAPTURE shows in QUERYCAP)."""
+    if not exclusive_caps:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Device(dev_path) as d:
+                if d.device_caps() & CAP_VIDEO_CAPTURE:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 60.0,
+                          client: Client | None = None) -> tuple[int, int, str]:
+    """Open a reader (retrying while the writer starts up), collect frames for `seconds`.
+
+    Returns (frames, distinct non-blank frames, note).
+    """
+    deadline = time.monotonic() + setup_timeout
+    last_err = ""
+    d = None
+    r = None
+    while time.monotonic() < deadline:
+        if client is not None and not client.alive():
+            return 0, 0, f"{client.name} exited ({client.p.returncode}): {client.output(600)}"
+        try:
+            d = Device(dev_path)
+            r = Reader(d, count=2)
+            break
+        except OSError as exc:
+            last_err = str(exc)
+            if d is not None:
+                d.close()
+                d = None
+            time.sleep(0.5)
+    if r is None:
+        return 0, 0, f"no reader could start within {setup_timeout:.0f} s: {last_err}"
+    frames = 0
+    seen = set()
+    end = time.monotonic() + seconds
+    # frames published before the reader started may be returned first: collect for a while
+    try:
+        while time.monotonic() < end:
+            try:
+                b = d.wait_dqbuf(0x1, max(0.1, end - time.monotonic()))
+            except V4L2Error:
+                continue
+            data = d.maps[(0x1, b["index"])][: b["bytesused"] or None]
+            if any(data[::97]):
+                seen.add(digest(data))
+            frames += 1
+            d.qbuf(0x1, b["index"])
+    finally:
+        d.close()
+    return frames, len(seen), ""
