@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "export: write its commits back to kernel/patches")
     ser.add_argument("--worktree", type=Path, metavar="DIR",
                      help="the work tree (default: .cache/series-work)")
+    ser.add_argument("--force", action="store_true",
+                     help="edit: replace an existing work tree (unexported commits are lost)")
     return ap
 
 
@@ -111,10 +113,25 @@ def _dispatch(args, argv: list[str]) -> int:
         print(report.rerender(args.dir))
         return 0
     if args.command == "series":
-        from . import series_cli
-
-        return series_cli.run(args.action, args.worktree)
+        return _series(args)
     raise AssertionError(args.command)
+
+
+def _series(args) -> int:
+    from . import data, series, sources
+
+    mirror, all_sources = data.load_sources()
+    patched = all_sources["patched"]
+    work = args.worktree or series.DEFAULT_WORK
+    if args.action == "edit":
+        base = sources.unpack_debian(all_sources[patched.base], mirror)
+        tree = series.edit(base, work, patched.patches, force=args.force)
+        print(f"{tree}: base = pristine {patched.base}, one commit per patch. Edit the commits, "
+              f"then `loopqual series export`.")
+    else:
+        written = series.export(work, patched.patches.parent)
+        print(f"wrote {len(written)} patch(es) and {patched.patches}")
+    return 0
 
 
 def _list() -> int:

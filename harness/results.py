@@ -13,6 +13,7 @@ Exit code of a run: 2 if any cell is incomplete, else 1 if a gated cell is not p
 
 from __future__ import annotations
 
+import copy
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -51,6 +52,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                   expected: list[ExpectedFailure]) -> dict:
     """meta: kernel, kernel_release, module, module_version, params, param_set, gated,
     build, reproduce. guest: the runner's cell file (None if it never ran)."""
+    guest = copy.deepcopy(guest)  # verdicts are added to items: never to the caller's data
     cell = {**meta, "status": "pass", "scenarios": [], "compliance": [],
             "suites_not_applicable": [], "incomplete": [], "errors": [], "problems": [],
             "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],

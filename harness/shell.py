@@ -1,0 +1,84 @@
+"""loopqual shell: boot a guest with the module loaded and hand the user its shell, to
+reproduce a regression by hand. Driven with pexpect on the guest console: the console
+echoes what is typed, so the prompt and the exit-code marker are written in a way that
+cannot appear in an echoed command."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import pexpect
+
+from . import build as buildmod
+from . import data, kernels, sources, vm
+from .errors import LoopqualError
+
+PROMPT = "@@LQSH>"  # set as PS1='@@''LQSH>': the echo shows the quotes, the prompt does not
+RC = re.compile(r"@@RC=(\d+)@@")
+
+
+class Console:
+    def __init__(self, child: pexpect.spawn):
+        self.child = child
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        self.child.sendline(f"{command}; echo \"@@RC=$?\"'@@'")
+        self.child.expect(RC, timeout=timeout)
+        out = self.child.before.decode(errors="replace") if isinstance(self.child.before, bytes) \
+            else self.child.before
+        rc = int(self.child.match.group(1))
+        self.child.expect_exact(PROMPT, timeout=timeout)
+        # drop the echoed command line
+        return rc, out.split("\n", 1)[1] if "\n" in out else ""
+
+
+def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
+    if not sys.stdin.isatty():
+        raise LoopqualError("loopqual shell needs an interactive terminal (stdin is not a tty)")
+    all_kernels = data.load_kernels()
+    mirror, all_sources = data.load_sources()
+    kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
+        next(k for k in all_kernels.values() if k.default)
+    src = data.resolve_source(module_name, all_sources)
+    ps = data.resolve_params(params_name, data.load_params())
+    ik = kernels.resolve(kernel)
+    tree, patches = sources.prepare(src, all_sources, mirror)
+    b = buildmod.build(src.name, tree, patches, ik)
+    if b.status != "ok":
+        raise LoopqualError(f"{src.name} does not build on {kernel.name}:\n{b.log_tail}")
+    accel = vm.detect_accel(ik.vmlinuz)
+    cmd = vm.vng_command(ik.vmlinuz, rwdir=vm.REPO / "results", plan=None, accel=accel,
+                         exec_cmd="")
+    cmd = [c for c in cmd if c != "--verbose"]
+    print(f"loopqual: booting {ik.release} ({accel.upper()}), then loading {src.name} "
+          f"with {ps.name}...", flush=True)
+    child = pexpect.spawn(cmd[0], cmd[1:], timeout=vm.BOOT_TIMEOUT_S, encoding="utf-8",
+                          codec_errors="replace", dimensions=(50, 200))
+    t0 = time.monotonic()
+    child.expect([r"# $", r"\$ $", r"#\s*$"], timeout=vm.BOOT_TIMEOUT_S)
+    child.sendline("export PS1='@@''LQSH>'")
+    child.expect_exact(PROMPT)
+    con = Console(child)
+    args = " ".join(f'{k}="{v}"' if " " in str(v) else f"{k}={int(v) if isinstance(v, bool) else v}"
+                    for k, v in ps.module.items())
+    steps = [f"for m in $(modinfo -F depends {b.ko} | tr , ' '); do modprobe $m; done",
+             f"insmod {b.ko} {args}",
+             "for i in $(seq 50); do ls /dev/video* >/dev/null 2>&1 && break; sleep 0.2; done; "
+             "ls /dev/video*"]
+    steps += [f"for d in /dev/video*; do v4l2-ctl -d $d -c {k}={v}; done"
+              for k, v in ps.controls.items()]
+    for step in steps:
+        rc, out = con.run(step)
+        if rc != 0:
+            child.terminate(force=True)
+            raise LoopqualError(f"in the guest, `{step}` failed (exit {rc}): {out.strip()}")
+    print(f"\nloopqual: guest up in {time.monotonic() - t0:.0f} s; {src.name} loaded with "
+          f"{' '.join(f'{k}={v}' for k, v in ps.all_params.items()) or 'defaults'}.\n"
+          f"Kernel {ik.release}. Leave the shell (exit or Ctrl-D) to stop the guest.",
+          flush=True)
+    child.sendline("export PS1='loopqual-guest# '")
+    child.interact()
+    child.close()
+    return 0

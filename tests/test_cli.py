@@ -1,0 +1,34 @@
+"""Bad input on the command line: one clear line on stderr and exit 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+CASES = [
+    (["qualify", "--kernel", "debian-5.10"], "unknown kernel 'debian-5.10'"),
+    (["qualify", "--module", "debian-9.9"], "unknown module source 'debian-9.9'"),
+    (["qualify", "--params", "ec9"], "unknown parameter set 'ec9'"),
+    (["qualify", "--params", "exclusive_caps=1,bogus=2"], "unknown module parameter 'bogus'"),
+    (["qualify", "--suite", "nosuite"], "unknown suite 'nosuite'"),
+    (["build", "--kernel", "nokernel"], "unknown kernel 'nokernel'"),
+    (["report", "/nonexistent"], "no results.json"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CASES)
+def test_bad_input_exits_2_with_one_line(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "loopqual.cli", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_list_names_what_it_knows():
+    proc = subprocess.run([sys.executable, "-m", "loopqual.cli", "list"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for name in ("debian-6.1", "debian-6.12", "debian-0.12.7", "patched", "ec1-open2", "compliance"):
+        assert name in proc.stdout

@@ -1,0 +1,116 @@
+"""Data files: the real ones load; malformed or unknown input is one clear DataError."""
+
+import pytest
+
+from loopqual import data
+from loopqual.errors import DataError
+
+
+def test_real_data_files_load():
+    kernels = data.load_kernels()
+    assert {"debian-6.1", "debian-6.12"} <= set(kernels)
+    assert [k for k in kernels.values() if k.default] == [kernels["debian-6.1"]]
+    _mirror, sources = data.load_sources()
+    assert {"debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "patched"} <= set(sources)
+    assert sources["patched"].gated and sources["patched"].base == "debian-0.15.0"
+    assert not sources["debian-0.15.0"].gated
+    params = data.load_params()
+    defaults = [p for p in params.values() if p.default]
+    assert len(defaults) >= 6
+    assert {p.module.get("exclusive_caps") for p in defaults} == {0, 1}
+    assert {p.controls.get("keep_format") for p in defaults} == {0, 1}
+    assert any("max_buffers" in p.module for p in defaults)
+    assert any("max_openers" in p.module for p in defaults)
+    suites, profiles = data.load_suites()
+    assert suites["compliance"].profiles == ("output", "output-streaming", "capture",
+                                             "capture-streaming")
+    data.load_expected_failures()
+
+
+def write(tmp_path, text, name="x.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_malformed_toml_names_the_file(tmp_path):
+    p = write(tmp_path, "[kernel.a\nimage_package = 1")
+    with pytest.raises(DataError, match="x.toml: malformed TOML"):
+        data.load_kernels(p)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    p = write(tmp_path, '[kernel.a]\nimage_package="x"\nheaders_package="y"\nimage_pkg="z"\n')
+    with pytest.raises(DataError, match="unknown key.*image_pkg"):
+        data.load_kernels(p)
+
+
+PARAMS_HEAD = '[known]\nmodule_parameters=["exclusive_caps","max_buffers"]\ncontrols=["keep_format"]\n'
+
+
+def test_unknown_module_parameter_is_refused_before_boot(tmp_path):
+    p = write(tmp_path, PARAMS_HEAD + "[set.a]\nmodule = { exclusive_cap = 1 }\n")
+    with pytest.raises(DataError, match="unknown module parameter 'exclusive_cap'.*ignore"):
+        data.load_params(p)
+
+
+def test_control_given_as_module_parameter_is_refused(tmp_path):
+    p = write(tmp_path, PARAMS_HEAD + "[set.a]\nmodule = { keep_format = 1 }\n")
+    with pytest.raises(DataError, match="is a V4L2 control, not a module parameter"):
+        data.load_params(p)
+
+
+def test_module_parameter_given_as_control_is_refused(tmp_path):
+    p = write(tmp_path, PARAMS_HEAD + "[set.a]\ncontrols = { max_buffers = 4 }\n")
+    with pytest.raises(DataError, match="is a module parameter, not a control"):
+        data.load_params(p)
+
+
+def test_inline_params_split_into_module_and_controls():
+    ps = data.parse_inline_params("exclusive_caps=1, keep_format=1,card_label=My Cam")
+    assert ps.module == {"exclusive_caps": 1, "card_label": "My Cam"}
+    assert ps.controls == {"keep_format": 1}
+    with pytest.raises(DataError, match="unknown module parameter 'nosuch'"):
+        data.parse_inline_params("nosuch=1")
+    with pytest.raises(DataError, match="not NAME=VALUE"):
+        data.parse_inline_params("exclusive_caps")
+
+
+def test_unknown_names_list_what_is_known():
+    with pytest.raises(DataError, match="unknown kernel 'debian-5.10'.*known: debian-6.1"):
+        data.resolve_kernel("debian-5.10", data.load_kernels())
+    _m, sources = data.load_sources()
+    with pytest.raises(DataError, match="unknown module source 'debian-0.16'"):
+        data.resolve_source("debian-0.16", sources)
+    with pytest.raises(DataError, match="unknown parameter set 'ec9'"):
+        data.resolve_params("ec9", data.load_params())
+
+
+def test_local_source_needs_a_module_tree(tmp_path):
+    _m, sources = data.load_sources()
+    with pytest.raises(DataError, match="no v4l2loopback.c"):
+        data.resolve_source(str(tmp_path), sources)
+    (tmp_path / "v4l2loopback.c").write_text("")
+    assert data.resolve_source(str(tmp_path), sources).kind == "local"
+
+
+def test_expected_failure_needs_reason_and_matches_by_glob(tmp_path):
+    p = write(tmp_path, '[[failure]]\nkind="compliance"\nid="x"\nreason=""\nrule="A1"\nissue="4"\n')
+    with pytest.raises(DataError, match="needs a reason"):
+        data.load_expected_failures(p)
+    p = write(tmp_path, '[[failure]]\nkind="scenario"\nid="contract/test_a.py::*"\n'
+                        'reason="r"\nrule="A3"\nissue="4"\nparam_sets=["ec1*"]\n')
+    (e,) = data.load_expected_failures(p)
+    assert e.matches("scenario", "contract/test_a.py::test_x", "ec1-keep", "debian-6.1")
+    assert not e.matches("scenario", "contract/test_a.py::test_x", "ec0", "debian-6.1")
+    assert not e.matches("compliance", "contract/test_a.py::test_x", "ec1", "debian-6.1")
+
+
+def test_profile_applicability_needs_a_reason(tmp_path):
+    p = write(tmp_path, '[profile.x]\ntimeout_s=1\nrequires={exclusive_caps=1}\n')
+    with pytest.raises(DataError, match="not_applicable_because"):
+        data.load_suites(p)
+    suites, profiles = data.load_suites()
+    ec0 = data.load_params()["ec0"]
+    assert "blocking DQBUF" in profiles["output-streaming"].applies_to(ec0)
+    assert profiles["capture-streaming"].applies_to(ec0) is None

@@ -1,0 +1,135 @@
+"""Verdicts, gating against expected failures, exit codes and writers, on guest cell files
+recorded from real runs (stock 0.15.0, Debian 6.1, compliance suite)."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from loopqual import data, report, results
+
+
+def meta(gated=False, param_set="ec1", build_status="ok"):
+    return {"id": "001-x", "kernel": "debian-6.1", "kernel_release": "6.1.0-56-amd64",
+            "module": "patched" if gated else "debian-0.15.0", "module_version": "0.15.0",
+            "params": {"exclusive_caps": 1}, "module_params": {"exclusive_caps": 1},
+            "controls": {}, "param_set": param_set, "gated": gated, "patches": [],
+            "build": {"status": build_status, "log_tail": "x.c:1: error: boom", "warnings": []},
+            "reproduce": "loopqual qualify ..."}
+
+
+@pytest.fixture
+def ec1_cell(fixtures):
+    return json.loads((fixtures / "guest" / "recorded-6.1-stock-0.15.0-ec1-compliance-cell.json").read_text())
+
+
+@pytest.fixture
+def ec0_cell(fixtures):
+    return json.loads((fixtures / "guest" / "recorded-6.1-stock-0.15.0-ec0-compliance-cell.json").read_text())
+
+
+def ef(id_, kind="compliance", param_sets=()):
+    return data.ExpectedFailure(kind=kind, id=id_, reason="stock format descriptions",
+                                rule="F1", issue="4", param_sets=tuple(param_sets))
+
+
+def test_stock_cell_with_compliance_failures_fails_but_is_informational(ec1_cell):
+    cell = results.evaluate_cell(meta(), ec1_cell, None, [])
+    assert cell["status"] == "fail"
+    assert results.exit_code([cell]) == 0  # informational
+    lines = results.failures(cell)
+    assert any("for unlimited opens" in x for x in lines)
+    assert sum(r["failed"] for r in cell["compliance"]) == 2 + 6 + 1 + 5
+
+
+def test_gated_cell_fails_the_gate(ec1_cell):
+    cell = results.evaluate_cell(meta(gated=True), ec1_cell, None, [])
+    assert results.exit_code([cell]) == 1
+
+
+def test_expected_failures_do_not_fail_the_gate_and_passing_listed_items_do(ec1_cell):
+    every_failure = [ef("*::*/for unlimited opens"), ef("*::*/VIDIOC_ENUM_FMT/*"),
+                     ef("*::Streaming ioctls/*")]
+    cell = results.evaluate_cell(meta(gated=True), ec1_cell, None, every_failure)
+    statuses = {t["status"] for r in cell["compliance"] for t in r["tests"]}
+    assert "fail" not in statuses and "xfail" in statuses
+    # the Streaming glob also covers "read/write", which passes: listed but passing
+    assert "xpass" in statuses
+    assert cell["status"] == "fail" and results.exit_code([cell]) == 1
+    assert any("listed as an expected failure" in x for x in results.failures(cell))
+    narrow = [ef("*::*/for unlimited opens"), ef("*::Format ioctls (Output 0)/VIDIOC_ENUM_FMT/*"),
+              ef("*::Streaming ioctls/blocking wait"), ef("*::Streaming ioctls/MMAP *")]
+    cell = results.evaluate_cell(meta(gated=True), ec1_cell, None, narrow)
+    assert cell["status"] == "pass" and results.exit_code([cell]) == 0
+
+
+def test_expectations_apply_only_to_gated_cells(ec1_cell):
+    cell = results.evaluate_cell(meta(gated=False), ec1_cell, None, [ef("*::*")])
+    assert not any(t["status"] in ("xfail", "xpass") for r in cell["compliance"] for t in r["tests"])
+
+
+def test_expectation_scoped_to_param_sets(ec1_cell):
+    cell = results.evaluate_cell(meta(gated=True), ec1_cell, None,
+                                 [ef("*::*/for unlimited opens", param_sets=["ec0*"])])
+    assert any("for unlimited opens" in x for x in results.failures(cell))
+
+
+def test_build_failure_is_an_error_result_not_a_crash():
+    cell = results.evaluate_cell(meta(build_status="failed"), None, None, [])
+    assert cell["status"] == "error" and "boom" in cell["errors"][0]
+    assert results.exit_code([cell]) == 0  # stock: informational
+    assert results.exit_code([results.evaluate_cell(meta(True, build_status="failed"), None, None, [])]) == 1
+
+
+def test_cell_the_guest_never_finished_is_incomplete_and_exits_2(ec1_cell):
+    cell = results.evaluate_cell(meta(), None, {"reason": "kernel panic: x", "console_tail": ["a"]}, [])
+    assert cell["status"] == "incomplete" and cell["incomplete"] == ["kernel panic: x"]
+    ok = results.evaluate_cell(meta(gated=True), ec1_cell, None, [ef("*::*")])
+    assert results.exit_code([ok, cell]) == 2
+
+
+def test_guest_incomplete_profile_makes_the_cell_incomplete(ec1_cell):
+    guest = json.loads(json.dumps(ec1_cell))
+    guest["incomplete"] = ["compliance output-streaming: v4l2-compliance printed nothing for 30 s"]
+    cell = results.evaluate_cell(meta(), guest, None, [])
+    assert cell["status"] == "incomplete"
+
+
+def test_splat_and_failed_rmmod_fail_the_cell(ec1_cell):
+    guest = json.loads(json.dumps(ec1_cell))
+    guest["health"] = {"splats": [{"pattern": "warning", "line": "WARNING: x", "context": []}],
+                       "rmmod": "busy", "refcnt": 1}
+    cell = results.evaluate_cell(meta(gated=True), guest, None, [ef("*::*")])
+    lines = results.failures(cell)
+    assert any("kernel log: warning" in x for x in lines) and any("rmmod" in x for x in lines)
+    assert cell["status"] == "fail"
+
+
+def test_writers(tmp_path, ec1_cell, ec0_cell):
+    cells = [results.evaluate_cell(meta(), ec1_cell, None, []),
+             results.evaluate_cell(meta(param_set="ec0"), ec0_cell, None, []),
+             results.evaluate_cell(meta(build_status="failed"), None, None, [])]
+    run = {"started": "2026-11-25T00:00:00+00:00", "wall_s": 1.0, "boots": 1,
+           "accel": {"debian-6.1": "tcg"}, "exit_code": results.exit_code(cells),
+           "command": "loopqual qualify", "host": {"loopqual_commit": "abc"},
+           "expected_failures": [], "cells": cells}
+    results.write_json(tmp_path / "results.json", run)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["schema"] == 1
+    for key in ("kernel", "kernel_release", "module", "module_version", "params", "param_set",
+                "gated", "status", "build", "scenarios", "compliance", "health", "reproduce"):
+        assert key in doc["cells"][0]
+    for key in ("profile", "total", "succeeded", "failed", "warnings", "tests"):
+        assert key in doc["cells"][0]["compliance"][0]
+    results.write_junit(tmp_path / "junit.xml", run)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    assert len(root.findall("testsuite")) == 3
+    n_fail_tests = sum(1 for r in cells[0]["compliance"] for t in r["tests"] if t["status"] == "fail")
+    suite0 = root.findall("testsuite")[0]
+    assert int(suite0.get("failures")) == n_fail_tests
+    assert root.findall("testsuite")[2].find("testcase/error") is not None  # the build
+    report.write_html(tmp_path / "report.html", run)
+    html = (tmp_path / "report.html").read_text()
+    assert "for unlimited opens" in html and "build failed" in html
+    table = report.terminal_table(run)
+    assert "FAIL" in table and "ERROR" in table
