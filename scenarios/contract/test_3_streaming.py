@@ -63,6 +63,8 @@ def test_s3_readers_stream_without_writer(cell, openers):
         assert e == 0, (f"reader{i}: STREAMON(CAPTURE) with no writer yet: expected success, got "
                         f"{ename(e)}")
     for i, r in enumerate(readers):
+        if cell.keep_format:
+            break  # keep_format=1: the kept frame may be there already
         e = r.err("dqbuf", CAP)
         assert e == errno.EAGAIN, (f"reader{i}: DQBUF(CAPTURE, O_NONBLOCK) before any frame: "
                                    f"expected EAGAIN, got {ename(e)}")
@@ -80,7 +82,7 @@ def test_s3_readers_stream_without_writer(cell, openers):
 
 @pytest.mark.rules("S4")
 def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
-    need_openers(cell, 3)
+    need_openers(cell, 2)
     wr = Writer(openers.fd(), count=2)
     r1 = Reader(openers.fd())
     f = wr.send()
@@ -110,6 +112,7 @@ def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
     got = r1.get_newer(f["frame"] - 1)
     assert got["frame"] == f["frame"]
     # writer STREAMOFF releases the write token
+    r1.dev.close()
     e = err(wr.dev.streamoff, OUT)
     assert e == 0
     other = openers.fd()

@@ -11,6 +11,7 @@ from lib.v4l2 import (
     CAP_VIDEO_CAPTURE,
     CAP_VIDEO_OUTPUT,
     OUT,
+    Device,
     ename,
     err,
     frame_bytes,
@@ -20,7 +21,7 @@ from lib.v4l2 import (
 
 @pytest.mark.rules("W1", "X1")
 def test_w1_write_sets_itself_up(cell, openers):
-    need_openers(cell, 3)
+    need_openers(cell, 2)
     w = openers.fd()
     f = w.s_fmt(OUT, 160, 120) if not cell.keep_format else w.g_fmt(OUT)
     size = f["sizeimage"]
@@ -31,7 +32,8 @@ def test_w1_write_sets_itself_up(cell, openers):
                     f"to set itself up, got {ename(exc.errno)}")
     assert n == size, f"write() returned {n}, expected {size}"
     if cell.exclusive_caps:
-        caps = openers.fd().device_caps()
+        with Device(cell.device) as probe:
+            caps = probe.device_caps()
         assert caps & CAP_VIDEO_CAPTURE and not caps & CAP_VIDEO_OUTPUT, (
             f"exclusive_caps=1 after a write(): expected CAPTURE without OUTPUT (write token "
             f"held), got {caps_str(caps)}")
@@ -82,9 +84,10 @@ def test_w2_second_writer_busy(cell, openers):
 def test_w3_read_sets_itself_up(cell, openers):
     need_openers(cell, 2)
     r = openers.fd()
-    e = err(r.read, 160 * 120 * 2)
-    assert e == errno.EAGAIN, (f"read(O_NONBLOCK) with no writer yet: expected EAGAIN, got "
-                               f"{ename(e)}")
+    if not cell.keep_format:  # with keep_format=1 the kept frame may be there already
+        e = err(r.read, 160 * 120 * 2)
+        assert e == errno.EAGAIN, (f"read(O_NONBLOCK) with no writer yet: expected EAGAIN, got "
+                                   f"{ename(e)}")
     w = openers.proc("writer")
     info = w.call("start_writer", "mmap", count=2, fps=20, set_format=not cell.keep_format)
     size = info["format"]["sizeimage"]
@@ -105,7 +108,7 @@ def test_w3_read_sets_itself_up(cell, openers):
 
 @pytest.mark.rules("W4")
 def test_w4_mmap_and_rw_exclude_each_other(cell, openers):
-    need_openers(cell, 3)
+    need_openers(cell, 2)
     a = openers.fd()
     Writer(a, count=2, streamon=False, set_format=not cell.keep_format)
     size = a.g_fmt(OUT)["sizeimage"]

@@ -138,7 +138,7 @@ KILL_IDS = ["writer-dqbuf", "writer-write", "writer-streaming", "reader-dqbuf", 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("victim,state", KILL_CASES, ids=KILL_IDS)
 def test_c2_sigkill(cell, openers, victim, state):
-    need_openers(cell, 3)
+    need_openers(cell, 2)
     blocked_note = ""
     other = None
     if victim == "writer":
@@ -198,7 +198,7 @@ def test_c2_sigkill(cell, openers, victim, state):
 @pytest.mark.rules("C3", "X1")
 def test_c3_idle_after_last_close(cell, openers):
     skip_if_keep(cell, "C3", "keep_format=1 keeps the device pinned after the last close")
-    need_openers(cell, 3)
+    need_openers(cell, 2)
     wd = openers.fd()
     wr = Writer(wd, count=2)
     r = Reader(openers.fd())
