@@ -105,8 +105,12 @@ def test_k4_chromium_get_user_media(cell, openers):
     os.makedirs(log_dir, exist_ok=True)
     log = open(os.path.join(log_dir, "chromium.log"), "wb")
     t0 = time.monotonic()
+    # the guest's root (and so $HOME) is the host's, read-only: Chromium dies at once (crashpad)
+    # unless HOME and the XDG directories point somewhere writable
+    env = dict(os.environ, HOME=tmp, XDG_CONFIG_HOME=os.path.join(tmp, "config"),
+               XDG_CACHE_HOME=os.path.join(tmp, "cache"))
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
+                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     result = None
     tail = b""
     try:
