@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
 
+    sub.add_parser("rules", help="each contract rule with the scenarios that check it; "
+                                 "exit 1 if a rule has none")
+    cmp_ = sub.add_parser("compare", help="rules x module sources table from a results directory")
+    cmp_.add_argument("dir", type=Path, metavar="DIR")
+
     ser = sub.add_parser("series", help="edit the patch series as git commits")
     ser.add_argument("action", choices=["edit", "export"],
                      help="edit: make a git work tree of base + series; "
@@ -114,7 +119,39 @@ def _dispatch(args, argv: list[str]) -> int:
         return 0
     if args.command == "series":
         return _series(args)
+    if args.command == "rules":
+        return _rules()
+    if args.command == "compare":
+        import json
+
+        from . import rules
+
+        f = args.dir / "results.json"
+        if not f.exists():
+            raise LoopqualError(f"{args.dir}: no results.json there")
+        print(rules.render_compare(json.loads(f.read_text()), rules.load_rules()))
+        return 0
     raise AssertionError(args.command)
+
+
+def _rules() -> int:
+    from . import data, rules
+
+    suites, _profiles = data.load_suites()
+    paths = [p for s in suites.values() if s.kind == "pytest" for p in s.paths]
+    contract = rules.load_rules()
+    by_rule, unknown = rules.coverage(contract, rules.collect_scenarios(paths))
+    missing = [r for r, scs in by_rule.items() if not scs]
+    for r, text in contract.items():
+        scs = by_rule[r]
+        print(f"{r:4} {len(scs):3} scenario(s)  {text[:90]}")
+        for sc in scs:
+            print(f"            {sc}")
+    if unknown:
+        print(f"\nscenarios name rules the contract does not have: {', '.join(unknown)}")
+    print(f"\n{len(contract) - len(missing)}/{len(contract)} rules covered"
+          + (f"; without a scenario: {', '.join(missing)}" if missing else ""))
+    return 1 if missing or unknown else 0
 
 
 def _series(args) -> int:

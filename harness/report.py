@@ -79,8 +79,18 @@ def write_html(path: Path, run: dict) -> None:
         rows.setdefault((c["kernel"], c["module"]), {})[c["param_set"]] = c
         if c["param_set"] not in param_sets:
             param_sets.append(c["param_set"])
+    rule_cols, rule_table, rule_text = [], {}, {}
+    if any(c.get("scenarios") for c in cells):
+        from . import rules
+
+        try:
+            rule_text = rules.load_rules()
+            rule_cols, rule_table = rules.compare(run, rule_text)
+        except Exception as exc:  # the table is an addition: never lose the report for it
+            rule_text = {"?": f"rules table unavailable: {exc}"}
     html = _env().get_template("report.html.j2").render(
         run=run, rows=rows, param_sets=param_sets, cells=cells,
+        rule_cols=rule_cols, rule_table=rule_table, rule_text=rule_text,
         exit_meaning={0: "all gated results passed", 1: "a gated result failed",
                       2: "incomplete: something did not run to the end"}[run["exit_code"]],
     )

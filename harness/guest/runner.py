@@ -297,6 +297,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             os.chdir(repo)
             os.environ["LOOPQUAL_CELL"] = str(cell_json)
             import pytest
+
             from loopqual.guest.recorder import Recorder
 
             args = [*(os.path.join(repo, p) for p in suite["paths"]),
@@ -465,6 +466,7 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     import linuxpy.video.raw  # noqa: F401
     import pytest  # noqa: F401
+
     from loopqual import compliance, health  # noqa: F401
     from loopqual.guest import recorder  # noqa: F401
 

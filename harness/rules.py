@@ -1,0 +1,154 @@
+"""The contract's rules: which scenarios check each (`loopqual rules`), and which rules each
+module source holds in a results directory (`loopqual compare`, and the report's table).
+
+The rule list is read from docs/contract.md (lines "- **A1** ..."), the contract as the
+repository writes it; scenarios are found by collecting the pytest suites on the host
+(`@pytest.mark.rules(...)` markers; collecting needs no device)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import LoopqualError
+from .paths import REPO
+
+CONTRACT = REPO / "docs" / "contract.md"
+_RULE = re.compile(r"^- \*\*(?P<id>[A-Z]\d+)\*\*\s+(?P<text>.*)$")
+
+
+def load_rules(path: Path = CONTRACT) -> dict[str, str]:
+    """Rule id -> its first sentence, in the contract's order."""
+    if not path.exists():
+        raise LoopqualError(f"{path}: the written contract is missing")
+    rules = {}
+    for line in path.read_text().splitlines():
+        m = _RULE.match(line.strip())
+        if m and m["id"] not in rules:
+            rules[m["id"]] = m["text"].split(". ")[0].rstrip(".")
+    if not rules:
+        raise LoopqualError(f"{path}: no rules found (lines like '- **A1** ...')")
+    return rules
+
+
+_COLLECT = r"""
+import json, sys
+import pytest
+
+class C:
+    def __init__(self): self.items = []
+    def pytest_collection_modifyitems(self, items):
+        for it in items:
+            rules = []
+            for m in it.iter_markers("rules"):
+                rules += [str(a) for a in m.args]
+            self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules})
+
+c = C()
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",
+                    "--rootdir", sys.argv[1], *sys.argv[2:]], plugins=[c])
+print("@@COLLECTED " + json.dumps({"code": int(code), "items": c.items}))
+"""
+
+
+def collect_scenarios(paths: list[str]) -> list[dict]:
+    """Every scenario with its rules, collected on the host in a fresh interpreter."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLLECT, str(REPO / "scenarios"), *[str(REPO / p) for p in paths]],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@COLLECTED ")), None)
+    if line is None:
+        raise LoopqualError(f"collecting scenarios failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    import json
+
+    data = json.loads(line[len("@@COLLECTED "):])
+    if data["code"] not in (0, 5):
+        raise LoopqualError(f"collecting scenarios failed (pytest exit {data['code']}):\n"
+                            f"{(proc.stdout + proc.stderr)[-2000:]}")
+    return data["items"]
+
+
+def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[str]], list[str]]:
+    """rule -> scenarios; and the rule ids that scenarios name but the contract does not."""
+    by_rule: dict[str, list[str]] = {r: [] for r in rules}
+    unknown = set()
+    for it in items:
+        for r in it["rules"]:
+            if r in by_rule:
+                by_rule[r].append(it["id"])
+            else:
+                unknown.add(r)
+    return by_rule, sorted(unknown)
+
+
+# ---------------------------------------------------------------------------- comparison
+HOLDS, BROKEN, NA, NOT_RUN, INCOMPLETE = "holds", "broken", "n/a", "not run", "incomplete"
+
+
+def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict[str, dict]]]:
+    """Columns (module, or module@kernel when several kernels ran) and, per rule and column,
+    {"verdict", "failing": [{"cell", "id", "message"}], "passing": n, "skipped": n}."""
+    kernels = sorted({c["kernel"] for c in run["cells"]})
+    cols: list[str] = []
+    for c in run["cells"]:
+        col = c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
+        if col not in cols:
+            cols.append(col)
+    table: dict[str, dict[str, dict]] = {r: {} for r in rules}
+    acc: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"failing": [], "passing": 0, "skipped": 0, "incomplete_cells": 0})
+    for c in run["cells"]:
+        col = c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
+        for sc in c.get("scenarios", []):
+            for r in sc["rules"]:
+                a = acc[(r, col)]
+                if sc["status"] in ("fail", "error", "xfail"):
+                    a["failing"].append({"cell": c["id"], "param_set": c["param_set"],
+                                         "id": sc["id"], "message": sc.get("message", "")})
+                elif sc["status"] in ("pass", "xpass"):
+                    a["passing"] += 1
+                else:
+                    a["skipped"] += 1
+        if c["status"] == "incomplete":
+            for r in rules:
+                acc[(r, col)]["incomplete_cells"] += 1
+    for r in rules:
+        for col in cols:
+            a = acc[(r, col)]
+            if a["failing"]:
+                verdict = BROKEN
+            elif a["passing"]:
+                verdict = INCOMPLETE if a["incomplete_cells"] else HOLDS
+            elif a["skipped"]:
+                verdict = NA
+            else:
+                verdict = INCOMPLETE if a["incomplete_cells"] else NOT_RUN
+            table[r][col] = {"verdict": verdict, **a}
+    return cols, table
+
+
+def render_compare(run: dict, rules: dict[str, str]) -> str:
+    cols, table = compare(run, rules)
+    width = max(12, *(len(c) for c in cols))
+    lines = ["rule  " + "".join(c.ljust(width + 2) for c in cols)]
+    for r in rules:
+        lines.append(f"{r:5} " + "".join(table[r][c]["verdict"].ljust(width + 2) for c in cols))
+    lines.append("")
+    lines.append("Broken rules, with the first failing scenario of each source:")
+    any_broken = False
+    for r in rules:
+        for c in cols:
+            cell = table[r][c]
+            if cell["verdict"] == BROKEN:
+                any_broken = True
+                f = cell["failing"][0]
+                msg = (f["message"] or "").splitlines()[0][:160] if f["message"] else ""
+                more = f" (+{len(cell['failing']) - 1} more)" if len(cell["failing"]) > 1 else ""
+                lines.append(f"  {r} {c} [{f['param_set']}] {f['id']}{more}: {msg}")
+    if not any_broken:
+        lines.append("  none")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Rules: the written contract's rule list, host-side collection of the scenario suites, and
+the rules x sources comparison on a results file recorded from a real run (stock 0.15.0 and
+patched with an empty series, Debian 6.1, contract suite, six parameter sets)."""
+
+import json
+
+from loopqual import rules
+
+
+def test_contract_lists_all_43_rules():
+    r = rules.load_rules()
+    assert len(r) == 43
+    assert list(r)[:3] == ["A1", "A2", "A3"] and "K6" in r and "H3" in r
+
+
+def test_every_rule_has_a_scenario_on_the_host_collection():
+    items = rules.collect_scenarios(["scenarios/contract", "scenarios/clients", "scenarios/browser"])
+    by_rule, unknown = rules.coverage(rules.load_rules(), items)
+    assert unknown == []
+    assert [r for r, scs in by_rule.items() if not scs] == []
+
+
+def test_compare_on_a_recorded_run(fixtures):
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    cols, table = rules.compare(run, rules.load_rules())
+    assert cols == ["debian-0.15.0", "patched"]
+    # stock 0.15.0 refuses a second reader (A3) and gives no MMAP capability (A1)
+    assert table["A3"]["debian-0.15.0"]["verdict"] == rules.BROKEN
+    assert "EBUSY" in table["A3"]["debian-0.15.0"]["failing"][0]["message"]
+    assert table["A1"]["debian-0.15.0"]["verdict"] == rules.BROKEN
+    assert table["A2"]["debian-0.15.0"]["verdict"] == rules.HOLDS
+    assert table["K1"]["debian-0.15.0"]["verdict"] == rules.NOT_RUN  # clients suite not run
+    text = rules.render_compare(run, rules.load_rules())
+    assert "A3    broken" in text
+
+
+def test_compare_splits_columns_by_kernel_when_several_ran(fixtures):
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    run["cells"][0]["kernel"] = "debian-6.12"
+    cols, _ = rules.compare(run, rules.load_rules())
+    assert "debian-0.15.0@debian-6.12" in cols and "debian-0.15.0@debian-6.1" in cols
