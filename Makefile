@@ -16,7 +16,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: all deps apt venv lint unit gate test qualify clean
+.PHONY: all deps apt venv lint unit selftest gate test qualify clean
 all: test
 
 deps: apt venv
@@ -46,14 +46,18 @@ lint: venv
 	$(VENV)/bin/ruff check harness scenarios tests
 
 unit: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not guest" tests
 
-# The gate: the patched module on the default kernel, default parameter sets, one boot.
+# The harness's own failure paths (panic -> incomplete -> reboot; stray opener) in a real guest.
+selftest: venv
+	$(PY) -m pytest -q -m guest tests
+
+# The gate: the patched module on both kernels, default parameter sets, one boot each.
 gate: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
-	$(LOOPQUAL) qualify --module patched --out results/gate
+	$(PY) -m compileall -q harness scenarios tests >/dev/null
+	$(LOOPQUAL) qualify --kernel debian-6.1 --kernel debian-6.12 --module patched --out results/gate
 
-test: lint unit gate
+test: lint unit selftest gate
 
 qualify: venv
 	$(PY) -m compileall -q harness scenarios >/dev/null

@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,9 @@ def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
             accel = vm.detect_accel(ik.vmlinuz)
             accel_used[kernel.name] = accel
             rw = out / "guest" / kernel.name
-            rw.mkdir(parents=True, exist_ok=True)
+            if rw.exists():  # results of an earlier run here must never stand in for this one
+                shutil.rmtree(rw)
+            rw.mkdir(parents=True)
             labels = {c["id"]: f"{kernel.name} {c['module']} {c['param_set']}" for c in plan_cells}
             prog = Progress(len(plan_cells), labels)
             prog.say(f"booting {ik.release} ({accel.upper()}) for {len(plan_cells)} cell(s)")

@@ -129,6 +129,8 @@ def failures(cell: dict) -> list[str]:
         out.append(f"kernel log: {s['pattern']}: {s['line']}")
     if cell["health"].get("rmmod") not in (None, "ok"):
         out.append(f"rmmod after the cell: {cell['health']['rmmod']}")
+    for line in cell["health"].get("left_open", []):
+        out.append(f"close all: {line}")
     return out
 
 

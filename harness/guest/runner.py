@@ -175,6 +175,40 @@ def rmmod(timeout: float = 30) -> str:
     return "busy" if "in use" in last else "failed"
 
 
+def holders(devices: list[str]) -> dict[int, str]:
+    """Processes (other than this one) that still have one of the device nodes open."""
+    found = {}
+    targets = set(devices)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ") \
+                        .decode(errors="replace").strip()[:200]
+                    break
+        except OSError:
+            continue
+    return found
+
+
+def close_all(devices: list[str]) -> list[str]:
+    """Kill whatever a suite left holding the device, so that rmmod judges the module and
+    not a stray process. Returns what was found (a problem of the suite, reported)."""
+    left = holders(devices)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while left and holders(devices) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [f"pid {pid} ({cmd}) still had the device open after the suites: killed"
+            for pid, cmd in left.items()]
+
+
 def video_nodes() -> set[str]:
     base = Path("/sys/class/video4linux")
     return {f"/dev/{p.name}" for p in base.glob("video*")} if base.exists() else set()
@@ -437,6 +471,8 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
         res["errors"].append("harness error in the guest:\n" + traceback.format_exc())
     finally:
         emit("step", cell=cell["id"], step="rmmod")
+        if res["devices"]:
+            res["health"]["left_open"] = close_all(res["devices"])
         try:
             refcnt = Path(f"/sys/module/{MODULE}/refcnt")
             res["health"]["refcnt"] = int(refcnt.read_text()) if refcnt.exists() else None
