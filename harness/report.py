@@ -13,6 +13,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def _summary(cell: dict) -> str:
+    if cell["build"]["status"] != "ok":
+        return "build failed (see the build log tail)"
     c = results.counts(cell)
     sc, comp = c["scenarios"], c["compliance"]
     parts = []
