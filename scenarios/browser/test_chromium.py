@@ -77,7 +77,7 @@ def _kill_group(p: subprocess.Popen):
             continue
 
 
-@pytest.mark.rules("K4", "X1")
+@pytest.mark.rules("K4")
 @pytest.mark.timeout(RESULT_TIMEOUT + 60)
 def test_k4_chromium_get_user_media(cell, openers):
     if not cell.exclusive_caps:

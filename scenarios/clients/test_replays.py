@@ -196,7 +196,7 @@ def _writer(openers, cell):
     return w
 
 
-@pytest.mark.rules("K3", "C3", "X1")
+@pytest.mark.rules("K3", "C3")
 @pytest.mark.timeout(240)
 def test_k3_obs_virtual_camera_restarts(cell, openers):
     need_openers(cell, 2)
@@ -221,7 +221,7 @@ def test_k3_obs_virtual_camera_restarts(cell, openers):
     ObsVirtualCam(cell).stop()
 
 
-@pytest.mark.rules("K4", "X1")
+@pytest.mark.rules("K4")
 @pytest.mark.timeout(240)
 def test_k4_chromium_capture_sequence(cell, openers):
     need_openers(cell, 2)

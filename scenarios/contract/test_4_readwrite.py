@@ -19,7 +19,7 @@ from lib.v4l2 import (
 )
 
 
-@pytest.mark.rules("W1", "X1")
+@pytest.mark.rules("W1")
 def test_w1_write_sets_itself_up(cell, openers):
     need_openers(cell, 2)
     w = openers.fd()

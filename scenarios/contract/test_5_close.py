@@ -195,7 +195,7 @@ def test_c2_sigkill(cell, openers, victim, state):
     _advertises_output_when_idle(cell, what)
 
 
-@pytest.mark.rules("C3", "X1")
+@pytest.mark.rules("C3")
 def test_c3_idle_after_last_close(cell, openers):
     skip_if_keep(cell, "C3", "keep_format=1 keeps the device pinned after the last close")
     need_openers(cell, 2)

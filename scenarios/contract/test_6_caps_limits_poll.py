@@ -58,6 +58,21 @@ def test_x1_caps_flip_with_write_token(cell, openers):
         f"got {caps_str(caps)}")
 
 
+@pytest.mark.rules("X1", "F5")
+def test_x1_keep_format_shows_capture(cell, openers):
+    need_ec(cell, True, "X1 with keep_format")
+    if not cell.keep_format:
+        pytest.skip("this part of X1 applies with keep_format=1; this cell has keep_format=0")
+    w = openers.fd()
+    wr = Writer(w, count=2, set_format=False)
+    wr.send()
+    w.close()
+    caps = _caps(cell)
+    assert caps & CAP_VIDEO_CAPTURE and not caps & CAP_VIDEO_OUTPUT, (
+        f"exclusive_caps=1, keep_format=1 with a format set and no writer: expected device_caps "
+        f"CAPTURE without OUTPUT, got {caps_str(caps)}")
+
+
 @pytest.mark.rules("X2")
 def test_x2_claimants_keep_direction_across_flip(cell, openers):
     need_ec(cell, True, "X2")

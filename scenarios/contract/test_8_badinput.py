@@ -178,3 +178,30 @@ def test_bad_wrong_state_sequences(cell, openers):
     e = err(d.streamon, CAP)
     assert e == errno.EINVAL, f"STREAMON(CAPTURE) by an OUTPUT claimant: expected EINVAL, got " \
                               f"{ename(e)}"
+
+
+@pytest.mark.rules("W3", "C1")
+def test_bad_read_after_writer_released_buffers(cell, openers):
+    """A reader that was open all along read()s after the writer freed the buffers: EAGAIN
+    (or a frame), never a kernel splat (0.13.2 hit a usercopy BUG here in the random walk).
+    The read() runs in a separate process so a kernel BUG kills only that process."""
+    need_openers(cell, 2)
+    r = openers.proc("reader")
+    w = openers.fd()
+    wr = Writer(w, count=2, set_format=not cell.keep_format)
+    wr.send()
+    wr.send()
+    size = wr.fmt["sizeimage"]
+    w.streamoff(OUT)
+    w.munmap_all()
+    w.reqbufs(OUT, 0)
+    w.close()
+    for _ in range(3):
+        try:
+            e = r.err("read", size, timeout=10)
+        except AssertionError as exc:  # Hang or the process died in the kernel
+            pytest.fail(f"read({size}) by a reader open since before the writer released its "
+                        f"buffers: {exc}")
+        assert e in (0, errno.EAGAIN, errno.EBUSY, errno.EIO), (
+            f"read({size}) after the writer released the buffers: expected EAGAIN (or a "
+            f"frame), got {ename(e)}")
