@@ -281,15 +281,19 @@ def start_producer(device: str, width: int = 640, height: int = 480, fps: int = 
         fmt.fmt.pix.bytesperline = width * 2
         fmt.fmt.pix.sizeimage = width * height * 2
         fcntl.ioctl(fd, raw.IOC.S_FMT, fmt)
+        # The device may keep another format (keep_format=1 pins what an earlier opener set,
+        # rule F2): write frames of whatever size it reports, from one buffer whose head
+        # changes every frame (never one copy per frame: pinned formats can be huge).
         size = fmt.fmt.pix.sizeimage
-        frames = [bytes([(16 * i + x) % 256 for x in range(256)]) * (size // 256 + 1)
-                  for i in range(8)]
+        frame = bytearray(size)
         n = 0
         period = 1.0 / fps
         next_t = time.monotonic()
         del ctypes
         while True:
-            os.write(fd, frames[n % len(frames)][:size])
+            stamp = n.to_bytes(4, "little") * 1024
+            frame[: min(size, len(stamp))] = stamp[:size]
+            os.write(fd, frame)
             if n == 0:
                 os.write(wfd, b"ok\n")
             n += 1
