@@ -192,9 +192,9 @@ def test_bad_read_after_writer_released_buffers(cell, openers):
     wr.send()
     wr.send()
     size = wr.fmt["sizeimage"]
-    w.streamoff(OUT)
+    err(w.streamoff, OUT)
     w.munmap_all()
-    w.reqbufs(OUT, 0)
+    err(w.reqbufs, OUT, 0)  # refused by some modules (A5 judges that); closing releases anyway
     w.close()
     for _ in range(3):
         try:
