@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
 
+    be = sub.add_parser("bench", help="stock debian-0.15.0 vs patched throughput, one boot; "
+                                      "prints a table and writes bench.json")
+    be.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
+    be.add_argument("--out", "-o", type=Path, metavar="DIR", help="results directory")
+    be.add_argument("--window", type=float, default=4.0, metavar="S",
+                    help="measuring window per measurement in seconds (default 4)")
+    be.add_argument("--readers", type=int, default=4, metavar="N",
+                    help="readers in the multi-reader measurements (default 4)")
+
     sub.add_parser("rules", help="each contract rule with the scenarios that check it; "
                                  "exit 1 if a rule has none")
     cmp_ = sub.add_parser("compare", help="rules x module sources table from a results directory")
@@ -119,6 +128,10 @@ def _dispatch(args, argv: list[str]) -> int:
         return 0
     if args.command == "series":
         return _series(args)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.run(args.kernel, args.out, args.window, args.readers)
     if args.command == "rules":
         return _rules()
     if args.command == "compare":

@@ -98,15 +98,16 @@ class GuestRun:
     boot_seconds: list[float] = field(default_factory=list)
 
 
-def vng_command(vmlinuz: Path, rwdir: Path, plan: Path, accel: str, memory: str = "2G",
-                cpus: int = 1, exec_cmd: str | None = None) -> list[str]:
+def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str, memory: str = "2G",
+                cpus: int = 1, exec_cmd: str | None = None,
+                guest_module: str = "loopqual.guest.runner") -> list[str]:
     cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
            "-r", str(vmlinuz), "--rwdir", str(rwdir),
            "--append", "panic=-1 printk.devkmsg=on"]
     if accel != "kvm":
         cmd.append("--disable-kvm")
     if exec_cmd is None:
-        exec_cmd = (f"cd {REPO} && exec {venv_bin() / 'python'} -m loopqual.guest.runner {plan}")
+        exec_cmd = f"cd {REPO} && exec {venv_bin() / 'python'} -m {guest_module} {plan}"
     if exec_cmd:
         cmd += ["--exec", exec_cmd]
     return cmd
@@ -142,7 +143,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str) -> Gu
         plan_path.write_text(json.dumps({**plan, "cells": remaining, "out": str(rwdir)}, indent=1))
         gr.boots += 1
         current, reason, tail = _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
-                                           by_id, on_event)
+                                           lambda cid: cell_budget(by_id[cid]), on_event)
         if current is None:
             if reason:  # died before any cell started: nothing will go better next time
                 for c in pending():
@@ -155,8 +156,9 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str) -> Gu
     return gr
 
 
-def _boot_once(gr: GuestRun, cmd: list[str], by_id: dict, on_event):
-    """One boot. Returns (cell in progress when it ended or None, reason, console tail)."""
+def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
+    """One boot. budget(cell id) is how long that cell may go without ending.
+    Returns (cell in progress when it ended or None, reason, console tail)."""
     console: deque[str] = deque(maxlen=4000)
     t0 = time.monotonic()
     deadline = t0 + BOOT_TIMEOUT_S
@@ -193,7 +195,7 @@ def _boot_once(gr: GuestRun, cmd: list[str], by_id: dict, on_event):
                         deadline = time.monotonic() + BOOT_TIMEOUT_S
                     elif name == "cell-start":
                         current = ev["cell"]
-                        deadline = time.monotonic() + cell_budget(by_id[current])
+                        deadline = time.monotonic() + budget(current)
                     elif name == "cell-end":
                         current = None
                         deadline = time.monotonic() + BOOT_TIMEOUT_S
@@ -227,3 +229,10 @@ def _boot_once(gr: GuestRun, cmd: list[str], by_id: dict, on_event):
         else:
             reason = f"the guest ended unexpectedly (vng exit {proc.returncode})"
     return current, reason, tail
+
+
+def boot_once(cmd: list[str], budget_s: float, on_event) -> tuple[GuestRun, str, list[str]]:
+    """One boot for a single job (the benchmark): (what was seen, why it ended badly or '', tail)."""
+    gr = GuestRun(boots=1)
+    _current, reason, tail = _boot_once(gr, cmd, lambda _cid: budget_s, on_event)
+    return gr, reason, tail

@@ -1,0 +1,137 @@
+"""loopqual bench: stock debian-0.15.0 and patched side by side in one guest boot.
+
+Frames per second and bytes per second through the device, for 640x480, 1280x720 and
+1920x1080 YUYV, with write() and mmap producers, 1 reader (both) and N readers (patched
+only: stock refuses a second reader), and the guest's memcpy bandwidth as the physical
+reference. Prints a table with the ratios patched/stock and fraction-of-memcpy, writes
+bench.json. A command that measures; it asserts nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from . import build as buildmod
+from . import data, kernels, sources, vm
+from .errors import LoopqualError
+from .paths import REPO
+
+SIZES = [(640, 480), (1280, 720), (1920, 1080)]
+PRODUCERS = ["write", "mmap"]
+
+
+def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int,
+        stock: str = "debian-0.15.0", patched: str = "patched") -> int:
+    all_kernels = data.load_kernels()
+    mirror, all_sources = data.load_sources()
+    kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
+        next(k for k in all_kernels.values() if k.default)
+    ik = kernels.resolve(kernel)
+    modules = []
+    for name in (stock, patched):
+        src = data.resolve_source(name, all_sources)
+        tree, patches = sources.prepare(src, all_sources, mirror)
+        b = buildmod.build(src.name, tree, patches, ik)
+        if b.status != "ok":
+            raise LoopqualError(f"{name} does not build on {kernel.name}:\n{b.log_tail}")
+        modules.append({"name": name, "ko": b.ko})
+    out = out or REPO / "results" / ("bench-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    rw = out / "guest"
+    if rw.exists():
+        shutil.rmtree(rw)
+    rw.mkdir(parents=True)
+    measurements = [{"width": w, "height": h, "producer": p, "readers": r}
+                    for (w, h) in SIZES for p in PRODUCERS for r in (1, readers)]
+    plan = {"out": str(rw), "params": {"exclusive_caps": 1, "max_buffers": 8},
+            "modules": modules, "multi_reader_modules": [patched], "measurements": measurements,
+            "warmup_s": 2.0, "window_s": window_s}
+    plan_path = rw / "bench-plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+    accel = vm.detect_accel(ik.vmlinuz)
+    print(f"bench: booting {ik.release} ({accel.upper()}); {len(measurements)} measurements "
+          f"per module, {window_s:.0f} s each", file=sys.stderr, flush=True)
+
+    def progress(ev):
+        if ev.get("event") == "step":
+            print(f"  {ev['step']}", file=sys.stderr, flush=True)
+
+    per_measure = 2 * (2.0 + window_s + 15)
+    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench")
+    _gr, reason, tail = vm.boot_once(cmd, len(measurements) * per_measure + 120, progress)
+    result_file = rw / "bench-guest.json"
+    if not result_file.exists():
+        raise LoopqualError("the benchmark did not finish: " + (reason or "no result file")
+                            + "\n" + "\n".join(tail[-15:]))
+    guest = json.loads(result_file.read_text())
+    summary = summarize(guest, stock, patched, readers)
+    doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "window_s": window_s,
+           "readers": readers, "guest": guest, "summary": summary}
+    (out / "bench.json").write_text(json.dumps(doc, indent=1))
+    print(render(summary, guest, stock, patched, readers))
+    print(f"\nbench.json: {out / 'bench.json'}")
+    return 0
+
+
+def _row(guest: dict, module: str, size: str, producer: str, readers: int) -> dict | None:
+    for r in guest["modules"].get(module, {}).get("rows", []):
+        if r["size"] == size and r["producer"] == producer and r["readers"] == readers:
+            return r
+    return None
+
+
+def summarize(guest: dict, stock: str, patched: str, readers: int) -> list[dict]:
+    memcpy = guest["memcpy_bytes_per_s"]
+    out = []
+    for (w, h) in SIZES:
+        for p in PRODUCERS:
+            size = f"{w}x{h}"
+            s1, p1 = _row(guest, stock, size, p, 1), _row(guest, patched, size, p, 1)
+            pn = _row(guest, patched, size, p, readers)
+            row = {"size": size, "producer": p}
+            for key, r in (("stock", s1), ("patched", p1), (f"patched_x{readers}", pn)):
+                row[f"{key}_fps"] = r.get("mean_reader_fps") if r else None
+                row[f"{key}_error"] = r.get("error") if r else "not measured"
+            row["patched_bytes_per_s"] = p1.get("reader_bytes_per_s") if p1 else None
+            row["stock_writer_fps"] = s1.get("writer_fps") if s1 else None
+            row["patched_writer_fps"] = p1.get("writer_fps") if p1 else None
+            if row["stock_fps"] and row["patched_fps"]:
+                row["ratio_patched_stock"] = round(row["patched_fps"] / row["stock_fps"], 3)
+            if row["patched_bytes_per_s"]:
+                row["fraction_of_memcpy"] = round(row["patched_bytes_per_s"] / memcpy, 4)
+            if row[f"patched_x{readers}_fps"] and row["patched_fps"]:
+                row["multi_reader_fraction"] = round(row[f"patched_x{readers}_fps"] / row["patched_fps"], 3)
+            out.append(row)
+    return out
+
+
+def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: int) -> str:
+    head = (f"{'size':10} {'producer':8} {'writer fps s/p':>14} {stock + ' fps':>18} {patched + ' fps':>12} "
+            f"{'ratio':>6} {'MB/s':>8} {'of memcpy':>9} {f'x{readers} fps/rdr':>12} "
+            f"{'x' + str(readers) + '/x1':>6}")
+    lines = [f"guest memcpy: {guest['memcpy_bytes_per_s'] / 1e6:.0f} MB/s ({guest['release']}); "
+             f"fps = distinct frames a reader dequeued per second (mean over readers)", head,
+             "-" * len(head)]
+
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    for r in summary:
+        lines.append(
+            f"{r['size']:10} {r['producer']:8} "
+            f"{f(r['stock_writer_fps'], '6.0f') + '/' + f(r['patched_writer_fps'], '<6.0f'):>14} "
+            f"{f(r['stock_fps'], '18.1f')} {f(r['patched_fps'], '12.1f')} "
+            f"{f(r.get('ratio_patched_stock'), '6.2f')} "
+            f"{f((r['patched_bytes_per_s'] or 0) / 1e6 if r['patched_bytes_per_s'] else None, '8.1f')} "
+            f"{f(r.get('fraction_of_memcpy'), '9.3f')} {f(r[f'patched_x{readers}_fps'], '12.1f')} "
+            f"{f(r.get('multi_reader_fraction'), '6.2f')}")
+    errors = [(r["size"], r["producer"], k, r[k]) for r in summary for k in r
+              if k.endswith("_error") and r[k]]
+    for name, mod in guest["modules"].items():
+        errors += [("", "", f"{name}_error", e) for e in mod.get("errors", [])]
+    if errors:
+        lines.append("\nNot measured / errors:")
+        lines += [f"  {s} {p} {k[:-6]}: {e}" for s, p, k, e in errors]
+    return "\n".join(lines)
