@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import signal
 import sys
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--readers", type=int, default=4, metavar="N",
                     help="readers in the multi-reader measurements (default 4)")
 
+    xf = sub.add_parser("expected-failures",
+                        help="draft kernel/expected-failures.toml entries from a results directory")
+    xf.add_argument("dir", type=Path, metavar="DIR")
+
     sub.add_parser("rules", help="each contract rule with the scenarios that check it; "
                                  "exit 1 if a rule has none")
     cmp_ = sub.add_parser("compare", help="rules x module sources table from a results directory")
@@ -89,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `loopqual compare DIR | head` ends quietly
     ap = build_parser()
     args = ap.parse_args(argv)
     if not args.command:
@@ -132,6 +138,16 @@ def _dispatch(args, argv: list[str]) -> int:
         from . import bench
 
         return bench.run(args.kernel, args.out, args.window, args.readers)
+    if args.command == "expected-failures":
+        import json
+
+        from . import xfail
+
+        f = args.dir / "results.json"
+        if not f.exists():
+            raise LoopqualError(f"{args.dir}: no results.json there")
+        print(xfail.draft(json.loads(f.read_text())))
+        return 0
     if args.command == "rules":
         return _rules()
     if args.command == "compare":

@@ -1,0 +1,57 @@
+"""Drafting kernel/expected-failures.toml from a results directory: every failure of a gated
+cell, grouped by item, scoped to exactly the parameter sets and kernels where it failed (so
+that nothing listed passes elsewhere: the gate would call that unexpectedly passing).
+A draft: every entry's reason must be read and written by a person before it is committed."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def draft(run: dict) -> str:
+    fails: dict[tuple[str, str], dict] = {}
+    ran: dict[tuple[str, str], set] = defaultdict(set)
+    for c in run["cells"]:
+        if not c["gated"]:
+            continue
+        where = (c["kernel"], c["param_set"])
+        for sc in c.get("scenarios", []):
+            key = ("scenario", sc["id"])
+            if sc["status"] != "skip":
+                ran[key].add(where)
+            if sc["status"] in ("fail", "error", "xfail"):
+                e = fails.setdefault(key, {"where": set(), "rules": sc["rules"],
+                                           "message": (sc.get("message") or "").splitlines()[:1]})
+                e["where"].add(where)
+        for r in c.get("compliance", []):
+            for t in r.get("tests", []):
+                key = ("compliance", f"{r['profile']}::{t['section']}/{t['name']}")
+                if t["status"] != "skip":
+                    ran[key].add(where)
+                if t["status"] in ("fail", "xfail"):
+                    detail = next((d for d in t["details"] if d.startswith("fail:")), "")
+                    e = fails.setdefault(key, {"where": set(), "rules": [], "message": [detail]})
+                    e["where"].add(where)
+    out = ["# Draft from a results directory: read every entry, write its reason, then commit.",
+           ""]
+    for (kind, item), e in sorted(fails.items()):
+        kernels = sorted({k for k, _ in e["where"]})
+        sets = sorted({p for _, p in e["where"]})
+        everywhere = e["where"] == ran[(kind, item)]
+        out.append("[[failure]]")
+        out.append(f"kind = {_q(kind)}")
+        out.append(f"id = {_q(item)}")
+        if not everywhere:
+            out.append(f"param_sets = [{', '.join(_q(s) for s in sets)}]")
+            all_kernels = sorted({k for k, _ in ran[(kind, item)]})
+            if kernels != all_kernels:
+                out.append(f"kernels = [{', '.join(_q(k) for k in kernels)}]")
+        out.append(f"rule = {_q(','.join(e['rules']) or '?')}")
+        out.append('issue = "4"')
+        out.append(f"reason = {_q('TODO: ' + (e['message'][0] if e['message'] else ''))}")
+        out.append("")
+    return "\n".join(out)
