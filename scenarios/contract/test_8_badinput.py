@@ -205,3 +205,28 @@ def test_bad_read_after_writer_released_buffers(cell, openers):
         assert e in (0, errno.EAGAIN, errno.EBUSY, errno.EIO), (
             f"read({size}) after the writer released the buffers: expected EAGAIN (or a "
             f"frame), got {ename(e)}")
+
+
+@pytest.mark.rules("H1", "F3")
+@pytest.mark.timeout(60)
+def test_race_read_against_format_changes(cell, openers):
+    """Readers in read() while the writer keeps changing the format (the spec refuses the
+    writer's S_FMT with EBUSY once it claims, F3). 0.13.2 hit a usercopy BUG (copy from a
+    freed image) in the random walk; this scenario aims at that race. Each side runs in its
+    own process, so a kernel BUG kills only that process and the scenario reports it."""
+    need_openers(cell, 3)
+    from lib.fuzz import read_loop, resize_write_loop
+
+    if cell.keep_format:
+        pytest.skip("keep_format=1 pins the format: no reallocation race to provoke")
+    w = openers.proc("resizing-writer")
+    readers = [openers.proc(f"reader{i}") for i in range(2)]
+    w.send("fn", resize_write_loop, 6.0)
+    for r in readers:
+        r.send("fn", read_loop, 6.0)
+    for p in [w, *readers]:
+        try:
+            res = p.result(30)
+        except AssertionError as exc:
+            pytest.fail(f"{p.name} during the read/resize race: {exc} (killed by a kernel BUG?)")
+        assert isinstance(res, dict)

@@ -95,3 +95,35 @@ def walk(dev: Device, seed: int, duration: float) -> dict:
             st[1] += 1
     dev.close()
     return stats
+
+
+def read_loop(dev: Device, duration: float) -> dict:
+    """read() frames as fast as they come (non-blocking + poll) for `duration` seconds."""
+    got = errs = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        try:
+            dev.read(1 << 20)
+            got += 1
+        except OSError:
+            errs += 1
+            dev.poll(timeout=0.005)
+    return {"frames": got, "errors": errs}
+
+
+def resize_write_loop(dev: Device, duration: float) -> dict:
+    """A writer that keeps changing the frame size between write()s (each size change makes
+    some modules reallocate the image while readers are inside read())."""
+    sizes = [(160, 120), (320, 240), (176, 144), (640, 480)]
+    n = ok = errs = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        w, h = sizes[n % len(sizes)]
+        n += 1
+        try:
+            f = dev.s_fmt(OUT, w, h, YUYV)
+            dev.write(b"\x80" * f["sizeimage"])
+            ok += 1
+        except OSError:
+            errs += 1
+    return {"writes": ok, "errors": errs}
