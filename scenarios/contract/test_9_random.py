@@ -29,6 +29,7 @@ def test_random_sequences_kernel_health(cell, openers):
     the kernel log is judged by the autouse fixture (H1)."""
     seed = int(os.environ.get("LOOPQUAL_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
     tag = f"seed={seed} (rerun with LOOPQUAL_SEED={seed})"
+    LAST["tag"] = tag + " (the walk did not complete)"
     n = max(1, min(4, cell.max_openers))
     workers = [openers.proc(f"fuzz{i}") for i in range(n)]
     for i, w in enumerate(workers):
