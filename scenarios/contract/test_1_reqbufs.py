@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from lib.common import H2, W2, Reader, Writer, fmt_str, need_openers, skip_if_keep
+from lib.common import H2, W2, Reader, Writer, advertised, fmt_str, need_openers, skip_if_keep
 from lib.v4l2 import (
     BUF_CAP_SUPPORTS_MMAP,
     CAP,
@@ -133,7 +133,9 @@ def test_a4_other_claimants_keep_count(cell, openers):
     a, b = openers.fd(), openers.fd()
     a.s_fmt(OUT, 160, 120)
     pinned = a.reqbufs(OUT, 2)["count"]
+    a.streamon(OUT)  # exclusive_caps=1: CAPTURE exists only while the write token is held
     b.reqbufs(CAP, 2)
+    a.streamoff(OUT)
     other = 1 if pinned != 1 else 2
     got = a.reqbufs(OUT, other)["count"]
     assert got == pinned, (f"REQBUFS(OUTPUT, {other}) again while another opener claims: "
@@ -206,8 +208,9 @@ def test_a5_reqbufs0_writer_and_reader(cell, openers):
         assert q["length"] > 0
     e = err(r1.dev.streamoff, CAP)
     assert e == 0, f"reader STREAMOFF after the writer's REQBUFS(0): got {ename(e)}"
-    # without a claim (the writer released its own above): harmless 0
-    for bt, name in ((OUT, "OUTPUT"), (CAP, "CAPTURE")):
+    # without a claim (the writer released its own above): harmless 0, on every direction
+    # the node advertises now
+    for bt, name in advertised(wd):
         e = err(wd.reqbufs, bt, 0)
         assert e == 0, f"REQBUFS({name}, 0) without a claim: expected 0, got {ename(e)}"
 

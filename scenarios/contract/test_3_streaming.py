@@ -33,11 +33,13 @@ def test_s2_one_write_token(cell, openers):
     b = openers.proc("writer-b")
     a.call("s_fmt", OUT, 160, 120)
     a.call("reqbufs", OUT, 2)
-    e = a.err("streamon", OUT)
-    assert e == 0, f"STREAMON(OUTPUT) by the first claimant: expected success, got {ename(e)}"
+    # both claim OUTPUT before anyone streams: with exclusive_caps=1 OUTPUT is hidden from
+    # non-claimants once the write token is taken
     e = b.err("reqbufs", OUT, 2)
     assert e == 0, (f"S2 needs a second OUTPUT claimant: REQBUFS(OUTPUT, 2) by a second opener "
-                    f"while the first streams: expected success (A3), got {ename(e)}")
+                    f"while the first claims: expected success (A3), got {ename(e)}")
+    e = a.err("streamon", OUT)
+    assert e == 0, f"STREAMON(OUTPUT) by the first claimant: expected success, got {ename(e)}"
     e = b.err("streamon", OUT)
     assert e == errno.EBUSY, (f"STREAMON(OUTPUT) by a second opener while the write token is "
                               f"held: expected EBUSY, got {ename(e)}")
@@ -52,6 +54,14 @@ def test_s2_one_write_token(cell, openers):
 @pytest.mark.rules("S3")
 def test_s3_readers_stream_without_writer(cell, openers):
     need_openers(cell, 4)
+    w = openers.proc("writer")
+    if cell.exclusive_caps:
+        # exclusive_caps=1 offers CAPTURE only while a writer holds the token: the writer
+        # streams but sends no frame yet
+        fmt = w.call("g_fmt", OUT) if cell.keep_format else w.call("s_fmt", OUT, 160, 120)
+        assert fmt["sizeimage"] > 0
+        w.call("reqbufs", OUT, 2)
+        w.call("streamon", OUT)
     readers = [openers.proc(f"reader{i}") for i in range(3)]
     for i, r in enumerate(readers):
         try:
@@ -68,7 +78,9 @@ def test_s3_readers_stream_without_writer(cell, openers):
         e = r.err("dqbuf", CAP)
         assert e == errno.EAGAIN, (f"reader{i}: DQBUF(CAPTURE, O_NONBLOCK) before any frame: "
                                    f"expected EAGAIN, got {ename(e)}")
-    w = openers.proc("writer")
+    if cell.exclusive_caps:
+        w.stop()
+        w = openers.proc("writer2")
     info = w.call("start_writer", "mmap", count=2, set_format=False)
     assert info["count"] >= 1
     for i, r in enumerate(readers):

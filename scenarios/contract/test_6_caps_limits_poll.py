@@ -155,15 +155,12 @@ def test_l1_max_openers(cell, openers):
 def test_p1_writer_polls_out(cell, openers):
     w = openers.fd()
     wr = Writer(w, count=2)
-    ev = w.poll(POLLOUT | POLLWRNORM, 1.0)
-    assert ev & (POLLOUT | POLLWRNORM) == POLLOUT | POLLWRNORM, (
-        f"writer holding the write token with free buffers: expected POLLOUT|POLLWRNORM, got "
-        f"revents {ev:#x}")
     wr.send()
     wr.send()
     ev = w.poll(POLLOUT | POLLWRNORM, 2.0)
-    assert ev & POLLOUT, (f"writer after queueing all buffers (they are consumed at once): "
-                          f"expected POLLOUT within 2 s, got revents {ev:#x}")
+    assert ev & (POLLOUT | POLLWRNORM) == POLLOUT | POLLWRNORM, (
+        f"mmap writer after queueing all its buffers (consumed at once, so one can be dequeued "
+        f"and queued again): expected POLLOUT|POLLWRNORM within 2 s, got revents {ev:#x}")
     w.close()
     w2 = openers.fd()
     size = w2.s_fmt(OUT, 160, 120)["sizeimage"] if not cell.keep_format else \
@@ -257,5 +254,7 @@ def test_l2_counts_clamped(cell, openers):
     d.reqbufs(OUT, 0)
     skip_if_keep(cell, "L2 on CAPTURE first claim")
     r = openers.fd()
+    if cell.exclusive_caps:
+        return  # CAPTURE is not offered without a writer (exclusive_caps=1)
     n = r.reqbufs(CAP, 1000)["count"]
     assert 1 <= n <= mx, f"REQBUFS(CAPTURE, 1000): expected a count in 1..{mx}, got {n}"

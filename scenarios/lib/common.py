@@ -42,6 +42,19 @@ def skip_if_keep(cell, rule: str, why: str = "keep_format=1 keeps format and cou
         pytest.skip(f"{rule} needs an unpinned device; {why}")
 
 
+def advertised(dev: Device) -> list[tuple[int, str]]:
+    """The buffer directions QUERYCAP advertises now. With exclusive_caps=1 a node shows only
+    one of them, and ioctls for the other type are refused (EINVAL) to openers that do not
+    already claim it (v4l2-compliance checks that), so scenarios judge those directions only."""
+    caps = dev.device_caps()
+    out = []
+    if caps & CAP_VIDEO_OUTPUT:
+        out.append((OUT, "OUTPUT"))
+    if caps & CAP_VIDEO_CAPTURE:
+        out.append((CAP, "CAPTURE"))
+    return out
+
+
 def fmt_str(f: dict) -> str:
     return f"{fourcc(f['pixelformat'])} {f['width']}x{f['height']} sizeimage={f['sizeimage']}"
 
