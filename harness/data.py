@@ -290,9 +290,13 @@ class Suite:
     timeout_s: float = 900
     requires: dict = field(default_factory=dict)
     strict: bool = False  # compliance: run profiles even where they do not apply
+    param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
+        if self.param_sets and params.name not in self.param_sets:
+            return (f"suite {self.name} runs only with parameter sets "
+                    f"{', '.join(self.param_sets)} (scenarios/suites.toml)")
         for k, v in self.requires.items():
             if params.all_params.get(k, 0) != v:
                 return f"suite {self.name} needs {k}={v}"
@@ -319,7 +323,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
     for name, e in _table(path, data, "suite").items():
         _check_keys(path, f"suite.{name}", e,
                     {"kind", "description", "paths", "profiles", "default", "timeout_s",
-                     "requires", "strict"}, {"kind"})
+                     "requires", "strict", "param_sets"}, {"kind"})
         kind = e["kind"]
         if kind not in ("pytest", "compliance"):
             raise DataError(f"{path}: [suite.{name}] kind must be 'pytest' or 'compliance'")
@@ -331,6 +335,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
             paths=tuple(e.get("paths", [])), profiles=tuple(e.get("profiles", [])),
             default=bool(e.get("default", False)), timeout_s=float(e.get("timeout_s", 900)),
             requires=dict(e.get("requires", {})), strict=bool(e.get("strict", False)),
+            param_sets=tuple(e.get("param_sets", [])),
         )
     return suites, profiles
 

@@ -51,6 +51,11 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
             raise data._unknown("suite", n, list(all_suites), data.SUITES_FILE)
         ss.append(all_suites[n])
     ss = ss or [s for s in all_suites.values() if s.default]
+    for s in all_suites.values():
+        for name in s.param_sets:
+            if name not in all_params:
+                raise data.DataError(f"{data.SUITES_FILE}: [suite.{s.name}] param_sets names "
+                                     f"unknown set '{name}'")
     return Selection(_dedupe(ks), _dedupe(ms), _dedupe(ps), _dedupe(ss), profiles, k, expected)
 
 

@@ -114,3 +114,13 @@ def test_profile_applicability_needs_a_reason(tmp_path):
     ec0 = data.load_params()["ec0"]
     assert "blocking DQBUF" in profiles["output-streaming"].applies_to(ec0)
     assert profiles["capture-streaming"].applies_to(ec0) is None
+
+
+def test_suites_restricted_to_parameter_sets_say_why_elsewhere():
+    suites, _profiles = data.load_suites()
+    params = data.load_params()
+    assert suites["browser"].applies_to(params["ec1"]) is None
+    assert "runs only with parameter sets ec1" in suites["browser"].applies_to(params["ec1-buf8"])
+    assert "needs exclusive_caps=1" in suites["browser"].applies_to(
+        data.ParamSet("ec1", "", {"exclusive_caps": 0}, {}))
+    assert suites["contract"].applies_to(params["ec1-open2"]) is None
