@@ -291,6 +291,7 @@ class Suite:
     requires: dict = field(default_factory=dict)
     strict: bool = False  # compliance: run profiles even where they do not apply
     param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
+    env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -323,7 +324,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
     for name, e in _table(path, data, "suite").items():
         _check_keys(path, f"suite.{name}", e,
                     {"kind", "description", "paths", "profiles", "default", "timeout_s",
-                     "requires", "strict", "param_sets"}, {"kind"})
+                     "requires", "strict", "param_sets", "env"}, {"kind"})
         kind = e["kind"]
         if kind not in ("pytest", "compliance"):
             raise DataError(f"{path}: [suite.{name}] kind must be 'pytest' or 'compliance'")
@@ -336,6 +337,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
             default=bool(e.get("default", False)), timeout_s=float(e.get("timeout_s", 900)),
             requires=dict(e.get("requires", {})), strict=bool(e.get("strict", False)),
             param_sets=tuple(e.get("param_sets", [])),
+            env={str(k): str(v) for k, v in e.get("env", {}).items()},
         )
     return suites, profiles
 

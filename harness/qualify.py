@@ -210,8 +210,11 @@ def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
 def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection) -> dict:
     suites = []
     for s in sel.suites:
+        # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
+        # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
+        env = {**s.env, **passthrough_env()}
         entry = {"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s,
-                 "paths": list(s.paths)}
+                 "paths": list(s.paths), "env": env}
         why = s.applies_to(ps)
         if why:
             entry["not_applicable"] = why
@@ -229,6 +232,15 @@ def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection) -> dict:
     return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
             "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
             "suites": suites, "k": sel.k}
+
+
+GUEST_ENV_SKIP = {"LOOPQUAL_CACHE", "LOOPQUAL_ACCEL", "LOOPQUAL_MIRROR", "LOOPQUAL_GUEST_CPUS"}
+
+
+def passthrough_env() -> dict[str, str]:
+    """LOOPQUAL_* variables meant for the scenarios (seed, walk length, ...)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("LOOPQUAL_") and k not in GUEST_ENV_SKIP}
 
 
 def _git_commit() -> str:

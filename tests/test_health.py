@@ -30,3 +30,19 @@ def test_each_deny_pattern_catches_its_line():
         assert found, name
         assert found[0]["line"] == line
         assert found[0]["context"][1] == "next line"
+
+
+def test_usercopy_bug_recorded_from_a_real_guest_is_named_as_such(fixtures):
+    # The kernel log of a real cell: the patched series of this session's first gate run,
+    # random walk, exclusive_caps=1 max_openers=2, Debian 6.1 (a read() race, since fixed).
+    lines = (fixtures / "kmsg" / "recorded-6.1-patched-ec1-open2-usercopy-bug.txt").read_text().splitlines()
+    found = health.find_splats(lines)
+    names = {f["pattern"] for f in found}
+    assert {"usercopy", "kernel_bug_at", "invalid_opcode", "call_trace"} <= names
+    bug = next(f for f in found if f["pattern"] == "kernel_bug_at")
+    assert bug["line"] == "kernel BUG at mm/usercopy.c:101!"
+
+
+def test_specific_pattern_wins_over_generic_bug():
+    found = health.find_splats(["BUG: sleeping function called from invalid context at x.c:1"])
+    assert found[0]["pattern"] == "sleeping_in_atomic"

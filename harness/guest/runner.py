@@ -333,6 +333,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(repo)
+            os.environ.update(suite.get("env", {}))
             os.environ["LOOPQUAL_CELL"] = str(cell_json)
             import pytest
 
@@ -361,12 +362,28 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
     if timed_out:
         incomplete = f"suite {suite['name']} timed out after {suite['timeout_s']:.0f} s"
     elif status not in (0, 1, 5):  # 0 passed, 1 tests failed, 5 none collected
-        incomplete = f"suite {suite['name']}: pytest exited {status} (see its log tail)"
+        running = _running_scenario(out_dir / "scenario-progress.log")
+        incomplete = (f"suite {suite['name']}: pytest exited {status}"
+                      + (f" during {running}" if running else "") + " (see its log tail)")
     elif status == 5 or not scenarios:
         incomplete = f"suite {suite['name']}: no scenario ran (pytest exit {status})"
     return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
             "incomplete": incomplete, "scenarios": scenarios,
             "log_tail": "\n".join(log.splitlines()[-40:])}
+
+
+def _running_scenario(progress_log: Path) -> str | None:
+    """The scenario that had started but not ended (the suite writes START/END lines)."""
+    if not progress_log.exists():
+        return None
+    started = None
+    for line in progress_log.read_text(errors="replace").splitlines()[-200:]:
+        word, _, name = line.partition(" ")
+        if word == "START":
+            started = name.strip()
+        elif word == "END" and name.strip() == started:
+            started = None
+    return started
 
 
 def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: str) -> dict:
