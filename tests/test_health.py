@@ -34,7 +34,7 @@ def test_each_deny_pattern_catches_its_line():
 
 def test_usercopy_bug_recorded_from_a_real_guest_is_named_as_such(fixtures):
     # The kernel log of a real cell: the patched series of this session's first gate run,
-    # random walk, exclusive_caps=1 max_openers=2, Debian 6.1 (a read() race, since fixed).
+    # random walk, exclusive_caps=1 max_openers=2, Debian 6.1 (a race in read()).
     lines = (fixtures / "kmsg" / "recorded-6.1-patched-ec1-open2-usercopy-bug.txt").read_text().splitlines()
     found = health.find_splats(lines)
     names = {f["pattern"] for f in found}
