@@ -353,13 +353,19 @@ class ExpectedFailure:
     inherent: bool = False  # true: a property of the device type, not a pending fix
     param_sets: tuple[str, ...] = ()  # globs; empty = every set
     kernels: tuple[str, ...] = ()
+    detail: str = ""  # regex the failure's text must contain (its fail: lines, or message)
 
-    def matches(self, kind: str, item_id: str, param_set: str, kernel: str) -> bool:
+    def matches(self, kind: str, item_id: str, param_set: str, kernel: str,
+                text: str | None = None) -> bool:
+        """Does the entry cover this item? text: the failure's text, checked against detail;
+        None for an item that passes (it is listed whatever its detail would have been)."""
         if kind != self.kind or not fnmatch.fnmatchcase(item_id, self.id):
             return False
         if self.param_sets and not any(fnmatch.fnmatchcase(param_set, p) for p in self.param_sets):
             return False
-        return not self.kernels or kernel in self.kernels
+        if self.kernels and kernel not in self.kernels:
+            return False
+        return text is None or not self.detail or re.search(self.detail, text) is not None
 
 
 def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[ExpectedFailure]:
@@ -372,7 +378,8 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
         if not isinstance(e, dict):
             raise DataError(f"{path}: [[failure]] #{i} must be a table")
         _check_keys(path, where, e,
-                    {"kind", "id", "reason", "rule", "issue", "inherent", "param_sets", "kernels"},
+                    {"kind", "id", "reason", "rule", "issue", "inherent", "param_sets", "kernels",
+                     "detail"},
                     {"kind", "id", "reason", "rule", "issue"})
         if e["kind"] not in ("scenario", "compliance"):
             raise DataError(f"{path}: [{where}] kind must be 'scenario' or 'compliance'")
@@ -382,8 +389,17 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
             kind=e["kind"], id=e["id"], reason=e["reason"], rule=str(e["rule"]),
             issue=str(e["issue"]), inherent=bool(e.get("inherent", False)),
             param_sets=tuple(e.get("param_sets", [])), kernels=tuple(e.get("kernels", [])),
+            detail=_regex(path, where, e.get("detail", "")),
         ))
     return out
+
+
+def _regex(path: Path, where: str, text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise DataError(f"{path}: [{where}] detail is not a valid regex: {exc}") from exc
+    return text
 
 
 def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:

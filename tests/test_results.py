@@ -159,3 +159,15 @@ def test_expected_failures_draft_scopes_entries_to_where_they_failed(ec1_cell, e
     by_id = {e.id: e for e in entries}
     assert by_id["output::Format ioctls (Output 0)/VIDIOC_ENUM_FMT/FRAMESIZES/FRAMEINTERVALS"].param_sets == ()
     assert by_id["capture::Required ioctls/VIDIOC_QUERYCAP"].param_sets == ("ec0",)
+
+
+def test_detail_pattern_excuses_only_the_failure_it_names(ec1_cell):
+    a3 = data.ExpectedFailure(kind="compliance", id="*::*/for unlimited opens", reason="r",
+                              rule="L1", issue="4", detail=r"cpp\(736\): !ok")
+    other = data.ExpectedFailure(kind="compliance", id="*::*/for unlimited opens", reason="r",
+                                 rule="L1", issue="4", detail="node2 == nullptr")
+    hit = results.evaluate_cell(meta(gated=True), ec1_cell, None, [a3])
+    miss = results.evaluate_cell(meta(gated=True), ec1_cell, None, [other])
+    opens = [t for c in (hit,) for r in c["compliance"] for t in r["tests"] if t["name"] == "for unlimited opens"]
+    assert {t["status"] for t in opens} == {"xfail"}
+    assert any("for unlimited opens" in x for x in results.failures(miss))
