@@ -16,7 +16,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: all deps apt venv lint unit selftest gate test qualify clean
+.PHONY: all deps apt venv lint unit selftest gate test qualify compare bench clean
 all: test
 
 deps: apt venv
@@ -62,6 +62,17 @@ test: lint unit selftest gate
 qualify: venv
 	$(PY) -m compileall -q harness scenarios >/dev/null
 	$(LOOPQUAL) qualify
+
+# The rules x sources table (issue 3): every source, every suite, the default kernel.
+compare: venv
+	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(LOOPQUAL) qualify --module debian-0.12.7 --module debian-0.13.2 --module debian-0.15.0 \
+		--module patched --suite contract --suite compliance --suite clients --suite browser \
+		--out results/compare || test $$? -le 2
+	$(LOOPQUAL) compare results/compare
+
+bench: venv
+	$(LOOPQUAL) bench --out results/bench
 
 clean:
 	rm -rf results
