@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("rules", help="each contract rule with the scenarios that check it; "
                                  "exit 1 if a rule has none")
-    cmp_ = sub.add_parser("compare", help="rules x module sources table from a results directory")
-    cmp_.add_argument("dir", type=Path, metavar="DIR")
+    cmp_ = sub.add_parser("compare", help="rules x module sources table from results directories")
+    cmp_.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                      help="one or more results directories (their cells are put together)")
 
     ser = sub.add_parser("series", help="edit the patch series as git commits")
     ser.add_argument("action", choices=["edit", "export"],
@@ -155,10 +156,13 @@ def _dispatch(args, argv: list[str]) -> int:
 
         from . import rules
 
-        f = args.dir / "results.json"
-        if not f.exists():
-            raise LoopqualError(f"{args.dir}: no results.json there")
-        print(rules.render_compare(json.loads(f.read_text()), rules.load_rules()))
+        cells = []
+        for d in args.dirs:
+            f = d / "results.json"
+            if not f.exists():
+                raise LoopqualError(f"{d}: no results.json there")
+            cells += json.loads(f.read_text())["cells"]
+        print(rules.render_compare({"cells": cells}, rules.load_rules()))
         return 0
     raise AssertionError(args.command)
 
