@@ -51,7 +51,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
     """meta: kernel, kernel_release, module, module_version, params, param_set, gated,
     build, reproduce. guest: the runner's cell file (None if it never ran)."""
     guest = copy.deepcopy(guest)  # verdicts are added to items: never to the caller's data
-    cell = {**meta, "status": "pass", "scenarios": [], "compliance": [],
+    cell = {**meta, "status": "pass", "scenarios": [], "compliance": [], "incomplete_suites": [],
             "suites_not_applicable": [], "incomplete": [], "errors": [], "problems": [],
             "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
             "duration_s": None, "loaded_params": {}}
@@ -84,6 +84,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                 cell["scenarios"].append(sc)
             if suite.get("incomplete"):
                 cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
+                cell["incomplete_suites"].append(suite["name"])
         else:
             for run in suite["runs"]:
                 run = dict(run)

@@ -113,7 +113,11 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
                     a["passing"] += 1
                 else:
                     a["skipped"] += 1
-        if c["status"] == "incomplete":
+        # Scenarios that did not all run: a pytest suite cut short, or a cell the guest never
+        # finished (no scenario recorded). A hung compliance profile leaves them whole.
+        cut_short = c.get("incomplete_suites") or (
+            c["status"] == "incomplete" and not c.get("scenarios"))
+        if cut_short:
             for r in rules:
                 acc[(r, col)]["incomplete_cells"] += 1
     for r in rules:
