@@ -198,6 +198,23 @@ def kernel_health(request):
 
 
 @pytest.fixture(autouse=True)
+def fresh_keep_format(cell):
+    """In keep_format=1 cells every scenario starts from the set's own state: keep_format is
+    turned 0 then 1 again on the idle device, so that a format an earlier scenario left behind
+    (kept, as F5 says) is forgotten (A6) and does not decide what this scenario sees.
+    Scenarios about keep_format itself (F5, X1) make their own writer leave within them."""
+    if cell.keep_format:
+        try:
+            with Device(cell.device) as d:
+                d.s_ctrl(CID_KEEP_FORMAT, 0)
+                d.s_ctrl(CID_KEEP_FORMAT, 1)
+        except OSError as exc:
+            pytest.fail(f"resetting keep_format 0 -> 1 before the scenario failed: {exc}",
+                        pytrace=False)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def scenario_timeout(request):
     m = request.node.get_closest_marker("timeout")
     seconds = int(m.args[0]) if m else DEFAULT_TIMEOUT

@@ -241,6 +241,20 @@ def set_controls(device: str, controls: dict) -> list[str]:
     return errors
 
 
+def reset_state(devices: list[str], controls: dict) -> list[str]:
+    """Put the device back where the parameter set starts it, before each suite and each
+    compliance profile: keep_format=1 keeps a format past the last close (F5), so a format an
+    earlier suite left must not decide what the next one sees. keep_format 0 on an idle
+    device forgets it (A6); then the set's controls are applied again."""
+    if not controls.get("keep_format"):
+        return []
+    errors = []
+    for dev in devices:
+        errors += set_controls(dev, {"keep_format": 0})
+        errors += set_controls(dev, controls)
+    return errors
+
+
 def read_params() -> dict:
     """The module's parameters as the kernel holds them (where readable)."""
     out = {}
@@ -466,6 +480,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                                       "not_applicable": suite["not_applicable"]})
                 continue
             emit("step", cell=cell["id"], step=f"suite {suite['name']}")
+            res["errors"].extend(reset_state(devices, cell["controls"]))
             if suite["kind"] == "pytest":
                 sr = run_pytest_suite(suite, cell, cell_json, out_dir, plan["repo"])
                 if sr["incomplete"]:
@@ -478,6 +493,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                                      "not_applicable": prof["not_applicable"], "tests": []})
                         continue
                     emit("step", cell=cell["id"], step=f"compliance {prof['name']}")
+                    res["errors"].extend(reset_state(devices, cell["controls"]))
                     r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
                     runs.append(r)
                     if r["status"] == "incomplete":
