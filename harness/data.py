@@ -359,7 +359,8 @@ class ExpectedFailure:
                 text: str | None = None) -> bool:
         """Does the entry cover this item? text: the failure's text, checked against detail;
         None for an item that passes (it is listed whatever its detail would have been)."""
-        if kind != self.kind or not fnmatch.fnmatchcase(item_id, self.id):
+        # An exact id first: parametrized scenario ids hold brackets, which globs read as sets.
+        if kind != self.kind or not (item_id == self.id or fnmatch.fnmatchcase(item_id, self.id)):
             return False
         if self.param_sets and not any(fnmatch.fnmatchcase(param_set, p) for p in self.param_sets):
             return False

@@ -124,3 +124,10 @@ def test_suites_restricted_to_parameter_sets_say_why_elsewhere():
     assert "needs exclusive_caps=1" in suites["browser"].applies_to(
         data.ParamSet("ec1", "", {"exclusive_caps": 0}, {}))
     assert suites["contract"].applies_to(params["ec1-open2"]) is None
+
+
+def test_expected_failure_id_with_brackets_matches_exactly():
+    e = data.ExpectedFailure(kind="scenario", id="contract/test_5_close.py::test_c2_sigkill[writer-dqbuf]",
+                             reason="r", rule="C2", issue="3")
+    assert e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[writer-dqbuf]", "ec1", "k")
+    assert not e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[reader-dqbuf]", "ec1", "k")
