@@ -255,6 +255,26 @@ def reset_state(devices: list[str], controls: dict) -> list[str]:
     return errors
 
 
+def reload_module(cell: dict, devices: list[str]) -> tuple[list[str], str]:
+    """rmmod and insmod with the cell's parameters and controls again.
+    Returns (device nodes, '' or what failed)."""
+    left = close_all(devices)
+    status = rmmod()
+    if status != "ok":
+        return devices, f"rmmod before a fresh load: {status}" + (f" ({'; '.join(left)})" if left else "")
+    before = video_nodes()
+    ok, msg = insmod(cell["ko"], cell["params"])
+    if not ok:
+        return [], msg
+    fresh = wait_nodes(before)
+    if not fresh:
+        return [], "no /dev/video node appeared within 20 s of reloading the module"
+    errors = []
+    for dev in fresh:
+        errors += set_controls(dev, cell["controls"])
+    return fresh, "; ".join(errors)
+
+
 def read_params() -> dict:
     """The module's parameters as the kernel holds them (where readable)."""
     out = {}
@@ -493,7 +513,16 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                                      "not_applicable": prof["not_applicable"], "tests": []})
                         continue
                     emit("step", cell=cell["id"], step=f"compliance {prof['name']}")
-                    res["errors"].extend(reset_state(devices, cell["controls"]))
+                    # Each profile starts from a freshly loaded module: v4l2-compliance
+                    # leaves state behind (a format pinned by keep_format, a pressed
+                    # timeout_image_io button that makes the next opener the timeout-image
+                    # uploader), which must not decide what the next profile sees.
+                    devices, why = reload_module(cell, devices)
+                    if why:
+                        res["errors"].append(why)
+                        res["needs_reboot"] = why.startswith("rmmod")  # a stuck module
+                        break
+                    res["devices"] = devices
                     r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
                     runs.append(r)
                     if r["status"] == "incomplete":
