@@ -61,19 +61,10 @@ def _git(work: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def read_series(series_file: Path = SERIES_FILE) -> list[Path]:
-    """The patch files named by a series file, in order (comments and blanks skipped)."""
-    if not series_file.exists():
-        return []
-    patches = []
-    for raw in series_file.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        path = series_file.parent / line
-        if not path.is_file():
-            raise LoopqualError(f"{series_file}: lists {line}, which does not exist")
-        patches.append(path)
-    return patches
+    """The patch files named by a series file, in order; none if there is no series file."""
+    from .sources import read_series as read_existing_series
+
+    return read_existing_series(series_file) if series_file.exists() else []
 
 
 def edit(

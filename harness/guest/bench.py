@@ -24,22 +24,9 @@ from pathlib import Path
 
 from linuxpy.video import raw
 
-from .runner import emit, insmod, module_loaded, rmmod, video_nodes, wait_nodes
+from .runner import emit, insmod, module_loaded, rmmod, set_output_yuyv, video_nodes, wait_nodes
 
 OUT, CAP = raw.BufType.VIDEO_OUTPUT, raw.BufType.VIDEO_CAPTURE
-
-
-def _fmt(fd: int, width: int, height: int) -> int:
-    fmt = raw.v4l2_format()
-    fmt.type = OUT
-    fcntl.ioctl(fd, raw.IOC.G_FMT, fmt)
-    fmt.fmt.pix.width, fmt.fmt.pix.height = width, height
-    fmt.fmt.pix.pixelformat = raw.PixelFormat.YUYV
-    fmt.fmt.pix.field = raw.Field.NONE
-    fmt.fmt.pix.bytesperline = width * 2
-    fmt.fmt.pix.sizeimage = width * height * 2
-    fcntl.ioctl(fd, raw.IOC.S_FMT, fmt)
-    return fmt.fmt.pix.sizeimage
 
 
 def _reqbufs(fd: int, buftype: int, count: int) -> int:
@@ -66,7 +53,7 @@ def _map_all(fd: int, buftype: int, count: int) -> list[tuple[raw.v4l2_buffer, m
 
 def writer(device: str, kind: str, width: int, height: int, stop_at: float) -> dict:
     fd = os.open(device, os.O_RDWR)
-    size = _fmt(fd, width, height)
+    size = set_output_yuyv(fd, width, height)
     frames = 0
     t0 = time.monotonic()
     if kind == "write":

@@ -288,6 +288,24 @@ def read_params() -> dict:
 
 
 # ---------------------------------------------------------------------------- producer
+def set_output_yuyv(fd: int, width: int, height: int) -> int:
+    """S_FMT(OUTPUT) to YUYV WxH; returns the sizeimage the device answers with."""
+    import fcntl
+
+    from linuxpy.video import raw
+
+    fmt = raw.v4l2_format()
+    fmt.type = raw.BufType.VIDEO_OUTPUT
+    fcntl.ioctl(fd, raw.IOC.G_FMT, fmt)
+    fmt.fmt.pix.width, fmt.fmt.pix.height = width, height
+    fmt.fmt.pix.pixelformat = raw.PixelFormat.YUYV
+    fmt.fmt.pix.field = raw.Field.NONE
+    fmt.fmt.pix.bytesperline = width * 2
+    fmt.fmt.pix.sizeimage = width * height * 2
+    fcntl.ioctl(fd, raw.IOC.S_FMT, fmt)
+    return fmt.fmt.pix.sizeimage
+
+
 def start_producer(device: str, width: int = 640, height: int = 480, fps: int = 30) -> tuple[int, int]:
     """Fork a writer that sets YUYV WxH on OUTPUT and write()s frames until killed.
     Returns (pid, read end of a pipe that carries 'ok' after the first frame, or an error)."""
@@ -300,30 +318,15 @@ def start_producer(device: str, width: int = 640, height: int = 480, fps: int = 
     os.setsid()
     status = "ok"
     try:
-        import ctypes
-        import fcntl
-
-        from linuxpy.video import raw
-
         fd = os.open(device, os.O_RDWR)
-        fmt = raw.v4l2_format()
-        fmt.type = raw.BufType.VIDEO_OUTPUT
-        fcntl.ioctl(fd, raw.IOC.G_FMT, fmt)
-        fmt.fmt.pix.width, fmt.fmt.pix.height = width, height
-        fmt.fmt.pix.pixelformat = raw.PixelFormat.YUYV
-        fmt.fmt.pix.field = raw.Field.NONE
-        fmt.fmt.pix.bytesperline = width * 2
-        fmt.fmt.pix.sizeimage = width * height * 2
-        fcntl.ioctl(fd, raw.IOC.S_FMT, fmt)
         # The device may keep another format (keep_format=1 pins what an earlier opener set,
         # rule F2): write frames of whatever size it reports, from one buffer whose head
         # changes every frame (never one copy per frame: pinned formats can be huge).
-        size = fmt.fmt.pix.sizeimage
+        size = set_output_yuyv(fd, width, height)
         frame = bytearray(size)
         n = 0
         period = 1.0 / fps
         next_t = time.monotonic()
-        del ctypes
         while True:
             stamp = n.to_bytes(4, "little") * 1024
             frame[: min(size, len(stamp))] = stamp[:size]
