@@ -5,7 +5,18 @@ from __future__ import annotations
 import errno
 
 import pytest
-from lib.common import H2, W2, Reader, Writer, advertised, fmt_str, need_openers, skip_if_keep
+from lib.common import (
+    H2,
+    KEPT_HOW,
+    W2,
+    Reader,
+    Writer,
+    advertised,
+    fmt_str,
+    kept_capture_only,
+    need_openers,
+    skip_if_keep,
+)
 from lib.v4l2 import (
     BUF_CAP_SUPPORTS_MMAP,
     CAP,
@@ -17,6 +28,7 @@ from lib.v4l2 import (
     YUYV,
     ename,
     err,
+    frame_bytes,
 )
 
 
@@ -96,7 +108,25 @@ def test_a3_second_output_claim_gets_pinned_count(cell, openers):
     need_openers(cell, 2)
     a, b = openers.fd(), openers.fd()
     a.s_fmt(OUT, 160, 120)
-    pinned = a.reqbufs(OUT, 2)["count"]
+    # with exclusive_caps=1 + keep_format=1 the second writer may have to claim through
+    # write(), which asks for its own count: pin 1 there so that the pinned count shows
+    pinned = a.reqbufs(OUT, 1 if cell.exclusive_caps and cell.keep_format else 2)["count"]
+    if kept_capture_only(cell, b):
+        # X1: the format a set is kept, the node shows b CAPTURE only; b's OUTPUT claim is its
+        # write() (W1 does REQBUFS + STREAMON(OUTPUT) itself): a later claim, so A3 applies
+        size = b.g_fmt(CAP)["sizeimage"]
+        e = err(b.write, frame_bytes(0, size))
+        assert e == 0, (f"second OUTPUT claim by {KEPT_HOW}, while the first opener claims "
+                        f"OUTPUT ({pinned} buffer(s), not streaming): expected success with the "
+                        f"pinned count {pinned}, got {ename(e)}")
+        # its granted count, as S5 shows it: indexes below the granted count only
+        e_in, e_out = err(b.querybuf, OUT, pinned - 1), err(b.querybuf, OUT, pinned)
+        assert e_in == 0 and e_out == errno.EINVAL, (
+            f"OUTPUT claim by write() of a second opener while the first claims {pinned} "
+            f"buffer(s): expected the pinned count {pinned} granted (QUERYBUF(OUTPUT, "
+            f"{pinned - 1}) success, QUERYBUF(OUTPUT, {pinned}) EINVAL), got {ename(e_in)} and "
+            f"{ename(e_out)}")
+        return
     try:
         got = b.reqbufs(OUT, 1)["count"]
     except OSError as exc:

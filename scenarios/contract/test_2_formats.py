@@ -5,7 +5,19 @@ from __future__ import annotations
 import errno
 
 import pytest
-from lib.common import H2, W2, Reader, Writer, advertised, fmt_str, need_openers, skip_if_keep
+from lib.common import (
+    H2,
+    KEPT_HOW,
+    W2,
+    FileWriter,
+    Reader,
+    Writer,
+    advertised,
+    fmt_str,
+    kept_capture_only,
+    need_openers,
+    skip_if_keep,
+)
 from lib.v4l2 import CAP, OUT, YUYV, ename, err
 
 
@@ -111,6 +123,9 @@ def test_f5_keep_format_survives_last_close(cell, openers):
     wr.send()
     a.close()
     b = openers.fd()
+    if kept_capture_only(cell, b):
+        _f5_kept_capture_only(cell, openers, b, kept, wr.count)
+        return
     g = b.g_fmt(OUT)
     assert _dims(g) == _dims(kept), (f"keep_format=1, after the last close: expected the kept "
                                      f"format {fmt_str(kept)}, got {fmt_str(g)}")
@@ -123,3 +138,41 @@ def test_f5_keep_format_survives_last_close(cell, openers):
     r = Reader(openers.fd())
     f = w2.send()
     assert r.get()["frame"] == f["frame"]
+
+
+def _f5_kept_capture_only(cell, openers, b, kept: dict, kept_count: int) -> None:
+    """F5 where exclusive_caps=1 shows the kept format as CAPTURE only (X1): the kept format is
+    read on CAPTURE, the first claim after the last close (a reader's) gets the kept count,
+    and the next writer comes back through write() (W1) with the kept format."""
+    try:
+        g = b.g_fmt(CAP)
+    except OSError as exc:
+        pytest.fail(f"keep_format=1, exclusive_caps=1, after the last close the node shows "
+                    f"CAPTURE only: expected G_FMT(CAPTURE) to report the kept format "
+                    f"{fmt_str(kept)}, got {ename(exc.errno)}")
+    assert _dims(g) == _dims(kept), (f"keep_format=1, after the last close: expected the kept "
+                                     f"format {fmt_str(kept)} on CAPTURE, got {fmt_str(g)}")
+    try:
+        r = Reader(openers.fd(), count=1)
+    except OSError as exc:
+        pytest.fail(f"keep_format=1, exclusive_caps=1: a reader's REQBUFS(CAPTURE, 1)+STREAMON "
+                    f"after the last writer closed (the node shows CAPTURE): expected success, "
+                    f"got {ename(exc.errno)}")
+    assert r.count == kept_count, (
+        f"keep_format=1: REQBUFS(CAPTURE, 1), the first claim after the last close: expected the "
+        f"kept count {kept_count}, got {r.count}")
+    try:
+        w2 = FileWriter(b, g)
+        f = w2.send()
+    except OSError as exc:
+        pytest.fail(f"keep_format=1: the next writer by {KEPT_HOW}: expected success, got {exc}")
+    try:
+        got = r.get_newer(f["frame"] - 1)
+    except OSError as exc:
+        pytest.fail(f"keep_format=1: frame {f['frame']} written in the kept format: expected a "
+                    f"reader to capture it, got {ename(exc.errno)}")
+    assert got["frame"] == f["frame"], (f"keep_format=1: expected the next writer's frame "
+                                        f"{f['frame']}, got frame {got['frame']}")
+    assert got["bytesused"] == kept["sizeimage"], (
+        f"keep_format=1: frame of the kept format: expected bytesused {kept['sizeimage']}, got "
+        f"{got['bytesused']}")

@@ -7,8 +7,15 @@ import os
 import time
 
 import pytest
-from lib.common import Reader, Writer, need_openers
-from lib.v4l2 import BUF_FLAG_QUEUED, CAP, OUT, ename, err
+from lib.common import (
+    KEPT_HOW,
+    Reader,
+    Writer,
+    kept_capture_only,
+    need_openers,
+    start_proc_writer,
+)
+from lib.v4l2 import BUF_FLAG_QUEUED, CAP, OUT, ename, err, frame_bytes
 
 
 @pytest.mark.rules("S1")
@@ -33,6 +40,9 @@ def test_s2_one_write_token(cell, openers):
     b = openers.proc("writer-b")
     a.call("s_fmt", OUT, 160, 120)
     a.call("reqbufs", OUT, 2)
+    if kept_capture_only(cell, b):
+        _s2_second_writer_through_write(a, b)
+        return
     # both claim OUTPUT before anyone streams: with exclusive_caps=1 OUTPUT is hidden from
     # non-claimants once the write token is taken
     e = b.err("reqbufs", OUT, 2)
@@ -49,6 +59,29 @@ def test_s2_one_write_token(cell, openers):
     e = b.err("streamon", OUT)
     assert e == 0, (f"STREAMON(OUTPUT) by the second opener after the holder's STREAMOFF: "
                     f"expected success, got {ename(e)}")
+
+
+def _s2_second_writer_through_write(a, b) -> None:
+    """S2 where exclusive_caps=1 + keep_format=1 show b CAPTURE only once a set the format (X1):
+    b cannot claim OUTPUT with REQBUFS, so it streams through write(), which does REQBUFS +
+    STREAMON(OUTPUT) itself (W1) and so meets the write token the same way."""
+    size = b.call("g_fmt", CAP)["sizeimage"]
+    e = a.err("streamon", OUT)
+    assert e == 0, f"STREAMON(OUTPUT) by the first claimant: expected success, got {ename(e)}"
+    e = b.err("write", frame_bytes(0, size))
+    assert e == errno.EBUSY, (f"second writer's write() (its own STREAMON(OUTPUT), W1; "
+                              f"exclusive_caps=1 + keep_format=1 show it CAPTURE only) while the "
+                              f"write token is held: expected EBUSY, got {ename(e)}")
+    e = a.err("streamon", OUT)
+    assert e == 0, f"STREAMON(OUTPUT) again by the token holder: expected 0, got {ename(e)}"
+    a.call("streamoff", OUT)
+    e = b.err("write", frame_bytes(1, size))
+    assert e == 0, (f"second writer's write() (its own STREAMON(OUTPUT)) after the holder's "
+                    f"STREAMOFF: expected success (token released), got {ename(e)}")
+    e = a.err("streamon", OUT)
+    assert e == errno.EBUSY, (f"STREAMON(OUTPUT) by the first claimant while the second writer "
+                              f"holds the write token (taken by its write()): expected EBUSY, "
+                              f"got {ename(e)}")
 
 
 @pytest.mark.rules("S3")
@@ -81,8 +114,12 @@ def test_s3_readers_stream_without_writer(cell, openers):
     if cell.exclusive_caps:
         w.stop()
         w = openers.proc("writer2")
-    info = w.call("start_writer", "mmap", count=2, set_format=False)
-    assert info["count"] >= 1
+    try:
+        info = start_proc_writer(cell, w, "mmap", count=2, set_format=False)
+    except OSError as exc:
+        pytest.fail(f"a writer after {len(readers)} readers started streaming: expected it to "
+                    f"start, got {exc}")
+    assert info["via"] == "write" or info["count"] >= 1
     for i, r in enumerate(readers):
         try:
             b = r.call("wait_dqbuf", CAP, 8.0, timeout=15)
@@ -128,6 +165,13 @@ def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
     e = err(wr.dev.streamoff, OUT)
     assert e == 0
     other = openers.fd()
+    if kept_capture_only(cell, other):
+        # exclusive_caps=1 + keep_format=1: the node shows `other` CAPTURE only (X1), so it
+        # takes the token through write() (W1: its own REQBUFS + STREAMON(OUTPUT))
+        e = err(other.write, frame_bytes(0, other.g_fmt(CAP)["sizeimage"]))
+        assert e == 0, (f"another opener's {KEPT_HOW}, after the writer's STREAMOFF: expected "
+                        f"success (token released), got {ename(e)}")
+        return
     other.reqbufs(OUT, 2)
     e = err(other.streamon, OUT)
     assert e == 0, (f"STREAMON(OUTPUT) by another opener after the writer's STREAMOFF: expected "

@@ -14,7 +14,9 @@ from lib.common import (
     caps_str,
     fmt_str,
     need_openers,
+    new_writer,
     skip_if_keep,
+    start_proc_writer,
     sysfs_attr,
     wait_until,
 )
@@ -32,10 +34,9 @@ def _new_writer_works(cell, openers, what: str):
     """After `what`, a new writer must stream and a reader get its frame."""
     d = openers.fd()
     try:
-        wr = Writer(d, count=2, set_format=not cell.keep_format)
+        wr = new_writer(cell, d, count=2)
     except OSError as exc:
-        pytest.fail(f"after {what}: a new writer (S_FMT, REQBUFS, STREAMON OUTPUT) failed: "
-                    f"{exc}")
+        pytest.fail(f"after {what}: expected a new writer to start, it failed: {exc}")
     try:
         r = Reader(openers.fd())
     except OSError as exc:
@@ -91,7 +92,7 @@ def test_c1_close_releases_and_others_carry_on(cell, openers):
     w.stop()
     w2 = openers.proc("writer2")
     try:
-        w2.call("start_writer", "mmap", count=2, fps=20, set_format=False)
+        start_proc_writer(cell, w2, "mmap", count=2, fps=20, set_format=False)
     except OSError as exc:
         pytest.fail(f"a new writer after the first writer closed: expected success, got {exc}")
     _frames_grow(r2, "reader2 after the writer closed and a new one started")
@@ -116,7 +117,11 @@ def test_c1_close_with_three_readers(cell, openers):
         _frames_grow(r, "after reader0 closed")
     w.kill()
     w2 = openers.proc("writer2")
-    w2.call("start_writer", "mmap", count=2, fps=20, set_format=False)
+    try:
+        start_proc_writer(cell, w2, "mmap", count=2, fps=20, set_format=False)
+    except OSError as exc:
+        pytest.fail(f"a new writer after the first writer was killed: expected success, got "
+                    f"{exc}")
     for r in rs[1:]:
         _frames_grow(r, "after the writer was killed and a new one started")
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import errno
 
 import pytest
-from lib.common import Reader, Writer, caps_str, need_ec, need_openers, skip_if_keep
+from lib.common import (
+    Reader,
+    Writer,
+    caps_str,
+    need_ec,
+    need_openers,
+    skip_if_keep,
+    write_format,
+)
 from lib.v4l2 import (
     CAP,
     CAP_VIDEO_CAPTURE,
@@ -163,8 +171,8 @@ def test_p1_writer_polls_out(cell, openers):
         f"and queued again): expected POLLOUT|POLLWRNORM within 2 s, got revents {ev:#x}")
     w.close()
     w2 = openers.fd()
-    size = w2.s_fmt(OUT, 160, 120)["sizeimage"] if not cell.keep_format else \
-        w2.g_fmt(OUT)["sizeimage"]
+    # the kept format where exclusive_caps=1 + keep_format=1 show CAPTURE only (X1, W1)
+    size = write_format(cell, w2)["sizeimage"]
     w2.write(frame_bytes(0, size))
     ev = w2.poll(POLLOUT | POLLWRNORM, 1.0)
     assert ev & (POLLOUT | POLLWRNORM) == POLLOUT | POLLWRNORM, (

@@ -18,6 +18,7 @@ from .v4l2 import (
     V4L2Error,
     ename,
     fourcc,
+    frame_bytes,
 )
 
 W, H = 160, 120  # the standard format of the scenarios (small: TCG is slow)
@@ -136,6 +137,105 @@ class Reader:
                 return b
             if time.monotonic() > deadline:
                 raise V4L2Error(errno.ETIMEDOUT, f"a frame newer than {than}")
+
+
+# -- exclusive_caps=1 with keep_format=1: later writers come back through write() ---------
+
+KEPT_HOW = ("write() of one frame of the kept format (exclusive_caps=1, keep_format=1 and a "
+            "format set: the node shows CAPTURE only, X1, and refuses OUTPUT ioctls to openers "
+            "that do not claim, X2; the next writer comes back through write(), W1+F5)")
+
+
+def kept_capture_only(cell, opener) -> bool:
+    """Must a writer on this opener start through write()? True when the loaded parameters say
+    exclusive_caps=1 and keep_format=1 and QUERYCAP (as this opener sees it) shows CAPTURE
+    without OUTPUT: a format has been set and is kept (X1), so G_FMT/S_FMT/REQBUFS(OUTPUT) by
+    an opener that does not claim get EINVAL, and under X1 + F5 the next writer comes back
+    through write() (W1: it does REQBUFS + STREAMON(OUTPUT) itself). `opener` is a Device or
+    a proc.Worker (both answer device_caps())."""
+    if not (cell.exclusive_caps and cell.keep_format):
+        return False
+    caps = opener.device_caps()
+    return bool(caps & CAP_VIDEO_CAPTURE) and not caps & CAP_VIDEO_OUTPUT
+
+
+class FileWriter:
+    """An in-process write() writer (W1): the first send() claims OUTPUT and takes the write
+    token; each send() publishes one frame (frame_bytes numbering, like Writer)."""
+
+    def __init__(self, dev: Device, fmt: dict, send_first: bool = True):
+        self.dev = dev
+        self.fmt = fmt
+        self.count = None
+        self.n = 0
+        self.last_ts = None
+        if send_first:
+            self.send()
+
+    def send(self, timeout: float = 3.0) -> dict:
+        try:
+            self.dev.write(frame_bytes(self.n, self.fmt["sizeimage"]))
+        except V4L2Error as exc:
+            raise V4L2Error(exc.errno, f"write() of frame {self.n} ({fmt_str(self.fmt)})") \
+                from None
+        self.n += 1
+        return {"index": None, "frame": self.n - 1, "ts": None}
+
+
+def write_format(cell, dev: Device) -> dict:
+    """The format a write() writer on this opener writes: the kept one where the node shows it
+    CAPTURE only (G_FMT on the direction offered), the kept one read on OUTPUT with
+    keep_format=1 otherwise, else W x H YUYV set with S_FMT(OUTPUT)."""
+    if kept_capture_only(cell, dev):
+        return dev.g_fmt(CAP)
+    if cell.keep_format:
+        return dev.g_fmt(OUT)
+    return dev.s_fmt(OUT, W, H)
+
+
+def new_writer(cell, dev: Device, count: int = 2):
+    """A streaming writer on opener `dev`, started the way the contract allows now: an mmap
+    Writer (S_FMT unless keep_format, REQBUFS, STREAMON(OUTPUT)), or, where kept_capture_only(),
+    a FileWriter of the kept format (its first write() sets it up). Failures raise V4L2Error
+    naming what was tried."""
+    if kept_capture_only(cell, dev):
+        try:
+            fmt = dev.g_fmt(CAP)
+        except V4L2Error as exc:
+            raise V4L2Error(exc.errno, f"G_FMT(CAPTURE) for the kept format, before {KEPT_HOW}") \
+                from None
+        try:
+            return FileWriter(dev, fmt)
+        except V4L2Error as exc:
+            raise V4L2Error(exc.errno, f"{KEPT_HOW}: {exc.op}") from None
+    try:
+        return Writer(dev, count=count, set_format=not cell.keep_format)
+    except V4L2Error as exc:
+        how = "G_FMT" if cell.keep_format else "S_FMT"
+        raise V4L2Error(exc.errno, f"mmap writer ({how}, REQBUFS, mmap, STREAMON OUTPUT): "
+                                   f"{exc.op}") from None
+
+
+def start_proc_writer(cell, w, mode: str = "mmap", count: int = 2, fps: float = 30,
+                      set_format: bool | None = None) -> dict:
+    """Start the writer pump of proc.Worker `w` the way the contract allows now: its
+    start_writer(mode, ...) as asked, or, where kept_capture_only(), one write() of the kept
+    format (G_FMT on CAPTURE, the direction the node shows it) and then a write() pump, whose
+    G_FMT(OUTPUT) the claim it now holds allows (X2). Returns start_writer's reply plus "via"."""
+    if set_format is None:
+        set_format = not cell.keep_format
+    if kept_capture_only(cell, w):
+        try:
+            fmt = w.call("g_fmt", CAP)
+            w.call("write", frame_bytes(0, fmt["sizeimage"]))
+        except V4L2Error as exc:
+            raise V4L2Error(exc.errno, f"{w.name}: {KEPT_HOW}: {exc.op}") from None
+        info = w.call("start_writer", "write", fps=fps, set_format=False)
+        info["via"] = "write"
+        return info
+    info = w.call("start_writer", mode, count=count, fps=fps, set_format=set_format)
+    info["via"] = mode
+    return info
 
 
 def wait_until(pred, timeout: float = 3.0, step: float = 0.05):
