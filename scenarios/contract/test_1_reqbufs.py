@@ -14,6 +14,7 @@ from lib.common import (
     advertised,
     fmt_str,
     kept_capture_only,
+    kept_format,
     need_openers,
     skip_if_keep,
 )
@@ -114,7 +115,7 @@ def test_a3_second_output_claim_gets_pinned_count(cell, openers):
     if kept_capture_only(cell, b):
         # X1: the format a set is kept, the node shows b CAPTURE only; b's OUTPUT claim is its
         # write() (W1 does REQBUFS + STREAMON(OUTPUT) itself): a later claim, so A3 applies
-        size = b.g_fmt(CAP)["sizeimage"]
+        size = kept_format(b)["sizeimage"]
         e = err(b.write, frame_bytes(0, size))
         assert e == 0, (f"second OUTPUT claim by {KEPT_HOW}, while the first opener claims "
                         f"OUTPUT ({pinned} buffer(s), not streaming): expected success with the "

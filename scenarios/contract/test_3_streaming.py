@@ -12,6 +12,7 @@ from lib.common import (
     Reader,
     Writer,
     kept_capture_only,
+    kept_format,
     need_openers,
     start_proc_writer,
 )
@@ -65,7 +66,7 @@ def _s2_second_writer_through_write(a, b) -> None:
     """S2 where exclusive_caps=1 + keep_format=1 show b CAPTURE only once a set the format (X1):
     b cannot claim OUTPUT with REQBUFS, so it streams through write(), which does REQBUFS +
     STREAMON(OUTPUT) itself (W1) and so meets the write token the same way."""
-    size = b.call("g_fmt", CAP)["sizeimage"]
+    size = kept_format(b)["sizeimage"]
     e = a.err("streamon", OUT)
     assert e == 0, f"STREAMON(OUTPUT) by the first claimant: expected success, got {ename(e)}"
     e = b.err("write", frame_bytes(0, size))
@@ -168,7 +169,7 @@ def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
     if kept_capture_only(cell, other):
         # exclusive_caps=1 + keep_format=1: the node shows `other` CAPTURE only (X1), so it
         # takes the token through write() (W1: its own REQBUFS + STREAMON(OUTPUT))
-        e = err(other.write, frame_bytes(0, other.g_fmt(CAP)["sizeimage"]))
+        e = err(other.write, frame_bytes(0, kept_format(other)["sizeimage"]))
         assert e == 0, (f"another opener's {KEPT_HOW}, after the writer's STREAMOFF: expected "
                         f"success (token released), got {ename(e)}")
         return
