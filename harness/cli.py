@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,15 @@ EPILOG = """exit codes: 0 all gated results passed; 1 a gated result failed;
 2 incomplete (infrastructure, timeout, hang, panic) or bad input.
 Data: kernel/kernels.toml, kernel/sources.toml, scenarios/params.toml,
 scenarios/suites.toml, kernel/expected-failures.toml."""
+
+
+def _jobs(value: str, what: str = "--jobs") -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 16:
+        msg = f"{what}={value!r}: give a whole number of guests from 1 to 16"
+        if what == "--jobs":
+            raise argparse.ArgumentTypeError(msg)
+        raise LoopqualError(msg)
+    return int(value)
 
 
 def _matrix_args(p: argparse.ArgumentParser, with_suites: bool = True) -> None:
@@ -49,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _matrix_args(q)
     q.add_argument("--out", "-o", type=Path, metavar="DIR",
                    help="results directory (default: results/<UTC timestamp>)")
+    q.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+                   help="guests to run at once, each with its share of the cells (default: "
+                        "$LOOPQUAL_JOBS or 1; under TCG each guest keeps one host core busy)")
 
     sub.add_parser("list", help="kernels, module sources, parameter sets and suites known")
 
@@ -117,7 +130,8 @@ def _dispatch(args, argv: list[str]) -> int:
 
         sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
         out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        return qualify.qualify(sel, out, argv)
+        jobs = args.jobs or _jobs(os.environ.get("LOOPQUAL_JOBS", "1"), "LOOPQUAL_JOBS")
+        return qualify.qualify(sel, out, argv, jobs=jobs)
     if args.command == "list":
         return _list()
     if args.command == "build":

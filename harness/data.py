@@ -271,6 +271,7 @@ class Profile:
     idle_s: float
     requires: dict = field(default_factory=dict)
     not_applicable_because: str = ""
+    typical_s: float = 15  # usual duration under TCG: only balances parallel guests (--jobs)
 
     def applies_to(self, params: ParamSet) -> str | None:
         for k, v in self.requires.items():
@@ -292,6 +293,7 @@ class Suite:
     strict: bool = False  # compliance: run profiles even where they do not apply
     param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
     env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
+    typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -304,13 +306,20 @@ class Suite:
         return None
 
 
+def _seconds(path: Path, where: str, entry: dict, key: str, default: float) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise DataError(f"{path}: [{where}] {key} = {value!r}: give a positive number of seconds")
+    return float(value)
+
+
 def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, Profile]]:
     data = _load(path)
     profiles = {}
     for name, e in _table(path, data, "profile").items():
         _check_keys(path, f"profile.{name}", e,
                     {"description", "args", "producer", "timeout_s", "idle_s", "requires",
-                     "not_applicable_because"}, {"timeout_s"})
+                     "not_applicable_because", "typical_s"}, {"timeout_s"})
         if e.get("requires") and not e.get("not_applicable_because"):
             raise DataError(f"{path}: [profile.{name}] has requires but no "
                             f"not_applicable_because: say why it cannot apply elsewhere")
@@ -319,12 +328,13 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
             bool(e.get("producer", False)), float(e["timeout_s"]),
             float(e.get("idle_s", e["timeout_s"])), dict(e.get("requires", {})),
             " ".join(str(e.get("not_applicable_because", "")).split()),
+            _seconds(path, f"profile.{name}", e, "typical_s", 15),
         )
     suites = {}
     for name, e in _table(path, data, "suite").items():
         _check_keys(path, f"suite.{name}", e,
                     {"kind", "description", "paths", "profiles", "default", "timeout_s",
-                     "requires", "strict", "param_sets", "env"}, {"kind"})
+                     "requires", "strict", "param_sets", "env", "typical_s"}, {"kind"})
         kind = e["kind"]
         if kind not in ("pytest", "compliance"):
             raise DataError(f"{path}: [suite.{name}] kind must be 'pytest' or 'compliance'")
@@ -338,6 +348,7 @@ def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, P
             requires=dict(e.get("requires", {})), strict=bool(e.get("strict", False)),
             param_sets=tuple(e.get("param_sets", [])),
             env={str(k): str(v) for k, v in e.get("env", {}).items()},
+            typical_s=_seconds(path, f"suite.{name}", e, "typical_s", 60),
         )
     return suites, profiles
 

@@ -10,7 +10,9 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,46 +83,104 @@ def reproduce_line(kernel: str, module: str, param_set: data.ParamSet, suites: l
 
 
 class Progress:
-    """Live progress on the host: cells done / total, current cell and step, elapsed."""
+    """Live progress on the host: cells done / total, current cell and step, elapsed.
+    Safe to call from several lanes (threads) at once."""
 
     def __init__(self, total: int, labels: dict[str, str]):
         self.total, self.labels, self.done = total, labels, 0
         self.t0 = time.monotonic()
-        self.tty = sys.stderr.isatty()
+        self.lock = threading.Lock()
 
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.t0)
         return f"{s // 60:02d}:{s % 60:02d}"
 
     def say(self, text: str) -> None:
-        print(f"[{self.done}/{self.total} {self.elapsed()}] {text}", file=sys.stderr, flush=True)
+        with self.lock:
+            print(f"[{self.done}/{self.total} {self.elapsed()}] {text}", file=sys.stderr, flush=True)
 
-    def __call__(self, ev: dict) -> None:
+    def with_tag(self, tag: str):
+        """An event handler for one lane: its lines start with the lane's tag."""
+        return lambda ev: self(ev, tag)
+
+    def __call__(self, ev: dict, tag: str = "") -> None:
         name = ev.get("event")
         cell = self.labels.get(ev.get("cell", ""), ev.get("cell", ""))
         if name == "boot":
-            self.say(f"guest up ({ev.get('release')}), {ev.get('cells')} cell(s) to run")
+            self.say(f"{tag}guest up ({ev.get('release')}), {ev.get('cells')} cell(s) to run")
         elif name == "ready":
-            self.say(f"guest runner ready (imports {ev.get('import_s')} s)")
+            self.say(f"{tag}guest runner ready (imports {ev.get('import_s')} s)")
         elif name == "cell-start":
-            self.say(f"{cell}: start")
+            self.say(f"{tag}{cell}: start")
         elif name == "step":
-            self.say(f"{cell}: {ev.get('step')}")
+            self.say(f"{tag}{cell}: {ev.get('step')}")
         elif name == "cell-end":
-            self.done += 1
+            with self.lock:
+                self.done += 1
             how = "done" if ev.get("complete") else "INCOMPLETE"
-            self.say(f"{cell}: {how}" + (f" in {ev['duration_s']} s" if ev.get("duration_s") else ""))
+            self.say(f"{tag}{cell}: {how}" + (f" in {ev['duration_s']} s" if ev.get("duration_s") else ""))
         elif name == "reboot-needed":
-            self.say(f"{cell}: module would not unload (rmmod {ev.get('rmmod')}): rebooting")
+            self.say(f"{tag}{cell}: module would not unload (rmmod {ev.get('rmmod')}): rebooting")
 
 
-def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
+CELL_OVERHEAD_S = 5  # insmod, controls, rmmod and the health checks of one cell
+
+
+def cell_weight(cell: dict, sel: Selection) -> float:
+    """Expected seconds of one planned cell (suites' and profiles' typical_s): for balancing."""
+    total = CELL_OVERHEAD_S
+    suites = {s.name: s for s in sel.suites}
+    for entry in cell["suites"]:
+        if entry.get("not_applicable"):
+            continue
+        if entry["kind"] == "compliance":
+            total += sum(sel.profiles[p["name"]].typical_s for p in entry["profiles"]
+                         if not p.get("not_applicable"))
+        else:
+            total += suites[entry["name"]].typical_s
+    return total
+
+
+@dataclass
+class Lane:
+    """One chain of guest boots of one kernel, running its cells in order."""
+    kernel: str
+    cells: list[dict]
+    work_dir: Path
+    weight: float = 0.0
+    boots: int = 0
+    wall_s: float = 0.0
+
+
+def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight) -> list[tuple[str, list[dict]]]:
+    """Spread each kernel's cells over lanes (guests) so that `jobs` guests can run at once.
+    A kernel gets lanes in proportion to its share of the work (at least one, at most one per
+    cell); its cells go to lanes heaviest first, each to the lightest lane so far (LPT), and
+    keep their planned order within a lane. jobs=1: one lane per kernel, as planned."""
+    total = sum(weight(c) for _k, cells in per_kernel for c in cells) or 1.0
+    lanes = []
+    for kname, cells in per_kernel:
+        mine = sum(weight(c) for c in cells)
+        n = 1 if jobs <= 1 else max(1, min(len(cells), round(jobs * mine / total)))
+        buckets: list[list[dict]] = [[] for _ in range(n)]
+        loads = [0.0] * n
+        order = {c["id"]: i for i, c in enumerate(cells)}
+        for c in sorted(cells, key=lambda c: (-weight(c), order[c["id"]])):
+            i = loads.index(min(loads))
+            buckets[i].append(c)
+            loads[i] += weight(c)
+        for b in buckets:
+            lanes.append((kname, sorted(b, key=lambda c: order[c["id"]])))
+    return lanes
+
+
+def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
     mirror, all_sources = data.load_sources()
-    cells: list[dict] = []
-    boots, accel_used, boot_seconds = 0, {}, []
+    all_metas: list[dict] = []
+    to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]] = []
     for kernel in sel.kernels:
         ik = kernels.resolve(kernel)
         builds = {}
@@ -136,11 +196,11 @@ def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
                   + (" (cached)" if b.cached else f" in {b.duration_s} s")
                   + (f", {len(b.warnings)} warning(s)" if b.warnings else ""), file=sys.stderr)
             builds[m.name] = (b, sources.module_version(tree), patches)
-        metas, plan_cells = [], []
+        plan_cells = []
         for m in sel.modules:
             b, version, patches = builds[m.name]
             for ps in sel.param_sets:
-                cid = f"{len(cells) + len(metas) + 1:03d}-" + re.sub(
+                cid = f"{len(all_metas) + 1:03d}-" + re.sub(
                     r"[^A-Za-z0-9._-]+", "_", f"{kernel.name}-{Path(m.name).name}-{ps.name}")[:80]
                 meta = {
                     "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
@@ -151,34 +211,62 @@ def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
                               "warnings": b.warnings, "cached": b.cached, "key": b.key},
                     "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k),
                 }
-                metas.append(meta)
+                all_metas.append(meta)
                 if b.status == "ok":
                     plan_cells.append(_plan_cell(meta, b.ko, ps, sel))
-        guest_results, host_incomplete = {}, {}
         if plan_cells:
-            accel = vm.detect_accel(ik.vmlinuz)
-            accel_used[kernel.name] = accel
-            rw = out / "guest" / kernel.name
-            if rw.exists():  # results of an earlier run here must never stand in for this one
-                shutil.rmtree(rw)
-            rw.mkdir(parents=True)
-            labels = {c["id"]: f"{kernel.name} {c['module']} {c['param_set']}" for c in plan_cells}
-            prog = Progress(len(plan_cells), labels)
-            prog.say(f"booting {ik.release} ({accel.upper()}) for {len(plan_cells)} cell(s)")
-            plan = {"kernel": kernel.name, "release": ik.release, "repo": str(REPO),
-                    "cells": plan_cells}
-            gr = vm.run_plan(plan, ik.vmlinuz, rw, prog, accel)
-            boots += gr.boots
-            boot_seconds += gr.boot_seconds
-            (rw / "console.log").write_text("\n".join(gr.console) + "\n")
-            for c in plan_cells:
-                f = rw / "cells" / f"{c['id']}.json"
-                if f.exists():
-                    guest_results[c["id"]] = json.loads(f.read_text())
-            host_incomplete = gr.host_incomplete
-        for meta in metas:
-            cells.append(results.evaluate_cell(meta, guest_results.get(meta["id"]),
-                                               host_incomplete.get(meta["id"]), sel.expected))
+            to_boot.append((kernel, ik, plan_cells))
+
+    weights = {c["id"]: cell_weight(c, sel) for _k, _ik, cs in to_boot for c in cs}
+    split = split_lanes([(k.name, cs) for k, _ik, cs in to_boot], jobs, lambda c: weights[c["id"]])
+    per_kernel_lanes = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in to_boot}
+    lanes, seen = [], {}
+    for kname, cs in split:
+        base = out / "guest" / kname
+        if kname not in seen and base.exists():  # an earlier run's files must never stand in
+            shutil.rmtree(base)
+        seen[kname] = seen.get(kname, 0) + 1
+        wd = base if per_kernel_lanes[kname] == 1 else base / f"lane{seen[kname]}"
+        wd.mkdir(parents=True)
+        lanes.append(Lane(kname, cs, wd, sum(weights[c["id"]] for c in cs)))
+    info = {k.name: (k, ik) for k, ik, _cs in to_boot}
+    accel_used = {name: vm.detect_accel(ik.vmlinuz) for name, (_k, ik) in info.items()}
+    labels = {c["id"]: f"{ln.kernel} {c['module']} {c['param_set']}" for ln in lanes for c in ln.cells}
+    prog = Progress(len(labels), labels)
+    if len(lanes) > 1 and jobs > 1:
+        prog.say(f"{len(labels)} cell(s) in {len(lanes)} lane(s), {min(jobs, len(lanes))} guest(s) at "
+                 f"a time: " + "; ".join(f"lane {i + 1}: {ln.kernel}, {len(ln.cells)} cell(s), "
+                                         f"~{ln.weight:.0f} s" for i, ln in enumerate(lanes)))
+
+    def run_lane(i: int, ln: Lane) -> vm.GuestRun:
+        ik = info[ln.kernel][1]
+        tag = f"lane {i + 1} " if len(lanes) > 1 else ""
+        prog.say(f"{tag}booting {ik.release} ({accel_used[ln.kernel].upper()}) for "
+                 f"{len(ln.cells)} cell(s)")
+        lt0 = time.monotonic()
+        plan = {"kernel": ln.kernel, "release": ik.release, "repo": str(REPO), "cells": ln.cells}
+        gr = vm.run_plan(plan, ik.vmlinuz, ln.work_dir, prog.with_tag(tag), accel_used[ln.kernel])
+        ln.boots, ln.wall_s = gr.boots, round(time.monotonic() - lt0, 1)
+        (ln.work_dir / "console.log").write_text("\n".join(gr.console) + "\n")
+        return gr
+
+    if jobs > 1 and len(lanes) > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            runs = list(pool.map(lambda a: run_lane(*a), enumerate(lanes)))
+    else:
+        runs = [run_lane(i, ln) for i, ln in enumerate(lanes)]
+    guest_results, host_incomplete = {}, {}
+    boots, boot_seconds = 0, []
+    for ln, gr in zip(lanes, runs, strict=True):
+        boots += gr.boots
+        boot_seconds += gr.boot_seconds
+        host_incomplete.update(gr.host_incomplete)
+        for c in ln.cells:
+            f = ln.work_dir / "cells" / f"{c['id']}.json"
+            if f.exists():
+                guest_results[c["id"]] = json.loads(f.read_text())
+    cells = [results.evaluate_cell(meta, guest_results.get(meta["id"]), host_incomplete.get(meta["id"]),
+                                   sel.expected) for meta in all_metas]
     code = results.exit_code(cells)
     run = {
         "started": started.isoformat(timespec="seconds"),
@@ -186,6 +274,10 @@ def qualify(sel: Selection, out: Path, argv: list[str]) -> int:
         "boots": boots,
         "accel": accel_used,
         "boot_seconds": boot_seconds,
+        "jobs": jobs,
+        "lanes": [{"kernel": ln.kernel, "work_dir": str(ln.work_dir.relative_to(out)),
+                   "cells": [c["id"] for c in ln.cells], "expected_s": round(ln.weight),
+                   "wall_s": ln.wall_s, "boots": ln.boots} for ln in lanes],
         "exit_code": code,
         "command": shlex.join(["loopqual", *argv]),
         "host": {"machine": platform.node(), "python": platform.python_version(),
@@ -234,7 +326,8 @@ def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection) -> dict:
             "suites": suites, "k": sel.k}
 
 
-GUEST_ENV_SKIP = {"LOOPQUAL_CACHE", "LOOPQUAL_ACCEL", "LOOPQUAL_MIRROR", "LOOPQUAL_GUEST_CPUS"}
+GUEST_ENV_SKIP = {"LOOPQUAL_CACHE", "LOOPQUAL_ACCEL", "LOOPQUAL_MIRROR", "LOOPQUAL_GUEST_CPUS",
+                  "LOOPQUAL_JOBS"}
 
 
 def passthrough_env() -> dict[str, str]:

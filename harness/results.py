@@ -54,7 +54,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
     cell = {**meta, "status": "pass", "scenarios": [], "compliance": [], "incomplete_suites": [],
             "suites_not_applicable": [], "incomplete": [], "errors": [], "problems": [],
             "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
-            "duration_s": None, "loaded_params": {}}
+            "duration_s": None, "steps": [], "loaded_params": {}}
     if meta["build"]["status"] != "ok":
         cell["status"] = "error"
         cell["errors"].append("build failed: " + (meta["build"]["log_tail"].splitlines() or ["?"])[-1])
@@ -71,6 +71,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
     cell["health"] = guest.get("health", cell["health"])
     cell["kmsg_tail"] = guest.get("kmsg_tail", [])
     cell["duration_s"] = guest.get("duration_s")
+    cell["steps"] = guest.get("steps", [])  # [step, seconds]: where the cell's time went
     cell["loaded_params"] = guest.get("loaded_params", {})
     for suite in guest.get("suites", []):
         if suite.get("not_applicable"):
@@ -130,6 +131,8 @@ def failures(cell: dict) -> list[str]:
         out.append(f"rmmod after the cell: {cell['health']['rmmod']}")
     for line in cell["health"].get("left_open", []):
         out.append(f"close all: {line}")
+    for line in cell["health"].get("stuck", []):
+        out.append(f"process would not exit: {line}")
     return out
 
 
@@ -235,6 +238,7 @@ def write_junit(path: Path, run: dict) -> None:
             bad = [f"{s['pattern']}: {s['line']}" for s in splats]
             if rm not in (None, "ok"):
                 bad.append(f"rmmod: {rm}")
+            bad += [f"process would not exit: {line}" for line in cell["health"].get("stuck", [])]
             case(f"{label}.health", "kernel-log+rmmod", "fail" if bad else "pass",
                  "; ".join(bad), "\n".join(bad + cell.get("kmsg_tail", [])[-40:]))
         for k, v in n.items():

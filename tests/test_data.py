@@ -131,3 +131,11 @@ def test_expected_failure_id_with_brackets_matches_exactly():
                              reason="r", rule="C2", issue="3")
     assert e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[writer-dqbuf]", "ec1", "k")
     assert not e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[reader-dqbuf]", "ec1", "k")
+
+
+@pytest.mark.parametrize("value", ["'fast'", "0", "-5", "true"])
+def test_suite_typical_seconds_must_be_a_positive_number(tmp_path, value):
+    f = tmp_path / "suites.toml"
+    f.write_text(f'[suite.x]\nkind = "pytest"\npaths = ["scenarios/contract"]\ntypical_s = {value}\n')
+    with pytest.raises(data.DataError, match=r"\[suite.x\] typical_s = .*positive number of seconds"):
+        data.load_suites(f)

@@ -26,6 +26,11 @@ class Recorder:
         self.rules: dict[str, list[str]] = {}
         self.seen: dict[str, dict] = {}
 
+    def pytest_unconfigure(self, config):
+        """pytest is done: what remains is the process's exit. The runner watches for this
+        file to tell a suite that hangs from a process that cannot exit (stuck in close())."""
+        self.path.with_suffix(".finished").write_text("finished\n")
+
     def pytest_collection_modifyitems(self, items):
         for item in items:
             self.rules[item.nodeid] = rules_of(item)

@@ -122,6 +122,79 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def session_processes(sid: int) -> list[int]:
+    """Processes of one session (the suite's pytest child and the openers it forked)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 4 and int(fields[4]) == sid:
+            pids.append(int(proc.name))
+    return pids
+
+
+def describe_process(pid: int) -> str:
+    """State, command and kernel stack of a process: where a stuck one is stuck."""
+    base = Path(f"/proc/{pid}")
+    try:
+        state = (base / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmd = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, IndexError):
+        return f"pid {pid}: gone"
+    try:
+        stack = " <- ".join(ln.split("] ", 1)[-1] for ln in (base / "stack").read_text().split("\n")[:6]
+                            if ln.strip())
+    except OSError:
+        stack = "(no kernel stack readable)"
+    return f"pid {pid} state {state} ({cmd[:80] or 'forked opener'}): {stack}"
+
+
+def wait_suite(pid: int, timeout: float, finished: Path, grace: float = 20.0
+               ) -> tuple[int | None, bool, list[str]]:
+    """Wait for a suite's pytest child. (exit status, timed out, stuck): once pytest has
+    finished its session (the recorder wrote `finished`), the process must be gone within
+    `grace` seconds; if it is not (exit blocked in the kernel, typically close() of the
+    device in a module that hangs there) it is killed and described, and the suite's
+    results stand: waiting the suite's whole timeout would judge nothing more."""
+    deadline = time.monotonic() + timeout
+    finished_at = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False, []
+        now = time.monotonic()
+        if finished_at is None and finished.exists():
+            finished_at = now
+        if finished_at is not None and now - finished_at > grace:
+            stuck = [describe_process(p) for p in session_processes(pid)]
+            _kill_group(pid)
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.2)
+            left = [describe_process(p) for p in session_processes(pid)]
+            return None, False, [
+                f"the suite's processes had not exited {grace:.0f} s after pytest finished; "
+                f"killed: {'; '.join(stuck) or 'none found'}"
+                + (f"; still there after SIGKILL (stuck in the kernel): {'; '.join(left)}" if left else "")]
+        if now > deadline:
+            _kill_group(pid)
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.2)
+            return None, True, []
+        time.sleep(0.1)
+
+
 def wait_child(pid: int, timeout: float) -> tuple[int | None, bool]:
     """Wait for a forked child; on timeout SIGKILL its group. (exit status, timed out)."""
     deadline = time.monotonic() + timeout
@@ -360,7 +433,9 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
     """Fork a child that runs pytest on the suite's paths; results come back as JSON lines."""
     results_file = out_dir / f"{cell['id']}-{suite['name']}-scenarios.jsonl"
     log_file = out_dir / f"{cell['id']}-{suite['name']}-pytest.log"
+    finished_file = results_file.with_suffix(".finished")
     results_file.unlink(missing_ok=True)
+    finished_file.unlink(missing_ok=True)
     pid = os.fork()
     if pid == 0:
         code = 4
@@ -388,7 +463,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    status, timed_out = wait_child(pid, suite["timeout_s"])
+    status, timed_out, stuck = wait_suite(pid, suite["timeout_s"], finished_file)
     scenarios = []
     if results_file.exists():
         for line in results_file.read_text().splitlines():
@@ -398,6 +473,8 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
     incomplete = None
     if timed_out:
         incomplete = f"suite {suite['name']} timed out after {suite['timeout_s']:.0f} s"
+    elif stuck and scenarios:
+        pass  # every scenario ended; the processes that would not exit are a health problem
     elif status not in (0, 1, 5):  # 0 passed, 1 tests failed, 5 none collected
         running = _running_scenario(out_dir / "scenario-progress.log")
         incomplete = (f"suite {suite['name']}: pytest exited {status}"
@@ -405,7 +482,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
     elif status == 5 or not scenarios:
         incomplete = f"suite {suite['name']}: no scenario ran (pytest exit {status})"
     return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
-            "incomplete": incomplete, "scenarios": scenarios,
+            "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
             "log_tail": "\n".join(log.splitlines()[-40:])}
 
 
@@ -461,7 +538,18 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
     t0 = time.monotonic()
     res = {"id": cell["id"], "complete": False, "incomplete": [], "errors": [], "suites": [],
            "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
-           "loaded_params": {}, "devices": []}
+           "loaded_params": {}, "devices": [], "steps": []}
+    step_t0 = [time.monotonic()]
+
+    def step(name: str) -> None:
+        """Tell the host what the cell is doing now, and time the step that just ended."""
+        now = time.monotonic()
+        if res["steps"]:
+            res["steps"][-1][1] = round(now - step_t0[0], 2)
+        step_t0[0] = now
+        res["steps"].append([name, None])
+        emit("step", cell=cell["id"], step=name)
+
     kmsg = KmsgReader()
     all_kmsg: list[str] = []
     try:
@@ -472,7 +560,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                 res["needs_reboot"] = True
                 return res
         before = video_nodes()
-        emit("step", cell=cell["id"], step="insmod")
+        step("insmod")
         ok, msg = insmod(cell["ko"], cell["params"])
         if not ok:
             res["errors"].append(msg)
@@ -484,7 +572,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
         res["devices"] = devices
         res["loaded_params"] = read_params()
         if cell["controls"]:
-            emit("step", cell=cell["id"], step="controls")
+            step("controls")
             for dev in devices:
                 res["errors"].extend(set_controls(dev, cell["controls"]))
             if res["errors"]:
@@ -502,10 +590,12 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                 res["suites"].append({"name": suite["name"], "kind": suite["kind"],
                                       "not_applicable": suite["not_applicable"]})
                 continue
-            emit("step", cell=cell["id"], step=f"suite {suite['name']}")
+            step(f"suite {suite['name']}")
             res["errors"].extend(reset_state(devices, cell["controls"]))
             if suite["kind"] == "pytest":
                 sr = run_pytest_suite(suite, cell, cell_json, out_dir, plan["repo"])
+                res["health"].setdefault("stuck", []).extend(
+                    f"suite {suite['name']}: {s}" for s in sr["stuck"])
                 if sr["incomplete"]:
                     res["incomplete"].append(sr["incomplete"])
             else:
@@ -515,7 +605,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                         runs.append({"profile": prof["name"], "status": "not-applicable",
                                      "not_applicable": prof["not_applicable"], "tests": []})
                         continue
-                    emit("step", cell=cell["id"], step=f"compliance {prof['name']}")
+                    step(f"compliance {prof['name']}")
                     # Each profile starts from a freshly loaded module: v4l2-compliance
                     # leaves state behind (a format pinned by keep_format, a pressed
                     # timeout_image_io button that makes the next opener the timeout-image
@@ -539,7 +629,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
     except Exception:
         res["errors"].append("harness error in the guest:\n" + traceback.format_exc())
     finally:
-        emit("step", cell=cell["id"], step="rmmod")
+        step("rmmod")
         if res["devices"]:
             res["health"]["left_open"] = close_all(res["devices"])
         try:
@@ -556,6 +646,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
         res["health"]["splats"] = health.find_splats(all_kmsg)
         res["kmsg_tail"] = all_kmsg[-80:]
         res["duration_s"] = round(time.monotonic() - t0, 2)
+        res["steps"][-1][1] = round(time.monotonic() - step_t0[0], 2)
     return res
 
 

@@ -379,11 +379,29 @@ class Worker:
             self.kill()
 
 
-def stop_all() -> list[str]:
-    """Stop every worker still alive; names of those that could not be reaped."""
-    stuck = []
-    for w in list(ALL_WORKERS):
-        w.stop(3)
-        if not w.exited and not w.kill(timeout=3):
-            stuck.append(repr(w))
-    return stuck
+def stop_all(grace: float = 3.0, kill_wait: float = 5.0) -> list[str]:
+    """Stop every worker still alive; names of those that could not be reaped.
+    All at once: idle workers are asked to exit, busy ones (blocked in the kernel, perhaps)
+    are killed, and one shared deadline bounds the wait however many are stuck."""
+    live = [w for w in list(ALL_WORKERS) if not w.exited]
+    for w in live:
+        try:
+            if w.pending is None:
+                w.send("exit")
+            else:
+                os.kill(w.pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    deadline = time.monotonic() + grace
+    for w in live:
+        w._reap(max(0.0, deadline - time.monotonic()))
+    for w in live:
+        if not w.exited:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + kill_wait
+    for w in live:
+        w._reap(max(0.0, deadline - time.monotonic()))
+    return [repr(w) for w in live if not w.exited]

@@ -1,0 +1,76 @@
+"""Spreading cells over parallel guests (--jobs): the planner, on a plan the harness wrote for
+a real four-source run (contract, compliance, clients, browser on debian-6.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loopqual import cli, qualify
+
+PLAN = Path(__file__).parent / "fixtures/guest/recorded-plan-6.1-four-sources-all-suites.json"
+
+
+@pytest.fixture(scope="module")
+def plan_and_weight():
+    cells = json.loads(PLAN.read_text())["cells"]
+    sel = qualify.select([], [], [], ["contract", "compliance", "clients", "browser"], None)
+    weights = {c["id"]: qualify.cell_weight(c, sel) for c in cells}
+    return cells, lambda c: weights[c["id"]]
+
+
+def ids(lane):
+    return [c["id"] for c in lane[1]]
+
+
+def test_weights_follow_the_suites_that_apply(plan_and_weight):
+    cells, weight = plan_and_weight
+    by_set = {c["id"].split("-", 1)[1]: weight(c) for c in cells}
+    # clients run in ec0 and ec1, the browser in ec1 only: those cells weigh the most
+    assert by_set["debian-6.1-patched-ec1"] > by_set["debian-6.1-patched-ec0"] > \
+        by_set["debian-6.1-patched-ec1-buf8"]
+
+
+def test_one_job_keeps_one_lane_in_plan_order(plan_and_weight):
+    cells, weight = plan_and_weight
+    lanes = qualify.split_lanes([("debian-6.1", cells)], 1, weight)
+    assert len(lanes) == 1 and ids(lanes[0]) == [c["id"] for c in cells]
+
+
+def test_two_jobs_split_one_kernel_evenly(plan_and_weight):
+    cells, weight = plan_and_weight
+    lanes = qualify.split_lanes([("debian-6.1", cells)], 2, weight)
+    assert len(lanes) == 2
+    assert sorted(ids(lanes[0]) + ids(lanes[1])) == sorted(c["id"] for c in cells)
+    loads = [sum(weight(c) for c in lane[1]) for lane in lanes]
+    assert max(loads) - min(loads) <= max(weight(c) for c in cells)
+    for lane in lanes:  # planned order within a lane
+        assert ids(lane) == sorted(ids(lane))
+
+
+def test_two_jobs_two_kernels_one_lane_each(plan_and_weight):
+    cells, weight = plan_and_weight
+    lanes = qualify.split_lanes([("debian-6.1", cells), ("debian-6.12", cells)], 2, weight)
+    assert [k for k, _ in lanes] == ["debian-6.1", "debian-6.12"]
+
+
+def test_more_jobs_than_cells_gives_one_cell_per_lane(plan_and_weight):
+    cells, weight = plan_and_weight
+    lanes = qualify.split_lanes([("debian-6.1", cells[:3])], 8, weight)
+    assert sorted(len(cs) for _, cs in lanes) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("bad", ["0", "17", "two", "-1", ""])
+def test_bad_jobs_value_is_refused_with_a_clear_line(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["qualify", f"--jobs={bad}"])
+    assert exc.value.code == 2
+    assert "give a whole number of guests from 1 to 16" in capsys.readouterr().err
+
+
+def test_bad_jobs_environment_is_refused_before_anything_boots(monkeypatch, capsys):
+    monkeypatch.setenv("LOOPQUAL_JOBS", "many")
+    assert cli.main(["qualify"]) == 2
+    assert "LOOPQUAL_JOBS='many': give a whole number" in capsys.readouterr().err
