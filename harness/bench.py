@@ -24,7 +24,7 @@ PRODUCERS = ["write", "mmap"]
 
 
 def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int,
-        stock: str = "debian-0.15.0", patched: str = "patched") -> int:
+        stock: str = "debian-0.15.0", patched: str = "patched", pace_fps: float = 30.0) -> int:
     all_kernels = data.load_kernels()
     mirror, all_sources = data.load_sources()
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
@@ -43,8 +43,9 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     if rw.exists():
         shutil.rmtree(rw)
     rw.mkdir(parents=True)
-    measurements = [{"width": w, "height": h, "producer": p, "readers": r}
-                    for (w, h) in SIZES for p in PRODUCERS for r in (1, readers)]
+    paces = [None] + ([pace_fps] if pace_fps else [])
+    measurements = [{"width": w, "height": h, "producer": p, "readers": r, "pace_fps": pace}
+                    for pace in paces for (w, h) in SIZES for p in PRODUCERS for r in (1, readers)]
     plan = {"out": str(rw), "params": {"exclusive_caps": 1, "max_buffers": 8},
             "modules": modules, "multi_reader_modules": [patched], "measurements": measurements,
             "warmup_s": 2.0, "window_s": window_s}
@@ -66,45 +67,86 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
         raise LoopqualError("the benchmark did not finish: " + (reason or "no result file")
                             + "\n" + "\n".join(tail[-15:]))
     guest = json.loads(result_file.read_text())
-    summary = summarize(guest, stock, patched, readers)
+    summary = summarize(guest, stock, patched, readers, paces)
     doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "window_s": window_s,
-           "readers": readers, "guest": guest, "summary": summary}
+           "readers": readers, "paces": paces, "guest": guest, "summary": summary,
+           "targets": targets(summary, readers)}
     (out / "bench.json").write_text(json.dumps(doc, indent=1))
     print(render(summary, guest, stock, patched, readers))
+    print(render_targets(doc["targets"]))
     print(f"\nbench.json: {out / 'bench.json'}")
     return 0
 
 
-def _row(guest: dict, module: str, size: str, producer: str, readers: int) -> dict | None:
+def _row(guest: dict, module: str, size: str, producer: str, readers: int,
+         pace: float | None = None) -> dict | None:
     for r in guest["modules"].get(module, {}).get("rows", []):
-        if r["size"] == size and r["producer"] == producer and r["readers"] == readers:
+        if r["size"] == size and r["producer"] == producer and r["readers"] == readers \
+                and r.get("pace_fps") == pace:
             return r
     return None
 
 
-def summarize(guest: dict, stock: str, patched: str, readers: int) -> list[dict]:
+def summarize(guest: dict, stock: str, patched: str, readers: int,
+              paces: list[float | None] = (None,)) -> list[dict]:
     memcpy = guest["memcpy_bytes_per_s"]
     out = []
-    for (w, h) in SIZES:
-        for p in PRODUCERS:
-            size = f"{w}x{h}"
-            s1, p1 = _row(guest, stock, size, p, 1), _row(guest, patched, size, p, 1)
-            pn = _row(guest, patched, size, p, readers)
-            row = {"size": size, "producer": p}
-            for key, r in (("stock", s1), ("patched", p1), (f"patched_x{readers}", pn)):
-                row[f"{key}_fps"] = r.get("mean_reader_fps") if r else None
-                row[f"{key}_error"] = r.get("error") if r else "not measured"
-            row["patched_bytes_per_s"] = p1.get("reader_bytes_per_s") if p1 else None
-            row["stock_writer_fps"] = s1.get("writer_fps") if s1 else None
-            row["patched_writer_fps"] = p1.get("writer_fps") if p1 else None
-            if row["stock_fps"] and row["patched_fps"]:
-                row["ratio_patched_stock"] = round(row["patched_fps"] / row["stock_fps"], 3)
-            if row["patched_bytes_per_s"]:
-                row["fraction_of_memcpy"] = round(row["patched_bytes_per_s"] / memcpy, 4)
-            if row[f"patched_x{readers}_fps"] and row["patched_fps"]:
-                row["multi_reader_fraction"] = round(row[f"patched_x{readers}_fps"] / row["patched_fps"], 3)
-            out.append(row)
+    for pace in paces:
+        for (w, h) in SIZES:
+            for p in PRODUCERS:
+                out.append(_summary_row(guest, stock, patched, readers, memcpy, f"{w}x{h}", p, pace))
     return out
+
+
+def _summary_row(guest: dict, stock: str, patched: str, readers: int, memcpy: float, size: str,
+                 p: str, pace: float | None) -> dict:
+    s1, p1 = _row(guest, stock, size, p, 1, pace), _row(guest, patched, size, p, 1, pace)
+    pn = _row(guest, patched, size, p, readers, pace)
+    row = {"size": size, "producer": p, "pace_fps": pace}
+    for key, r in (("stock", s1), ("patched", p1), (f"patched_x{readers}", pn)):
+        row[f"{key}_fps"] = r.get("mean_reader_fps") if r else None
+        row[f"{key}_error"] = r.get("error") if r else "not measured"
+    row["patched_bytes_per_s"] = p1.get("reader_bytes_per_s") if p1 else None
+    row["stock_writer_fps"] = s1.get("writer_fps") if s1 else None
+    row["patched_writer_fps"] = p1.get("writer_fps") if p1 else None
+    if row["stock_fps"] and row["patched_fps"]:
+        row["ratio_patched_stock"] = round(row["patched_fps"] / row["stock_fps"], 3)
+    if row["patched_bytes_per_s"]:
+        row["fraction_of_memcpy"] = round(row["patched_bytes_per_s"] / memcpy, 4)
+    if row[f"patched_x{readers}_fps"] and row["patched_fps"]:
+        row["multi_reader_fraction"] = round(row[f"patched_x{readers}_fps"] / row["patched_fps"], 3)
+    return row
+
+
+RATIO_TARGET, MULTI_READER_TARGET = 0.95, 0.80
+
+
+def targets(summary: list[dict], readers: int) -> list[dict]:
+    """The issue's two targets, per producer pacing: how many rows meet them, and the worst."""
+    out = []
+    for pace in sorted({r["pace_fps"] for r in summary}, key=lambda v: v or 0):
+        rows = [r for r in summary if r["pace_fps"] == pace]
+        how = f"paced at {pace:g} fps" if pace else "as fast as the producer can"
+        for key, target, what in (
+                ("ratio_patched_stock", RATIO_TARGET, "1 reader: patched fps >= 0.95 x stock"),
+                ("multi_reader_fraction", MULTI_READER_TARGET,
+                 f"{readers} readers: each >= 0.80 x the 1-reader fps")):
+            vals = [(r[key], f"{r['size']} {r['producer']}") for r in rows if r.get(key) is not None]
+            worst = min(vals) if vals else None
+            out.append({"pace_fps": pace, "producer_pacing": how, "target": what, "threshold": target,
+                        "met": sum(v >= target for v, _ in vals), "measured": len(vals), "of": len(rows),
+                        "worst": worst[0] if worst else None, "worst_at": worst[1] if worst else None})
+    return out
+
+
+def render_targets(tgts: list[dict]) -> str:
+    lines = ["", "Targets:"]
+    for t in tgts:
+        worst = f"; worst {t['worst']:.2f} ({t['worst_at']})" if t["worst"] is not None else ""
+        lines.append(f"  {t['producer_pacing']:28} {t['target']:44} met in {t['met']}/{t['of']} rows"
+                     + (f" ({t['of'] - t['measured']} not measured)" if t["measured"] < t["of"] else "")
+                     + worst)
+    return "\n".join(lines)
 
 
 def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: int) -> str:
@@ -118,7 +160,13 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
+    pace_seen = object()
     for r in summary:
+        if r.get("pace_fps") != pace_seen:
+            pace_seen = r.get("pace_fps")
+            lines.append(f"-- producer paced at {pace_seen:g} fps (a camera's rate): every frame should "
+                         f"reach every reader" if pace_seen else
+                         "-- producer as fast as it can (saturates the guest's CPU)")
         lines.append(
             f"{r['size']:10} {r['producer']:8} "
             f"{f(r['stock_writer_fps'], '6.0f') + '/' + f(r['patched_writer_fps'], '<6.0f'):>14} "

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measuring window per measurement in seconds (default 4)")
     be.add_argument("--readers", type=int, default=4, metavar="N",
                     help="readers in the multi-reader measurements (default 4)")
+    be.add_argument("--pace", type=float, default=30.0, metavar="FPS",
+                    help="also measure with the producer paced at FPS frames per second, as a "
+                         "camera sends them (default 30; 0: only as fast as it can)")
 
     xf = sub.add_parser("expected-failures",
                         help="draft kernel/expected-failures.toml entries from a results directory")
@@ -152,7 +155,7 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "bench":
         from . import bench
 
-        return bench.run(args.kernel, args.out, args.window, args.readers)
+        return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace)
     if args.command == "expected-failures":
         import json
 

@@ -1,7 +1,8 @@
 """Guest side of `loopqual bench`: frames and bytes per second through the device.
 
 For each module of the plan (loaded with the plan's parameters), each frame size (YUYV) and
-each producer kind (write() or mmap streaming on OUTPUT, as fast as it can), with 1 or N
+each producer kind (write() or mmap streaming on OUTPUT, as fast as it can or paced at a
+camera's frame rate), with 1 or N
 readers (mmap streaming on CAPTURE, separate processes): the writer starts, the readers
 start, everyone counts for the measuring window, everyone stops. Plus the guest's memcpy
 bandwidth as the physical reference. Results: one JSON file in the shared directory.
@@ -51,14 +52,26 @@ def _map_all(fd: int, buftype: int, count: int) -> list[tuple[raw.v4l2_buffer, m
     return out
 
 
-def writer(device: str, kind: str, width: int, height: int, stop_at: float) -> dict:
+def writer(device: str, kind: str, width: int, height: int, stop_at: float,
+           pace_fps: float | None = None) -> dict:
+    """As fast as it can, or one frame every 1/pace_fps seconds (a camera's rate)."""
     fd = os.open(device, os.O_RDWR)
     size = set_output_yuyv(fd, width, height)
     frames = 0
     t0 = time.monotonic()
+    slot = [t0]
+
+    def wait_slot() -> None:
+        if pace_fps:
+            slot[0] += 1.0 / pace_fps
+            delay = slot[0] - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
     if kind == "write":
         frame = bytearray(size)
         while time.monotonic() < stop_at:
+            wait_slot()
             frame[:4] = frames.to_bytes(4, "little")
             os.write(fd, frame)
             frames += 1
@@ -70,6 +83,7 @@ def writer(device: str, kind: str, width: int, height: int, stop_at: float) -> d
             fcntl.ioctl(fd, raw.IOC.QBUF, b)
         fcntl.ioctl(fd, raw.IOC.STREAMON, ctypes.c_int(OUT))
         while time.monotonic() < stop_at:
+            wait_slot()
             b = _buffer(OUT)
             fcntl.ioctl(fd, raw.IOC.DQBUF, b)
             bufs[b.index][1][:4] = frames.to_bytes(4, "little")
@@ -148,15 +162,15 @@ def _collect(pid: int, rfd: int, timeout: float) -> dict:
 
 
 def measure(device: str, kind: str, width: int, height: int, readers: int,
-            warmup: float, window: float) -> dict:
+            warmup: float, window: float, pace_fps: float | None = None) -> dict:
     t0 = time.monotonic()
     start_at, stop_at = t0 + warmup, t0 + warmup + window
-    wpid, wfd = _in_child(writer, device, kind, width, height, stop_at + 0.5)
+    wpid, wfd = _in_child(writer, device, kind, width, height, stop_at + 0.5, pace_fps)
     time.sleep(min(1.0, warmup / 2))  # readers need the writer streaming (exclusive_caps=1)
     rs = [_in_child(reader, device, start_at, stop_at) for _ in range(readers)]
     res_readers = [_collect(p, f, warmup + window + 60) for p, f in rs]
     res_writer = _collect(wpid, wfd, warmup + window + 60)
-    row = {"size": f"{width}x{height}", "producer": kind, "readers": readers,
+    row = {"size": f"{width}x{height}", "producer": kind, "readers": readers, "pace_fps": pace_fps,
            "writer": res_writer, "reader_results": res_readers}
     errors = [r["error"] for r in [res_writer, *res_readers] if "error" in r]
     if errors:
@@ -195,8 +209,10 @@ def main(argv: list[str]) -> int:
             if m["readers"] > 1 and mod["name"] not in plan["multi_reader_modules"]:
                 continue
             entry = result["modules"][mod["name"]]
+            pace = m.get("pace_fps")
             emit("step", cell=f"m{i}", step=f"{mod['name']} {m['width']}x{m['height']} "
-                                            f"{m['producer']} x{m['readers']} reader(s)")
+                                            f"{m['producer']} x{m['readers']} reader(s)"
+                                            + (f" paced {pace:g} fps" if pace else ""))
             if module_loaded():
                 rmmod()
             before = video_nodes()
@@ -206,7 +222,7 @@ def main(argv: list[str]) -> int:
                 entry["errors"].append(msg if not ok else "no device node appeared")
                 continue
             entry["rows"].append(measure(devices[0], m["producer"], m["width"], m["height"],
-                                         m["readers"], plan["warmup_s"], plan["window_s"]))
+                                         m["readers"], plan["warmup_s"], plan["window_s"], pace))
             status = rmmod()
             if status != "ok":
                 entry["errors"].append(f"rmmod after a measurement: {status}")

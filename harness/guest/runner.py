@@ -132,7 +132,7 @@ def session_processes(sid: int) -> list[int]:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 4 and int(fields[4]) == sid:
+        if len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session ...
             pids.append(int(proc.name))
     return pids
 

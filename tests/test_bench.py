@@ -1,0 +1,39 @@
+"""The benchmark's summary and target lines, from what a real bench boot recorded
+(debian-6.1, stock 0.15.0 vs patched, producer unpaced, 4 readers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loopqual import bench
+
+GUEST = json.loads((Path(__file__).parent / "fixtures/bench/"
+                    "recorded-6.1-stock-0.15.0-vs-patched-unpaced-guest.json").read_text())
+
+
+def test_ratios_come_from_the_recorded_rows():
+    rows = bench.summarize(GUEST, "debian-0.15.0", "patched", 4, [None])
+    assert len(rows) == len(bench.SIZES) * len(bench.PRODUCERS)
+    r = next(r for r in rows if r["size"] == "640x480" and r["producer"] == "write")
+    assert r["ratio_patched_stock"] == round(r["patched_fps"] / r["stock_fps"], 3)
+    assert r["multi_reader_fraction"] == round(r["patched_x4_fps"] / r["patched_fps"], 3)
+    assert 0 < r["fraction_of_memcpy"] < 1
+
+
+def test_targets_count_rows_and_name_the_worst():
+    rows = bench.summarize(GUEST, "debian-0.15.0", "patched", 4, [None])
+    t = {x["target"].split(":")[0]: x for x in bench.targets(rows, 4)}
+    multi = t["4 readers"]
+    assert multi["of"] == 6 and multi["measured"] == 6
+    assert multi["met"] == sum(r["multi_reader_fraction"] >= 0.80 for r in rows)
+    assert multi["worst"] == min(r["multi_reader_fraction"] for r in rows)
+    assert "met in" in bench.render_targets(bench.targets(rows, 4))
+
+
+def test_a_pace_that_was_not_measured_is_reported_as_not_measured():
+    rows = bench.summarize(GUEST, "debian-0.15.0", "patched", 4, [30.0])
+    assert all(r["patched_fps"] is None and r["patched_error"] == "not measured" for r in rows)
+    t = bench.targets(rows, 4)
+    assert all(x["measured"] == 0 and x["worst"] is None for x in t)
+    assert "(6 not measured)" in bench.render_targets(t)
