@@ -81,6 +81,23 @@ def test_build_failure_is_an_error_result_not_a_crash():
     assert results.exit_code([results.evaluate_cell(meta(True, build_status="failed"), None, None, [])]) == 1
 
 
+def test_compiler_warnings_fail_a_gated_cell_only(ec1_cell):
+    warning = ("/work/main/.cache/build/6.1.0-57-amd64/patched-x/src/v4l2loopback.c:1234:13: "
+               "warning: unused variable 'ret' [-Wunused-variable]")
+    gated = meta(gated=True)
+    gated["build"]["warnings"] = [warning]
+    cell = results.evaluate_cell(gated, ec1_cell, None, [])
+    assert cell["status"] == "fail" and results.exit_code([cell]) == 1
+    assert any(x.startswith("build: 1 compiler warning(s)") and "unused variable" in x
+               for x in results.failures(cell))
+    clean = results.evaluate_cell(meta(gated=True), ec1_cell, None, [])
+    assert not any(x.startswith("build:") for x in results.failures(clean))
+    stock = meta()
+    stock["build"]["warnings"] = [warning]
+    assert not any(x.startswith("build:") for x in results.failures(
+        results.evaluate_cell(stock, ec1_cell, None, [])))
+
+
 def test_cell_the_guest_never_finished_is_incomplete_and_exits_2(ec1_cell):
     cell = results.evaluate_cell(meta(), None, {"reason": "kernel panic: x", "console_tail": ["a"]}, [])
     assert cell["status"] == "incomplete" and cell["incomplete"] == ["kernel panic: x"]
