@@ -37,6 +37,7 @@ def pytest_configure(config):
 class Cell:
     device: str
     devices: list[str]
+    id: str = "cell"
     module: str = "unknown"
     module_version: str = ""
     param_set: str = ""
@@ -80,7 +81,8 @@ def load_cell() -> Cell:
     device = data.get("device") or data["devices"][0]
     devices = data.get("devices") or [device]
     params = dict(data.get("params") or {})
-    cell = Cell(device=device, devices=devices, module=data.get("module", "unknown"),
+    cell = Cell(device=device, devices=devices, id=data.get("id", "cell"),
+                module=data.get("module", "unknown"),
                 module_version=data.get("module_version", ""),
                 param_set=data.get("param_set", ""), params=params,
                 controls=dict(data.get("controls") or {}),

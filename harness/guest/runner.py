@@ -579,7 +579,7 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
                 return res
         cell_json = out_dir / f"{cell['id']}-cell.json"
         cell_json.write_text(json.dumps({
-            "device": devices[0], "devices": devices, "module": cell["module"],
+            "id": cell["id"], "device": devices[0], "devices": devices, "module": cell["module"],
             "module_version": cell["module_version"], "param_set": cell["param_set"],
             "params": cell["params"], "controls": cell["controls"],
             "kernel_release": os.uname().release, "work_dir": str(out_dir),

@@ -20,9 +20,20 @@ START_TIMEOUT = 90  # ffmpeg/gst-launch start-up under TCG on a busy host
 
 
 def _logdir(cell, name: str) -> str:
-    d = os.path.join(cell.work_dir, "clients", name)
+    """The cell's own directory for one client's logs and outputs (cells of a guest share
+    work_dir: an output file left by an earlier cell must never count for this one)."""
+    d = os.path.join(cell.work_dir, "clients", cell.id, name)
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def _fresh(path: str) -> str:
+    """An output path with no file behind it yet: a client that writes nothing leaves nothing."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return path
 
 
 def _gst_env(cell) -> dict:
@@ -42,7 +53,7 @@ def _ffmpeg_writer(cell, name: str) -> Client:
 def _ffmpeg_reader(cell, name: str, out: str, frames: int = 10) -> Client:
     need_tool("ffmpeg")
     return Client(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "v4l2",
-                   "-i", cell.device, "-frames:v", str(frames), "-f", "rawvideo", "-y", out],
+                   "-i", cell.device, "-frames:v", str(frames), "-f", "rawvideo", "-y", _fresh(out)],
                   name, _logdir(cell, "ffmpeg"))
 
 
@@ -57,7 +68,7 @@ def _gst_writer(cell, name: str) -> Client:
 def _gst_reader(cell, name: str, out: str, frames: int = 10) -> Client:
     need_tool("gst-launch-1.0")
     return Client(["gst-launch-1.0", "-q", "v4l2src", f"device={cell.device}",
-                   f"num-buffers={frames}", "!", "filesink", f"location={out}"], name,
+                   f"num-buffers={frames}", "!", "filesink", f"location={_fresh(out)}"], name,
                   _logdir(cell, "gst"), env=_gst_env(cell))
 
 
@@ -157,10 +168,23 @@ def test_k2_v4l2sink_alone(cell, openers):
         wr.stop()
 
 
+def _v4l2ctl_reader(cell, d: str, rnd: int) -> None:
+    out = os.path.join(d, f"in-{rnd}.raw")
+    rd = Client(["v4l2-ctl", "-d", cell.device, "--stream-mmap=2", "--stream-count=10",
+                 f"--stream-to={_fresh(out)}"], f"v4l2-ctl-in-{rnd}", d)
+    _judge_reader_file(rd, out, 10, rnd)
+
+
 @pytest.mark.rules("K1", "K2")
 @pytest.mark.timeout(300)
 def test_v4l2ctl_stream_out_and_in(cell, openers):
+    """v4l2-ctl as writer (--stream-out-mmap) and as reader (--stream-mmap), twice."""
     need_tool("v4l2-ctl")
+    if not cell.exclusive_caps:
+        pytest.skip("v4l2-ctl --stream-out-mmap streams on the first buffer type the node "
+                    "advertises (CAPTURE before OUTPUT, for any node that is not mem-to-mem): "
+                    "with exclusive_caps=0 it cannot be a writer on any module; its reader "
+                    "side is judged by test_v4l2ctl_reader_with_python_writer")
     d = _logdir(cell, "v4l2-ctl")
     for rnd in range(2):
         wr = Client(["v4l2-ctl", "-d", cell.device,
@@ -169,13 +193,21 @@ def test_v4l2ctl_stream_out_and_in(cell, openers):
                     f"v4l2-ctl-out-{rnd}", d)
         try:
             _judge_writer(cell, wr, rnd, min_distinct=1)
-            out = os.path.join(d, f"in-{rnd}.raw")
-            rd = Client(["v4l2-ctl", "-d", cell.device, "--stream-mmap=2", "--stream-count=10",
-                         f"--stream-to={out}"], f"v4l2-ctl-in-{rnd}", d)
-            _judge_reader_file(rd, out, 10, rnd)
+            _v4l2ctl_reader(cell, d, rnd)
         finally:
             wr.stop()
         _idle_output_again(cell, "v4l2-ctl --stream-out-mmap")
+
+
+@pytest.mark.rules("K1", "K2")
+@pytest.mark.timeout(300)
+def test_v4l2ctl_reader_with_python_writer(cell, openers):
+    """v4l2-ctl --stream-mmap as reader, twice, while an mmap writer streams (every cell)."""
+    need_tool("v4l2-ctl")
+    _python_writer(openers)
+    d = _logdir(cell, "v4l2-ctl-reader")
+    for rnd in range(2):
+        _v4l2ctl_reader(cell, d, rnd)
 
 
 @pytest.mark.rules("K6", "A3")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from .common import Reader
-from .v4l2 import CAP_VIDEO_CAPTURE, Device, V4L2Error
+from .v4l2 import CAP_VIDEO_CAPTURE, IN_ST_NO_SIGNAL, Device, V4L2Error
 
 ENV = dict(os.environ, LC_ALL="C")
 
@@ -72,29 +72,42 @@ def digest(data) -> str:
     return hashlib.blake2b(bytes(data), digest_size=8).hexdigest()
 
 
-def wait_capture(dev_path: str, timeout: float, exclusive_caps: bool) -> bool:
-    """Wait until a writer streams (exclusive_caps=1: CAPTURE shows in QUERYCAP)."""
-    if not exclusive_caps:
-        return True
+def wait_for_writer(dev_path: str, timeout: float, client: Client | None = None) -> str:
+    """Wait until a writer streams into the device, as a new opener sees it: QUERYCAP shows
+    CAPTURE (exclusive_caps=1 shows it only then) and input 0 has a signal (ENUMINPUT
+    status without NO_SIGNAL; sources that never set that flag pass at once). "" once it
+    does, else why not. A reader that claimed before the writer would pin the device's
+    current format and judge the reader's timing, not the writer."""
     deadline = time.monotonic() + timeout
+    why = "no answer"
     while time.monotonic() < deadline:
+        if client is not None and not client.alive():
+            return f"{client.name} exited ({client.p.returncode}): {client.output(600)}"
         try:
             with Device(dev_path) as d:
-                if d.device_caps() & CAP_VIDEO_CAPTURE:
-                    return True
-        except OSError:
-            pass
+                if not d.device_caps() & CAP_VIDEO_CAPTURE:
+                    why = "QUERYCAP shows no CAPTURE (no writer streaming)"
+                elif d.input_status(0) & IN_ST_NO_SIGNAL:
+                    why = "ENUMINPUT(0) status NO_SIGNAL (no writer streaming)"
+                else:
+                    return ""
+        except OSError as exc:
+            why = str(exc)
         time.sleep(0.25)
-    return False
+    return f"no writer became visible within {timeout:.0f} s: {why}"
 
 
 def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 60.0,
                           client: Client | None = None) -> tuple[int, int, str]:
-    """Open a reader (retrying while the writer starts up), collect frames for `seconds`.
+    """Wait for a writer to stream (wait_for_writer), open a reader (retrying while the
+    writer starts up), collect frames for `seconds`.
 
     Returns (frames, distinct non-blank frames, note).
     """
     deadline = time.monotonic() + setup_timeout
+    why = wait_for_writer(dev_path, setup_timeout, client)
+    if why:
+        return 0, 0, why
     last_err = ""
     d = None
     r = None

@@ -32,6 +32,8 @@ CAP_STREAMING = int(raw.Capability.STREAMING)
 CAP_READWRITE = int(raw.Capability.READWRITE)
 BUF_CAP_SUPPORTS_MMAP = 0x1  # V4L2_BUF_CAP_SUPPORTS_MMAP
 
+IN_ST_NO_SIGNAL = 0x2  # V4L2_IN_ST_NO_SIGNAL
+
 BUF_FLAG_MAPPED = int(raw.BufferFlag.MAPPED)
 BUF_FLAG_QUEUED = int(raw.BufferFlag.QUEUED)
 BUF_FLAG_DONE = int(raw.BufferFlag.DONE)
@@ -422,6 +424,13 @@ class Device:
         i.index = index
         self.ioctl("ENUMINPUT", i)
         return bytes(i.name).rstrip(b"\0").decode(errors="replace")
+
+    def input_status(self, index: int = 0) -> int:
+        """ENUMINPUT's status flags (V4L2_IN_ST_*) of one input."""
+        i = raw.v4l2_input()
+        i.index = index
+        self.ioctl("ENUMINPUT", i)
+        return int(i.status)
 
     def enumoutput(self, index: int = 0) -> str:
         o = raw.v4l2_output()
