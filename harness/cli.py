@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="rules x module sources table from results directories")
     cmp_.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
                       help="one or more results directories (their cells are put together)")
+    cmp_.add_argument("--gated-must-hold", action="store_true",
+                      help="exit 1 unless every rule holds for every gated source (patched): "
+                           "a rule that is broken, incomplete, not run or only skipped fails")
 
     ser = sub.add_parser("series", help="edit the patch series as git commits")
     ser.add_argument("action", choices=["edit", "export"],
@@ -179,7 +182,15 @@ def _dispatch(args, argv: list[str]) -> int:
             if not f.exists():
                 raise LoopqualError(f"{d}: no results.json there")
             cells += json.loads(f.read_text())["cells"]
-        print(rules.render_compare({"cells": cells}, rules.load_rules()))
+        run, contract = {"cells": cells}, rules.load_rules()
+        print(rules.render_compare(run, contract))
+        if args.gated_must_hold:
+            short = rules.gated_not_holding(run, contract)
+            for line in short:
+                print(f"gate: {line}", file=sys.stderr)
+            if short:
+                return 1
+            print("gate: every rule holds for every gated source", file=sys.stderr)
         return 0
     raise AssertionError(args.command)
 

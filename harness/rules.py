@@ -156,3 +156,20 @@ def render_compare(run: dict, rules: dict[str, str]) -> str:
     if not any_broken:
         lines.append("  none")
     return "\n".join(lines)
+
+
+def gated_not_holding(run: dict, rules: dict[str, str]) -> list[str]:
+    """One line per rule that does not hold for a gated column (module, or module@kernel):
+    broken, incomplete, not run, or n/a (every scenario of it skipped)."""
+    cols, table = compare(run, rules)
+    kernels = {c["kernel"] for c in run["cells"]}
+    gated = {c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
+             for c in run["cells"] if c.get("gated")}
+    out = []
+    for r in rules:
+        for col in cols:
+            if col in gated and table[r][col]["verdict"] != HOLDS:
+                cell = table[r][col]
+                first = f": {cell['failing'][0]['id']}" if cell["failing"] else ""
+                out.append(f"{r} {col}: {cell['verdict']}{first}")
+    return out

@@ -41,3 +41,14 @@ def test_compare_splits_columns_by_kernel_when_several_ran(fixtures):
     run["cells"][0]["kernel"] = "debian-6.12"
     cols, _ = rules.compare(run, rules.load_rules())
     assert "debian-0.15.0@debian-6.12" in cols and "debian-0.15.0@debian-6.1" in cols
+
+
+def test_gated_source_must_hold_every_rule(fixtures):
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    short = rules.gated_not_holding(run, rules.load_rules())
+    # patched with an empty series is stock 0.15.0: it breaks A3; the clients suite did not run
+    assert any(line.startswith("A3 patched: broken: contract/") for line in short)
+    assert "K1 patched: not run" in short
+    assert not any("debian-0.15.0" in line for line in short)  # stock is informational
+    assert not any(line.startswith("A2 ") for line in short)  # A2 holds on both
