@@ -3,14 +3,18 @@
 Frames per second and bytes per second through the device, for 640x480, 1280x720 and
 1920x1080 YUYV, with write() and mmap producers, 1 reader (both) and N readers (patched
 only: stock refuses a second reader), and the guest's memcpy bandwidth as the physical
-reference. Prints a table with the ratios patched/stock and fraction-of-memcpy, writes
-bench.json. A command that measures; it asserts nothing."""
+reference; each with the producer as fast as it can and paced at a camera's rate (--pace).
+With --repeat N everything is measured N times, round by round, and the table gives the
+median with the spread. Prints a table with the ratios patched/stock and fraction-of-memcpy
+and how many rows meet the issue's targets, writes bench.json. A command that measures; it
+asserts nothing."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +28,10 @@ PRODUCERS = ["write", "mmap"]
 
 
 def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int,
-        stock: str = "debian-0.15.0", patched: str = "patched", pace_fps: float = 30.0) -> int:
+        stock: str = "debian-0.15.0", patched: str = "patched", pace_fps: float = 30.0,
+        repeat: int = 1) -> int:
+    if repeat < 1:
+        raise LoopqualError(f"--repeat {repeat}: give 1 or more rounds")
     all_kernels = data.load_kernels()
     mirror, all_sources = data.load_sources()
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
@@ -44,8 +51,12 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
         shutil.rmtree(rw)
     rw.mkdir(parents=True)
     paces = [None] + ([pace_fps] if pace_fps else [])
-    measurements = [{"width": w, "height": h, "producer": p, "readers": r, "pace_fps": pace}
-                    for pace in paces for (w, h) in SIZES for p in PRODUCERS for r in (1, readers)]
+    # Round by round (each round measures everything once), so that a change in the machine's
+    # load falls on every measurement alike; the summary takes the median over the rounds.
+    measurements = [{"width": w, "height": h, "producer": p, "readers": r, "pace_fps": pace,
+                     "round": k + 1}
+                    for k in range(repeat) for pace in paces for (w, h) in SIZES
+                    for p in PRODUCERS for r in (1, readers)]
     plan = {"out": str(rw), "params": {"exclusive_caps": 1, "max_buffers": 8},
             "modules": modules, "multi_reader_modules": [patched], "measurements": measurements,
             "warmup_s": 2.0, "window_s": window_s}
@@ -53,7 +64,7 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     plan_path.write_text(json.dumps(plan, indent=1))
     accel = vm.detect_accel(ik.vmlinuz)
     print(f"bench: booting {ik.release} ({accel.upper()}); {len(measurements)} measurements "
-          f"per module, {window_s:.0f} s each", file=sys.stderr, flush=True)
+          f"per module ({repeat} round(s)), {window_s:.0f} s each", file=sys.stderr, flush=True)
 
     def progress(ev):
         if ev.get("event") == "step":
@@ -69,7 +80,7 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     guest = json.loads(result_file.read_text())
     summary = summarize(guest, stock, patched, readers, paces)
     doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "window_s": window_s,
-           "readers": readers, "paces": paces, "guest": guest, "summary": summary,
+           "readers": readers, "paces": paces, "rounds": repeat, "guest": guest, "summary": summary,
            "targets": targets(summary, readers)}
     (out / "bench.json").write_text(json.dumps(doc, indent=1))
     print(render(summary, guest, stock, patched, readers))
@@ -78,13 +89,24 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     return 0
 
 
+MEDIAN_KEYS = ("mean_reader_fps", "reader_bytes_per_s", "writer_fps")
+
+
 def _row(guest: dict, module: str, size: str, producer: str, readers: int,
          pace: float | None = None) -> dict | None:
-    for r in guest["modules"].get(module, {}).get("rows", []):
-        if r["size"] == size and r["producer"] == producer and r["readers"] == readers \
-                and r.get("pace_fps") == pace:
-            return r
-    return None
+    """One module's measurement of one configuration: the median over its rounds (rows that
+    failed are left out; if every round failed, the first failure). `rounds` and
+    `fps_range` (min, max of mean_reader_fps) tell how much the rounds varied."""
+    rows = [r for r in guest["modules"].get(module, {}).get("rows", [])
+            if r["size"] == size and r["producer"] == producer and r["readers"] == readers
+            and r.get("pace_fps") == pace]
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        return rows[0] if rows else None
+    merged = {k: statistics.median(r[k] for r in good) for k in MEDIAN_KEYS}
+    fps = [r["mean_reader_fps"] for r in good]
+    return {**merged, "rounds": len(good), "failed_rounds": len(rows) - len(good),
+            "fps_range": (min(fps), max(fps))}
 
 
 def summarize(guest: dict, stock: str, patched: str, readers: int,
@@ -106,6 +128,9 @@ def _summary_row(guest: dict, stock: str, patched: str, readers: int, memcpy: fl
     for key, r in (("stock", s1), ("patched", p1), (f"patched_x{readers}", pn)):
         row[f"{key}_fps"] = r.get("mean_reader_fps") if r else None
         row[f"{key}_error"] = r.get("error") if r else "not measured"
+    for key, r in (("stock", s1), ("patched", p1)):
+        row[f"{key}_fps_range"] = r.get("fps_range") if r else None
+        row[f"{key}_rounds"] = r.get("rounds", 0) if r else 0
     row["patched_bytes_per_s"] = p1.get("reader_bytes_per_s") if p1 else None
     row["stock_writer_fps"] = s1.get("writer_fps") if s1 else None
     row["patched_writer_fps"] = p1.get("writer_fps") if p1 else None
@@ -149,13 +174,19 @@ def render_targets(tgts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _range(r: tuple[float, float] | None) -> str:
+    return f"{r[0]:.0f}-{r[1]:.0f}" if r else "-"
+
+
 def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: int) -> str:
     head = (f"{'size':10} {'producer':8} {'writer fps s/p':>14} {stock + ' fps':>18} {patched + ' fps':>12} "
             f"{'ratio':>6} {'MB/s':>8} {'of memcpy':>9} {f'x{readers} fps/rdr':>12} "
             f"{'x' + str(readers) + '/x1':>6}")
+    rounds = max([r["stock_rounds"] for r in summary] + [r["patched_rounds"] for r in summary] + [1])
     lines = [f"guest memcpy: {guest['memcpy_bytes_per_s'] / 1e6:.0f} MB/s ({guest['release']}); "
-             f"fps = distinct frames a reader dequeued per second (mean over readers)", head,
-             "-" * len(head)]
+             f"fps = distinct frames a reader dequeued per second (mean over readers)"
+             + (f"; median of {rounds} rounds, [stock / patched fps min-max] after each row"
+                if rounds > 1 else ""), head, "-" * len(head)]
 
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
@@ -174,7 +205,12 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
             f"{f(r.get('ratio_patched_stock'), '6.2f')} "
             f"{f((r['patched_bytes_per_s'] or 0) / 1e6 if r['patched_bytes_per_s'] else None, '8.1f')} "
             f"{f(r.get('fraction_of_memcpy'), '9.3f')} {f(r[f'patched_x{readers}_fps'], '12.1f')} "
-            f"{f(r.get('multi_reader_fraction'), '6.2f')}")
+            f"{f(r.get('multi_reader_fraction'), '6.2f')}"
+            + (f"  [{_range(r['stock_fps_range'])} / {_range(r['patched_fps_range'])}]"
+               if rounds > 1 else ""))
+    if any((r.get("fraction_of_memcpy") or 0) > 1 for r in summary):
+        lines.append("of memcpy > 1: with an mmap producer and mmap readers no frame is copied "
+                     "(they share the device's buffers); the figure is buffer bytes handed over")
     errors = [(r["size"], r["producer"], k, r[k]) for r in summary for k in r
               if k.endswith("_error") and r[k]]
     for name, mod in guest["modules"].items():

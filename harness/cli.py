@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--pace", type=float, default=30.0, metavar="FPS",
                     help="also measure with the producer paced at FPS frames per second, as a "
                          "camera sends them (default 30; 0: only as fast as it can)")
+    be.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure everything N times, round by round; the table gives the "
+                         "median and the spread (default 1)")
 
     xf = sub.add_parser("expected-failures",
                         help="draft kernel/expected-failures.toml entries from a results directory")
@@ -158,7 +161,8 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "bench":
         from . import bench
 
-        return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace)
+        return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace,
+                         repeat=args.repeat)
     if args.command == "expected-failures":
         import json
 

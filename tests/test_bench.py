@@ -37,3 +37,12 @@ def test_a_pace_that_was_not_measured_is_reported_as_not_measured():
     t = bench.targets(rows, 4)
     assert all(x["measured"] == 0 and x["worst"] is None for x in t)
     assert "(6 not measured)" in bench.render_targets(t)
+
+
+def test_one_round_gives_its_own_figures_and_a_zero_spread():
+    rows = bench.summarize(GUEST, "debian-0.15.0", "patched", 4, [None])
+    raw = next(r for r in GUEST["modules"]["patched"]["rows"]
+               if r["size"] == "1280x720" and r["producer"] == "write" and r["readers"] == 1)
+    r = next(r for r in rows if r["size"] == "1280x720" and r["producer"] == "write")
+    assert r["patched_fps"] == raw["mean_reader_fps"] and r["patched_rounds"] == 1
+    assert r["patched_fps_range"] == (raw["mean_reader_fps"], raw["mean_reader_fps"])

@@ -212,7 +212,8 @@ def main(argv: list[str]) -> int:
             pace = m.get("pace_fps")
             emit("step", cell=f"m{i}", step=f"{mod['name']} {m['width']}x{m['height']} "
                                             f"{m['producer']} x{m['readers']} reader(s)"
-                                            + (f" paced {pace:g} fps" if pace else ""))
+                                            + (f" paced {pace:g} fps" if pace else "")
+                                            + f" (round {m.get('round', 1)})")
             if module_loaded():
                 rmmod()
             before = video_nodes()
