@@ -89,20 +89,25 @@ def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[s
 HOLDS, BROKEN, NA, NOT_RUN, INCOMPLETE = "holds", "broken", "n/a", "not run", "incomplete"
 
 
+def _column(cell: dict, kernels: set[str]) -> str:
+    """A cell's column in the table: its module, or module@kernel when several kernels ran."""
+    return cell["module"] if len(kernels) == 1 else f"{cell['module']}@{cell['kernel']}"
+
+
 def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict[str, dict]]]:
     """Columns (module, or module@kernel when several kernels ran) and, per rule and column,
     {"verdict", "failing": [{"cell", "id", "message"}], "passing": n, "skipped": n}."""
-    kernels = sorted({c["kernel"] for c in run["cells"]})
+    kernels = {c["kernel"] for c in run["cells"]}
     cols: list[str] = []
     for c in run["cells"]:
-        col = c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
+        col = _column(c, kernels)
         if col not in cols:
             cols.append(col)
     table: dict[str, dict[str, dict]] = {r: {} for r in rules}
     acc: dict[tuple[str, str], dict] = defaultdict(
         lambda: {"failing": [], "passing": 0, "skipped": 0, "incomplete_cells": 0})
     for c in run["cells"]:
-        col = c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
+        col = _column(c, kernels)
         for sc in c.get("scenarios", []):
             for r in sc["rules"]:
                 a = acc[(r, col)]
@@ -163,8 +168,7 @@ def gated_not_holding(run: dict, rules: dict[str, str]) -> list[str]:
     broken, incomplete, not run, or n/a (every scenario of it skipped)."""
     cols, table = compare(run, rules)
     kernels = {c["kernel"] for c in run["cells"]}
-    gated = {c["module"] if len(kernels) == 1 else f"{c['module']}@{c['kernel']}"
-             for c in run["cells"] if c.get("gated")}
+    gated = {_column(c, kernels) for c in run["cells"] if c.get("gated")}
     out = []
     for r in rules:
         for col in cols:

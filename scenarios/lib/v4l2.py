@@ -419,18 +419,18 @@ class Device:
                 break
         return n
 
-    def enuminput(self, index: int = 0) -> str:
+    def _enuminput(self, index: int):
         i = raw.v4l2_input()
         i.index = index
         self.ioctl("ENUMINPUT", i)
-        return bytes(i.name).rstrip(b"\0").decode(errors="replace")
+        return i
+
+    def enuminput(self, index: int = 0) -> str:
+        return bytes(self._enuminput(index).name).rstrip(b"\0").decode(errors="replace")
 
     def input_status(self, index: int = 0) -> int:
         """ENUMINPUT's status flags (V4L2_IN_ST_*) of one input."""
-        i = raw.v4l2_input()
-        i.index = index
-        self.ioctl("ENUMINPUT", i)
-        return int(i.status)
+        return int(self._enuminput(index).status)
 
     def enumoutput(self, index: int = 0) -> str:
         o = raw.v4l2_output()
