@@ -80,3 +80,22 @@ def test_carriage_return_progress_does_not_hide_lines(fixtures):
     text = (fixtures / "compliance" / "recorded-6.1-stock-0.15.0-ec1-output.txt").read_text()
     run = compliance.parse(text.replace("\n\ttest VIDIOC_G_FMT", "\rprogress 1/2\r\n\ttest VIDIOC_G_FMT"))
     assert run.complete and run.inconsistencies == []
+
+
+def test_nv12_description_entry_is_what_the_in_tree_vivid_driver_gets_too(fixtures):
+    """The expected-failures entry for the NV12 description calls it inherent (the kernel core
+    names NV12, v4l2-compliance 1.22 expects another name). Its evidence: the same failure,
+    excused by the same entry, from the kernel's own vivid output node (Debian 6.1,
+    v4l2-compliance 1.22.1) recorded in a real guest."""
+    from loopqual import data
+
+    run = compliance.parse(
+        (fixtures / "compliance" / "recorded-6.1-in-tree-vivid-output-node.txt").read_text(), "output")
+    assert run.complete and (run.total, run.failed) == (69, 2) and run.inconsistencies == []
+    failed = [t for t in run.tests if t.status == "fail"]
+    entry = next(e for e in data.load_expected_failures() if "fmtdesc.description" in e.detail)
+    assert entry.inherent
+    for t in failed:
+        text = "\n".join(d for d in t.details if d.startswith("fail:"))
+        assert "was 'Y/UV 4:2:0', expected 'Y/CbCr 4:2:0'" in text
+        assert entry.matches("compliance", f"output::{t.section}/{t.name}", "ec1", "debian-6.1", text)
