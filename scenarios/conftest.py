@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lib import proc  # noqa: E402
-from lib.v4l2 import CID_KEEP_FORMAT, Device  # noqa: E402
+from lib.v4l2 import CID_KEEP_FORMAT, Device, V4L2Error, ename  # noqa: E402
 
 PARAM_DIR = Path("/sys/module/v4l2loopback/parameters")
 DEFAULT_TIMEOUT = 120  # seconds per scenario; a hang becomes a failure
@@ -31,6 +31,17 @@ def pytest_configure(config):
         "markers", "rules(*ids): contract rules (buffer-management.md) this scenario checks")
     config.addinivalue_line(
         "markers", "timeout(seconds): per-scenario wall-clock limit (default 120 s)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A V4L2 call whose error a scenario does not catch was one it needed to succeed: say so
+    (what was expected, what happened) instead of leaving a bare errno as the verdict."""
+    try:
+        return (yield)
+    except V4L2Error as exc:
+        pytest.fail(f"{exc.op}: expected success (the scenario needs this call), got "
+                    f"{ename(exc.errno)}", pytrace=True)
 
 
 @dataclass

@@ -46,3 +46,19 @@ def test_one_round_gives_its_own_figures_and_a_zero_spread():
     r = next(r for r in rows if r["size"] == "1280x720" and r["producer"] == "write")
     assert r["patched_fps"] == raw["mean_reader_fps"] and r["patched_rounds"] == 1
     assert r["patched_fps_range"] == (raw["mean_reader_fps"], raw["mean_reader_fps"])
+
+
+def test_three_rounds_give_the_median_and_the_spread():
+    """From a real 3-round boot (`loopqual bench --repeat 3 --window 10 --pace 0`)."""
+    guest = json.loads((Path(__file__).parent / "fixtures/bench/"
+                        "recorded-6.1-stock-0.15.0-vs-patched-unpaced-3-rounds-guest.json").read_text())
+    rows = bench.summarize(guest, "debian-0.15.0", "patched", 4, [None])
+    for r in rows:
+        for module, key in (("debian-0.15.0", "stock"), ("patched", "patched")):
+            fps = [x["mean_reader_fps"] for x in guest["modules"][module]["rows"]
+                   if x["size"] == r["size"] and x["producer"] == r["producer"] and x["readers"] == 1]
+            assert len(fps) == 3 and r[f"{key}_rounds"] == 3
+            assert r[f"{key}_fps"] == sorted(fps)[1]
+            assert r[f"{key}_fps_range"] == (min(fps), max(fps))
+        assert r["ratio_patched_stock"] == round(r["patched_fps"] / r["stock_fps"], 3)
+    assert "median of 3 rounds" in bench.render(rows, guest, "debian-0.15.0", "patched", 4)
