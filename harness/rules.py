@@ -118,6 +118,17 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
                     a["passing"] += 1
                 else:
                     a["skipped"] += 1
+        # The runner's own health checks after the cell (kernel log over the whole cell,
+        # compliance runs included; rmmod once everything is closed) judge H1 and H2 too.
+        health = c.get("health") or {}
+        for sp in health.get("splats", []):
+            acc[("H1", col)]["failing"].append(
+                {"cell": c["id"], "param_set": c["param_set"], "id": "health: kernel log of the cell",
+                 "message": f"expected a clean kernel log, got {sp['pattern']}: {sp['line']}"})
+        if health.get("rmmod") not in (None, "ok"):
+            acc[("H2", col)]["failing"].append(
+                {"cell": c["id"], "param_set": c["param_set"], "id": "health: rmmod after the cell",
+                 "message": f"expected rmmod to succeed once all openers closed, got {health['rmmod']}"})
         # Scenarios that did not all run: a pytest suite cut short, or a cell the guest never
         # finished (no scenario recorded). A hung compliance profile leaves them whole.
         cut_short = c.get("incomplete_suites") or (

@@ -52,3 +52,23 @@ def test_gated_source_must_hold_every_rule(fixtures):
     assert "K1 patched: not run" in short
     assert not any("debian-0.15.0" in line for line in short)  # stock is informational
     assert not any(line.startswith("A2 ") for line in short)  # A2 holds on both
+
+
+def test_cell_health_checks_judge_h1_and_h2(fixtures):
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    _, before = rules.compare(run, rules.load_rules())
+    assert before["H1"]["patched"]["verdict"] == rules.HOLDS
+    assert before["H2"]["patched"]["verdict"] == rules.HOLDS
+    cell = next(c for c in run["cells"] if c["module"] == "patched")
+    # as the runner records the vmalloc failure warning seen in stock 0.15.0's ec1-buf8 cell
+    cell["health"] = {"splats": [{"pattern": "call_trace", "line": "Call Trace:", "context": []}],
+                      "rmmod": "EBUSY: Module v4l2loopback is in use"}
+    _, after = rules.compare(run, rules.load_rules())
+    h1 = after["H1"]["patched"]
+    assert h1["verdict"] == rules.BROKEN
+    assert h1["failing"] == [{"cell": cell["id"], "param_set": cell["param_set"],
+                              "id": "health: kernel log of the cell",
+                              "message": "expected a clean kernel log, got call_trace: Call Trace:"}]
+    assert after["H2"]["patched"]["verdict"] == rules.BROKEN
+    assert "EBUSY" in after["H2"]["patched"]["failing"][0]["message"]
