@@ -153,9 +153,10 @@ def targets(summary: list[dict], readers: int) -> list[dict]:
         rows = [r for r in summary if r["pace_fps"] == pace]
         how = f"paced at {pace:g} fps" if pace else "as fast as the producer can"
         for key, target, what in (
-                ("ratio_patched_stock", RATIO_TARGET, "1 reader: patched fps >= 0.95 x stock"),
+                ("ratio_patched_stock", RATIO_TARGET,
+                 f"1 reader: patched fps >= {RATIO_TARGET:.2f} x stock"),
                 ("multi_reader_fraction", MULTI_READER_TARGET,
-                 f"{readers} readers: each >= 0.80 x the 1-reader fps")):
+                 f"{readers} readers: each >= {MULTI_READER_TARGET:.2f} x the 1-reader fps")):
             vals = [(r[key], f"{r['size']} {r['producer']}") for r in rows if r.get(key) is not None]
             worst = min(vals) if vals else None
             out.append({"pace_fps": pace, "producer_pacing": how, "target": what, "threshold": target,
