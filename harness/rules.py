@@ -145,12 +145,14 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
             a = acc[(r, col)]
             if a["failing"]:
                 verdict = BROKEN
+            elif a["incomplete_cells"]:
+                verdict = NOT_JUDGED
             elif a["passing"]:
-                verdict = NOT_JUDGED if a["incomplete_cells"] else HOLDS
+                verdict = HOLDS
             elif a["skipped"]:
                 verdict = NA
             else:
-                verdict = NOT_JUDGED if a["incomplete_cells"] else NOT_RUN
+                verdict = NOT_RUN
             table[r][col] = {"verdict": verdict, **a}
     return cols, table
 
