@@ -1,10 +1,12 @@
 """Drafting kernel/expected-failures.toml from a results directory: every failure of a gated
 cell, grouped by item, scoped to exactly the parameter sets and kernels where it failed (so
 that nothing listed passes elsewhere: the gate would call that unexpectedly passing).
-A draft: every entry's reason must be read and written by a person before it is committed."""
+A draft: every entry's reason must be read and written by a person before it is committed
+(the loader refuses its TODO reasons), and its category chosen (it says "pending")."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 
@@ -24,9 +26,11 @@ def draft(run: dict) -> str:
             if sc["status"] != "skip":
                 ran[key].add(where)
             if sc["status"] in ("fail", "error", "xfail"):
-                e = fails.setdefault(key, {"where": set(), "rules": sc["rules"],
-                                           "message": (sc.get("message") or "").splitlines()[:1]})
+                first = (sc.get("message") or "").strip().splitlines()[:1]
+                e = fails.setdefault(key, {"where": set(), "rules": sc["rules"], "message": first,
+                                           "details": set()})
                 e["where"].add(where)
+                e["details"].update(re.escape(x) for x in first)
         for r in c.get("compliance", []):
             for t in r.get("tests", []):
                 key = ("compliance", f"{r['profile']}::{t['section']}/{t['name']}")
@@ -34,8 +38,11 @@ def draft(run: dict) -> str:
                     ran[key].add(where)
                 if t["status"] in ("fail", "xfail"):
                     detail = next((d for d in t["details"] if d.startswith("fail:")), "")
-                    e = fails.setdefault(key, {"where": set(), "rules": [], "message": [detail]})
+                    e = fails.setdefault(key, {"where": set(), "rules": [], "message": [detail],
+                                               "details": set()})
                     e["where"].add(where)
+                    if detail:
+                        e["details"].add(re.escape(detail.removeprefix("fail:").strip()))
     out = ["# Draft from a results directory: read every entry, write its reason, then commit.",
            ""]
     for (kind, item), e in sorted(fails.items()):
@@ -45,6 +52,9 @@ def draft(run: dict) -> str:
         out.append("[[failure]]")
         out.append(f"kind = {_q(kind)}")
         out.append(f"id = {_q(item)}")
+        # the failures' own text (each cell's first fail: line, or the scenario's message): an
+        # entry excuses only the failures it names; empty when there was none: write one
+        out.append(f"detail = {_q('|'.join(sorted(e['details'])))}")
         if not everywhere:
             out.append(f"param_sets = [{', '.join(_q(s) for s in sets)}]")
             all_kernels = sorted({k for k, _ in ran[(kind, item)]})
@@ -52,6 +62,7 @@ def draft(run: dict) -> str:
                 out.append(f"kernels = [{', '.join(_q(k) for k in kernels)}]")
         out.append(f"rule = {_q(','.join(e['rules']) or '?')}")
         out.append('issue = "4"')
+        out.append('category = "pending"  # or "inherent" / "policy": see the file\'s header')
         out.append(f"reason = {_q('TODO: ' + (e['message'][0] if e['message'] else ''))}")
         out.append("")
     return "\n".join(out)
