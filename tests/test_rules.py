@@ -72,3 +72,20 @@ def test_cell_health_checks_judge_h1_and_h2(fixtures):
                               "message": "expected a clean kernel log, got call_trace: Call Trace:"}]
     assert after["H2"]["patched"]["verdict"] == rules.BROKEN
     assert "EBUSY" in after["H2"]["patched"]["failing"][0]["message"]
+
+
+def test_a_gated_cell_that_failed_to_load_leaves_its_rules_not_judged(fixtures):
+    """issue 8 point 6: an error cell (build or load failed) of the gated source cannot let
+    --gated-must-hold pass on the other cells' scenarios."""
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    _, before = rules.compare(run, rules.load_rules())
+    assert before["A2"]["patched"]["verdict"] == rules.HOLDS
+    broken = next(c for c in run["cells"] if c["module"] == "patched" and c["param_set"] == "ec1")
+    # as qualify records a cell whose insmod failed: no scenario ran
+    broken.update(status="error", scenarios=[],
+                  errors=["insmod v4l2loopback.ko exclusive_caps=1: exit 1 Unknown symbol"])
+    _, after = rules.compare(run, rules.load_rules())
+    assert after["A2"]["patched"]["verdict"] == rules.NOT_JUDGED
+    assert after["A2"]["debian-0.15.0"]["verdict"] == rules.HOLDS
+    assert "A2 patched: not judged" in rules.gated_not_holding(run, rules.load_rules())

@@ -470,20 +470,40 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             if line.strip():
                 scenarios.append(json.loads(line))
     log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    incomplete = None
-    if timed_out:
-        incomplete = f"suite {suite['name']} timed out after {suite['timeout_s']:.0f} s"
-    elif stuck and scenarios:
-        pass  # every scenario ended; the processes that would not exit are a health problem
-    elif status not in (0, 1, 5):  # 0 passed, 1 tests failed, 5 none collected
-        running = _running_scenario(out_dir / "scenario-progress.log")
-        incomplete = (f"suite {suite['name']}: pytest exited {status}"
-                      + (f" during {running}" if running else "") + " (see its log tail)")
-    elif status == 5 or not scenarios:
-        incomplete = f"suite {suite['name']}: no scenario ran (pytest exit {status})"
+    from loopqual.guest.recorder import read_session
+
+    session = read_session(results_file)
+    incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
+                                  _running_scenario(out_dir / "scenario-progress.log"))
     return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
-            "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
+            "session": session, "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
             "log_tail": "\n".join(log.splitlines()[-40:])}
+
+
+def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: dict | None,
+                     scenarios: list[dict], running: str | None) -> str | None:
+    """Why a pytest suite's record is not whole, or None. Judged from the session's own
+    account (the recorder's: pytest's exit status and the scenarios it collected), which
+    survives a process killed after pytest finished, against what was recorded."""
+    name = suite["name"]
+    if timed_out:
+        return f"suite {name} timed out after {suite['timeout_s']:.0f} s" + (
+            f" during {running}" if running else "")
+    if session is None:
+        return (f"suite {name}: pytest did not finish its session (exit {status})"
+                + (f" during {running}" if running else "") + " (see its log tail)")
+    if status is not None and status != session["exitstatus"]:
+        return (f"suite {name}: pytest's process exited {status} but its session ended with "
+                f"{session['exitstatus']}")
+    code = session["exitstatus"]
+    if code == 5 or session["collected"] == 0:
+        return f"suite {name}: no scenario ran (pytest exit {code})"
+    if code not in (0, 1):  # 0 passed, 1 scenarios failed; else interrupted, internal error
+        return f"suite {name}: pytest's session ended with exit {code} (see its log tail)"
+    if len(scenarios) != session["collected"]:
+        return (f"suite {name}: {len(scenarios)} of {session['collected']} collected scenarios "
+                f"were recorded")
+    return None
 
 
 def _running_scenario(progress_log: Path) -> str | None:
