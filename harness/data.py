@@ -5,6 +5,7 @@ entry and what to do, raised before any guest boots."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import tomllib
@@ -89,7 +90,8 @@ _HINTS = {
 
 
 def _shown(value) -> str:
-    text = repr(value)
+    """A value as TOML would write it ("ten", true, ["a"]), cut short."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -109,9 +111,10 @@ def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
                 cur = cur[part]
             elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
                 cur = cur[part]
+            elif keys and first["type"] not in ("missing", "extra_forbidden"):
+                return keys, cur, True  # a union's type tag: the value is the one reached
             else:
-                if not keys or first["type"] in ("missing", "extra_forbidden"):
-                    keys.append(part)
+                keys.append(part)
                 return keys, None, False
             keys.append(part)
         return keys, cur, True
@@ -466,7 +469,7 @@ class _ProfileEntry(_Entry):
     args: list[str] = Field(default=[], description='a list of v4l2-compliance arguments, e.g. ["-s"]')
     producer: bool = False
     timeout_s: _Seconds
-    idle_s: _Seconds | None = None
+    idle_s: _Seconds | None = Field(default=None, description="a positive number of seconds")
     not_applicable: _NotApplicableList = []
     typical_s: _Seconds = 15
 

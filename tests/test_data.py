@@ -1,6 +1,10 @@
 """Data files: the real ones load; malformed or unknown input is one clear DataError."""
 
 import fnmatch
+import functools
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -108,7 +112,7 @@ def xf(tmp_path, extra="", **fields):
 
 
 def test_expected_failure_needs_reason_and_matches_by_glob(tmp_path):
-    with pytest.raises(DataError, match=r"\[failure #1, id .*\] reason = '' is a placeholder"):
+    with pytest.raises(DataError, match=r'\[failure #1, id .*\] reason = "" is a placeholder'):
         data.load_expected_failures(xf(tmp_path, reason=""))
     p = xf(tmp_path, 'param_sets=["ec1*"]\n', kind="scenario", id="contract/test_a.py::*",
            detail="EBUSY")
@@ -160,7 +164,7 @@ def test_expected_failure_needs_a_category(tmp_path):
     with pytest.raises(DataError, match=r"\[failure #1\]: unknown key inherent \(inherent = true\|false "
                                         r"became category"):
         data.load_expected_failures(p)
-    with pytest.raises(DataError, match=r"\[failure #1\] category = 'fixed': expected 'inherent', "
+    with pytest.raises(DataError, match=r"\[failure #1\] category = .fixed.: expected 'inherent', "
                                         r"'policy' or 'pending'"):
         data.load_expected_failures(xf(tmp_path, category="fixed"))
 
@@ -241,3 +245,100 @@ def test_suite_typical_seconds_must_be_a_positive_number(tmp_path, value):
     f.write_text(f'[suite.x]\nkind = "pytest"\npaths = ["scenarios/contract"]\ntypical_s = {value}\n')
     with pytest.raises(data.DataError, match=r"\[suite.x\] typical_s = .*positive number of seconds"):
         data.load_suites(f)
+
+
+# ---- point 12: a value of the wrong type is one line naming the file, the key and the type
+SUITE = '[suite.contract]\nkind = "pytest"\npaths = ["scenarios/contract"]\n'
+PROFILE = '[profile.output]\ntimeout_s = 180\n'
+KERNEL = '[kernel.k]\nimage_package = "linux-image-amd64"\nheaders_package = "linux-headers-amd64"\n'
+SOURCES = '[mirror]\nfrom = "apt"\n[source.s]\npackage = "v4l2loopback-dkms"\nversion = "1"\nsuite = "trixie"\n'
+BAD_TYPES = [
+    ("suites", SUITE + 'timeout_s = "ten"\n',
+     r"\[suite.contract\] timeout_s = \"ten\": expected a positive number of seconds"),
+    ("suites", SUITE + "timeout_s = true\n",
+     r"\[suite.contract\] timeout_s = true: expected a positive number of seconds"),
+    ("suites", SUITE + 'env = "A=1"\n', r"\[suite.contract\] env = \"A=1\": expected a table of strings"),
+    ("suites", SUITE + "env = { A = 1 }\n", r"\[suite.contract\] env.A = 1: expected a string \(in quotes\)"),
+    ("suites", SUITE.replace('["scenarios/contract"]', '"scenarios/contract"'),
+     r"\[suite.contract\] paths = \"scenarios/contract\": expected a list of scenario paths"),
+    ("suites", PROFILE + '[suite.c]\nkind = "compliance"\nprofiles = "output"\n',
+     r"\[suite.c\] profiles = \"output\": expected a list of profile names"),
+    ("suites", SUITE + 'param_sets = "ec1"\n', r"\[suite.contract\] param_sets = \"ec1\": expected a list"),
+    ("suites", SUITE + 'default = "false"\n', r"\[suite.contract\] default = \"false\": expected true or false"),
+    ("suites", SUITE + 'requires = "exclusive_caps=1"\n',
+     r"\[suite.contract\] requires = \"exclusive_caps=1\": expected a table of parameter values"),
+    ("suites", SUITE + 'kind = "shell"\n', r"x.toml: malformed TOML"),  # a key given twice
+    ("suites", SUITE.replace('"pytest"', '"shell"'),
+     r"\[suite.contract\] kind = \"shell\": expected 'pytest' or 'compliance'"),
+    ("suites", PROFILE + 'args = "-s"\n', r"\[profile.output\] args = \"-s\": expected a list"),
+    ("suites", PROFILE + 'producer = 1\n', r"\[profile.output\] producer = 1: expected true or false"),
+    ("suites", PROFILE + 'idle_s = "30"\n', r"\[profile.output\] idle_s = \"30\": expected a positive number"),
+    ("suites", PROFILE.replace("180", '"3 min"'),
+     r"\[profile.output\] timeout_s = \"3 min\": expected a positive number of seconds"),
+    ("suites", PROFILE + 'not_applicable = { when = { exclusive_caps = 0 }, because = "x" }\n',
+     r"\[profile.output\] not_applicable = .*: expected a list of tables"),
+    ("suites", "[suites.contract]\nkind = 'pytest'\n",
+     r"x.toml: unknown top-level key\(s\) suites; this file holds \[profile\], \[suite\]"),
+    ("suites", SUITE + 'path = ["x"]\n', r"\[suite.contract\]: unknown key path; allowed: .*paths"),
+    ("kernels", KERNEL + 'build_needs = "dwarves"\n',
+     r"\[kernel.k\] build_needs = \"dwarves\": expected a list of Debian packages"),
+    ("kernels", KERNEL + 'default = "yes"\n', r"\[kernel.k\] default = \"yes\": expected true or false"),
+    ("kernels", KERNEL.replace('"linux-image-amd64"', "6"),
+     r"\[kernel.k\] image_package = 6: expected a Debian package name \(a string\)"),
+    ("kernels", '[kernel.k]\nheaders_package = "h"\n', r"\[kernel.k\] image_package: missing; expected"),
+    ("kernels", '[kernel]\nk = "linux-image-amd64"\n', r"\[kernel.k\] must be a table, not .linux-image-amd64."),
+    ("sources", SOURCES + 'gated = "yes"\n', r"\[source.s\] gated = \"yes\": expected true or false"),
+    ("sources", SOURCES.replace('from = "apt"', 'from = "apt"\ncomponents = "main"'),
+     r"\[mirror\] components = \"main\": expected a list"),
+    ("sources", SOURCES.replace('"1"', "1"), r"\[source.s\] version = 1: expected a string"),
+    ("sources", SOURCES.replace('from = "apt"', 'from = "dpkg"'), r"\[mirror\] from = \"dpkg\": expected 'apt'"),
+    ("params", PARAMS_HEAD + '[set.a]\nmodule = "exclusive_caps=1"\n',
+     r"\[set.a\] module = \"exclusive_caps=1\": expected a table of module parameters"),
+    ("params", PARAMS_HEAD + "[set.a]\nmodule = { exclusive_caps = 1.5 }\n",
+     r"\[set.a\] module.exclusive_caps = 1.5: expected an integer or a string \(in quotes\) or true or false"),
+    ("params", PARAMS_HEAD + '[set.a]\ncontrols = { keep_format = "1" }\n',
+     r"\[set.a\] controls.keep_format = \"1\": expected an integer"),
+    ("params", PARAMS_HEAD + '[set.a]\ndefault = "true"\n',
+     r"\[set.a\] default = \"true\": expected true or false"),
+    ("params", PARAMS_HEAD.replace('["keep_format"]', '"keep_format"') + "[set.a]\n",
+     r"\[known\] controls = \"keep_format\": expected a non-empty list of V4L2 control names"),
+    ("expected", XF.format(**GOOD) + 'param_sets = "ec0"\n',
+     r"\[failure #1\] param_sets = \"ec0\": expected a list of parameter set globs"),
+    ("expected", XF.format(**GOOD) + 'kernels = "debian-6.1"\n',
+     r"\[failure #1\] kernels = \"debian-6.1\": expected a list of kernel names"),
+    ("expected", XF.format(**GOOD).replace('issue="4"', "issue=4"),
+     r"\[failure #1\] issue = 4: expected an issue number \(a string\)"),
+    ("expected", "[failure]\nkind = 'scenario'\n", r"failures are \[\[failure\]\] tables \(a list\)"),
+]
+LOADERS = {"suites": data.load_suites, "kernels": data.load_kernels, "sources": data.load_sources,
+           "params": data.load_params, "expected": data.load_expected_failures}
+
+
+@pytest.mark.parametrize("loader,text,message", BAD_TYPES,
+                         ids=[ld + ":" + re.sub(r"[^\w.= #-]", "", m)[:40] for ld, _t, m in BAD_TYPES])
+def test_a_value_of_the_wrong_type_is_one_line_naming_file_key_and_type(tmp_path, loader, text, message):
+    p = write(tmp_path, text)
+    with pytest.raises(DataError) as info:
+        LOADERS[loader](p)
+    line = str(info.value)
+    assert "\n" not in line and line.startswith(f"{p}: ")
+    assert re.search(message, line), line
+
+
+def test_a_bad_data_file_is_exit_2_and_one_line_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from loopqual import cli
+
+    p = write(tmp_path, SUITE + 'timeout_s = "ten"\n', "suites.toml")
+    monkeypatch.setattr(data, "load_suites", functools.partial(data.load_suites, p))
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"loopqual: error: {p}: [suite.contract] timeout_s = \"ten\": expected a positive")
+
+
+def test_the_guest_side_modules_do_not_import_the_schema_library():
+    """The guest imports loopqual.compliance/health/guest.*; pydantic is for the host."""
+    code = ("import sys, loopqual.compliance, loopqual.health, loopqual.guest.runner, "
+            "loopqual.guest.recorder; bad = [m for m in ('pydantic', 'loopqual.data') if m in sys.modules]; "
+            "sys.exit(str(bad) if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
