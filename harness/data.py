@@ -95,9 +95,9 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
-                  exc: ValidationError) -> DataError:
-    """One line for the first problem: file, [entry] key, the value given, what is expected."""
+def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[str, str]:
+    """The first problem pydantic found, as (key, what is wrong), e.g. ("timeout_s",
+    '= "ten": expected a positive number of seconds'). Also used for results.json."""
     # an unknown key (often a misspelt one) explains a missing one: name it first
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
@@ -125,12 +125,13 @@ def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
         hint = f" ({_HINTS[keys[-1]]})" if keys and keys[-1] in _HINTS else ""
-        return DataError(f"{path}: [{where}]: unknown key {key}{hint}; allowed: {allowed}")
+        return key, f"unknown key{hint}; allowed: {allowed}"
     field_info = model.model_fields.get(keys[0]) if keys else None
     described = field_info.description if field_info is not None else None
     if first["type"] == "missing":
-        what = described or _EXPECTED.get("string_type")
-        return DataError(f"{path}: [{where}] {key}: missing; expected {what}")
+        if described and len(keys) == 1:
+            return key, f"missing; expected {described}"
+        return key, "missing (a required key)"
     if first["type"] == "literal_error":
         expected = first["ctx"]["expected"]
     elif described and len(keys) == 1:
@@ -139,8 +140,18 @@ def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
         same = [e for e in errors if resolve(e["loc"])[0] == keys]
         kinds = list(dict.fromkeys(_EXPECTED.get(e["type"], e["msg"]) for e in same))
         expected = " or ".join(kinds)
-    shown = f" = {_shown(value)}" if found else ""
-    return DataError(f"{path}: [{where}] {key}{shown}: expected {expected}")
+    return key, (f"= {_shown(value)}: " if found else "") + f"expected {expected}"
+
+
+def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
+                  exc: ValidationError) -> DataError:
+    """One line for the first problem: file, [entry] key, the value given, what is expected."""
+    key, problem = explain(model, entry, exc)
+    if problem.startswith("unknown key"):
+        return DataError(f"{path}: [{where}]: unknown key {key}{problem.removeprefix('unknown key')}")
+    if problem.startswith("="):
+        return DataError(f"{path}: [{where}] {key} {problem}")
+    return DataError(f"{path}: [{where}] {key}: {problem}")
 
 
 def _validate(path: Path, where: str, model: type[_Entry], entry: dict):

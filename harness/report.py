@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jinja2
@@ -100,7 +99,9 @@ def write_html(path: Path, run: dict) -> None:
 
 
 def rerender(results_dir: Path) -> Path:
-    data = json.loads((results_dir / "results.json").read_text())
+    from . import resultsfile
+
+    data = resultsfile.load(results_dir, for_report=True)
     out = results_dir / "report.html"
     write_html(out, data)
     return out
