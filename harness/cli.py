@@ -191,13 +191,20 @@ def _rules() -> int:
     suites, _profiles = data.load_suites()
     paths = [p for s in suites.values() if s.kind == "pytest" for p in s.paths]
     contract = rules.load_rules()
-    by_rule, unknown = rules.coverage(contract, rules.collect_scenarios(paths))
+    items = rules.collect_scenarios(paths)
+    # A scenario counts as coverage only where some configured kernel can run it.
+    nowhere = rules.runnable_nowhere(items, rules.kernel_configs(data.load_kernels()))
+    by_rule, unknown = rules.coverage(contract, [it for it in items if it["id"] not in nowhere])
     missing = [r for r, scs in by_rule.items() if not scs]
     for r, text in contract.items():
         scs = by_rule[r]
         print(f"{r:4} {len(scs):3} scenario(s)  {text[:90]}")
         for sc in scs:
             print(f"            {sc}")
+    if nowhere:
+        print("\nscenarios no configured kernel can run (not counted as coverage):")
+        for sc, why in nowhere.items():
+            print(f"  {sc}: {why}")
     if unknown:
         print(f"\nscenarios name rules the contract does not have: {', '.join(unknown)}")
     print(f"\n{len(contract) - len(missing)}/{len(contract)} rules covered"

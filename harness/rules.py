@@ -42,10 +42,13 @@ class C:
     def __init__(self): self.items = []
     def pytest_collection_modifyitems(self, items):
         for it in items:
-            rules = []
+            rules, configs = [], []
             for m in it.iter_markers("rules"):
                 rules += [str(a) for a in m.args]
-            self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules})
+            for m in it.iter_markers("needs_kernel_config"):
+                configs += [str(a) for a in m.args]
+            self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules,
+                               "kernel_config": configs})
 
 c = C()
 code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",
@@ -83,6 +86,48 @@ def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[s
             else:
                 unknown.add(r)
     return by_rule, sorted(unknown)
+
+
+def kernel_config(release: str, boot: Path = Path("/boot")) -> set[str] | None:
+    """The options a kernel has built in or as modules (CONFIG_X=y|m), from its
+    /boot/config-<release>; None if that file is not there."""
+    try:
+        text = (boot / f"config-{release}").read_text()
+    except OSError:
+        return None
+    return {ln.split("=", 1)[0] for ln in text.splitlines() if ln.endswith(("=y", "=m"))}
+
+
+def kernel_configs(kernels) -> dict[str, set[str] | None]:
+    """Each configured kernel's options; None for a kernel that is not installed here (its
+    configuration is unknown, so nothing is counted as runnable on it)."""
+    from .kernels import resolve
+
+    out: dict[str, set[str] | None] = {}
+    for k in kernels.values():
+        try:
+            out[k.name] = kernel_config(resolve(k, install=False).release)
+        except LoopqualError:
+            out[k.name] = None
+    return out
+
+
+def runnable_nowhere(items: list[dict], configs: dict[str, set[str] | None]) -> dict[str, str]:
+    """Scenarios that need kernel options (@pytest.mark.needs_kernel_config) no configured
+    kernel has: scenario id -> why. Such a scenario can only skip: it is no coverage."""
+    out = {}
+    for it in items:
+        need = it.get("kernel_config") or []
+        if not need:
+            continue
+        if any(cfg is not None and all(o in cfg for o in need) for cfg in configs.values()):
+            continue
+        where = "; ".join(
+            f"{name}: " + ("not installed, configuration unknown" if cfg is None else
+                           "lacks " + ", ".join(o for o in need if o not in cfg))
+            for name, cfg in configs.items())
+        out[it["id"]] = f"needs {', '.join(need)}; {where or 'no kernel configured'}"
+    return out
 
 
 # ---------------------------------------------------------------------------- comparison

@@ -89,3 +89,22 @@ def test_a_gated_cell_that_failed_to_load_leaves_its_rules_not_judged(fixtures):
     assert after["A2"]["patched"]["verdict"] == rules.NOT_JUDGED
     assert after["A2"]["debian-0.15.0"]["verdict"] == rules.HOLDS
     assert "A2 patched: not judged" in rules.gated_not_holding(run, rules.load_rules())
+
+
+def test_a_scenario_no_configured_kernel_can_run_is_not_coverage(tmp_path):
+    """issue 8 point 4: the kmemleak scenario skips on every Debian kernel (no
+    CONFIG_DEBUG_KMEMLEAK): it counts only where a configured kernel has the option."""
+    (tmp_path / "config-6.1.0-57-amd64").write_text(
+        "CONFIG_KASAN=y\n# CONFIG_DEBUG_KMEMLEAK is not set\nCONFIG_VIDEO_DEV=m\n")
+    (tmp_path / "config-6.12.0-debug").write_text("CONFIG_DEBUG_KMEMLEAK=y\nCONFIG_VIDEO_DEV=y\n")
+    debian = rules.kernel_config("6.1.0-57-amd64", tmp_path)
+    debug = rules.kernel_config("6.12.0-debug", tmp_path)
+    assert "CONFIG_VIDEO_DEV" in debian and "CONFIG_DEBUG_KMEMLEAK" not in debian
+    items = rules.collect_scenarios(["scenarios/contract"])
+    kmemleak = "contract/test_7_health.py::test_h3_kmemleak_clean"
+    assert next(it for it in items if it["id"] == kmemleak)["kernel_config"] == ["CONFIG_DEBUG_KMEMLEAK"]
+    nowhere = rules.runnable_nowhere(items, {"debian-6.1": debian, "debian-6.12": None})
+    assert list(nowhere) == [kmemleak]
+    assert "debian-6.1: lacks CONFIG_DEBUG_KMEMLEAK" in nowhere[kmemleak]
+    assert "debian-6.12: not installed" in nowhere[kmemleak]
+    assert rules.runnable_nowhere(items, {"debian-6.1": debian, "debug": debug}) == {}
