@@ -23,6 +23,7 @@ SOURCES_FILE = KERNEL_DIR / "sources.toml"
 PARAMS_FILE = SCENARIOS_DIR / "params.toml"
 SUITES_FILE = SCENARIOS_DIR / "suites.toml"
 EXPECTED_FAILURES_FILE = KERNEL_DIR / "expected-failures.toml"
+SPLATS_FILE = KERNEL_DIR / "splats.toml"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -687,6 +688,30 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
             kernels=tuple(f.kernels), detail=_check_detail(path, where, f.detail),
         ))
     return out
+
+
+# ---------------------------------------------------------------------------- splat patterns
+class _SplatEntry(_Entry):
+    regex: str = Field(description="a regular expression (a string), e.g. 'kernel BUG at '")
+
+
+def check_splats(path: Path = SPLATS_FILE) -> int:
+    """Check kernel/splats.toml on the host before any guest boots (the guest's reader,
+    health.load_splat_patterns, stays free of the schema library). Returns the deny count."""
+    data = _load(path, {"deny", "allow"})
+    deny = 0
+    for table in ("deny", "allow"):
+        for name, e in _table(path, data, table).items():
+            entry = _validate(path, f"{table}.{name}", _SplatEntry, e)
+            try:
+                re.compile(entry.regex)
+            except re.error as exc:
+                raise DataError(f"{path}: [{table}.{name}] regex is not a valid regular expression: "
+                                f"{exc}") from None
+            deny += table == "deny"
+    if not deny:
+        raise DataError(f"{path}: no [deny.NAME] entries: the kernel log would never be judged")
+    return deny
 
 
 def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:

@@ -342,3 +342,16 @@ def test_the_guest_side_modules_do_not_import_the_schema_library():
             "loopqual.guest.recorder; bad = [m for m in ('pydantic', 'loopqual.data') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[deny.bug]\nregex = 5\n", r"\[deny.bug\] regex = 5: expected a regular expression \(a string\)"),
+    ('[deny]\nbug = "^BUG: "\n', r"\[deny.bug\] must be a table, not \"\^BUG: \""),
+    ('[deny.bug]\nregx = "^BUG: "\n', r"\[deny.bug\]: unknown key regx; allowed: regex"),
+    ('[deny.bug]\nregex = "(BUG"\n', r"\[deny.bug\] regex is not a valid regular expression"),
+    ('[allow.taint]\nregex = "taints"\n', r"no \[deny.NAME\] entries"),
+])
+def test_splat_patterns_are_checked_on_the_host(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        data.check_splats(write(tmp_path, text))
+    assert data.check_splats() >= 10
