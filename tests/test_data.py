@@ -280,6 +280,8 @@ BAD_TYPES = [
     ("suites", "[suites.contract]\nkind = 'pytest'\n",
      r"x.toml: unknown top-level key\(s\) suites; this file holds \[profile\], \[suite\]"),
     ("suites", SUITE + 'path = ["x"]\n', r"\[suite.contract\]: unknown key path; allowed: .*paths"),
+    ("suites", PROFILE + "requires = { exclusive_caps = 1 }\n",
+     r"\[profile.output\]: unknown key requires \(a profile lists where it does not apply: not_applicable"),
     ("kernels", KERNEL + 'build_needs = "dwarves"\n',
      r"\[kernel.k\] build_needs = \"dwarves\": expected a list of Debian packages"),
     ("kernels", KERNEL + 'default = "yes"\n', r"\[kernel.k\] default = \"yes\": expected true or false"),
