@@ -5,7 +5,6 @@ entry and what to do, raised before any guest boots."""
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import tomllib
@@ -13,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import DataError
 from .paths import KERNEL_DIR, REPO, SCENARIOS_DIR
+from .schema import Entry as _Entry
+from .schema import explain
+from .schema import shown as _shown
 
 KERNELS_FILE = KERNEL_DIR / "kernels.toml"
 SOURCES_FILE = KERNEL_DIR / "sources.toml"
@@ -57,91 +59,10 @@ def _table(path: Path, data: dict, key: str) -> dict[str, dict]:
     return table
 
 
-# ---------------------------------------------------------------------------- schemas
-# Each entry of a data file is checked against a strict schema (pydantic, host side only:
-# the guest never imports this module): every key known, every value of its type, no
-# silent conversion ("ten" is not a number, "A=1" is not a table, "x" is not a list).
-class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 _Seconds = Annotated[float, Field(gt=0, description="a positive number of seconds")]
 _Strings = Annotated[list[str], Field(description='a list of strings, e.g. ["a", "b"]')]
 _Conditions = Annotated[dict[str, int | str | bool],
                         Field(description="a table of parameter values, e.g. { exclusive_caps = 1 }")]
-
-_EXPECTED = {
-    "string_type": "a string (in quotes)",
-    "float_type": "a number",
-    "int_type": "an integer",
-    "bool_type": "true or false",
-    "list_type": 'a list, e.g. ["a", "b"]',
-    "dict_type": 'a table, e.g. { NAME = "value" }',
-    "model_type": "a table",
-    "greater_than": "a number above 0",
-    "too_short": "a non-empty list",
-}
-_HINTS = {
-    "inherent": 'inherent = true|false became category = "inherent" | "policy" | "pending"',
-    "requires": "a profile lists where it does not apply: not_applicable = "
-                '[{ when = { exclusive_caps = 0 }, because = "..." }]',
-    "not_applicable_because": "a profile lists where it does not apply: not_applicable = "
-                              '[{ when = { exclusive_caps = 0 }, because = "..." }]',
-}
-
-
-def _shown(value) -> str:
-    """A value as TOML would write it ("ten", true, ["a"]), cut short."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[str, str]:
-    """The first problem pydantic found, as (key, what is wrong), e.g. ("timeout_s",
-    '= "ten": expected a positive number of seconds'). Also used for results.json."""
-    # an unknown key (often a misspelt one) explains a missing one: name it first
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-
-    def resolve(loc) -> tuple[list, object, bool]:
-        """The part of loc that names keys of the input (pydantic adds type tags to a union's
-        errors), the value found there, and whether it exists."""
-        keys, cur = [], entry
-        for part in loc:
-            if isinstance(cur, dict) and part in cur:
-                cur = cur[part]
-            elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
-                cur = cur[part]
-            elif keys and first["type"] not in ("missing", "extra_forbidden"):
-                return keys, cur, True  # a union's type tag: the value is the one reached
-            else:
-                keys.append(part)
-                return keys, None, False
-            keys.append(part)
-        return keys, cur, True
-
-    keys, value, found = resolve(first["loc"])
-    key = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k))
-                  for i, k in enumerate(keys))
-    if first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
-        hint = f" ({_HINTS[keys[-1]]})" if keys and keys[-1] in _HINTS else ""
-        return key, f"unknown key{hint}; allowed: {allowed}"
-    field_info = model.model_fields.get(keys[0]) if keys else None
-    described = field_info.description if field_info is not None else None
-    if first["type"] == "missing":
-        if described and len(keys) == 1:
-            return key, f"missing; expected {described}"
-        return key, "missing (a required key)"
-    if first["type"] == "literal_error":
-        expected = first["ctx"]["expected"]
-    elif described and len(keys) == 1:
-        expected = described
-    else:
-        same = [e for e in errors if resolve(e["loc"])[0] == keys]
-        kinds = list(dict.fromkeys(_EXPECTED.get(e["type"], e["msg"]) for e in same))
-        expected = " or ".join(kinds)
-    return key, (f"= {_shown(value)}: " if found else "") + f"expected {expected}"
 
 
 def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,

@@ -13,9 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .data import explain
 from .errors import ResultsFileError
 from .results import SCHEMA
+from .schema import explain
 
 
 class _Item(BaseModel):
