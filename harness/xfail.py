@@ -9,6 +9,19 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+_SOURCE_LINE = re.compile(r"^[\w.-]+\.cpp\(\d+\): ")
+
+
+def _pattern(text: str) -> str:
+    """A detail regex for one failure line, readable: only regex syntax escaped, and
+    v4l2-compliance's "file.cpp(line): " left out where the message says enough on its own
+    (line numbers change between v4l2-compliance versions)."""
+    text = text.strip()
+    message = _SOURCE_LINE.sub("", text)
+    if len(message) >= 8:
+        text = message
+    return re.sub(r"([\\.^$*+?{}\[\]|()])", r"\\\1", text)
+
 
 def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -30,7 +43,7 @@ def draft(run: dict) -> str:
                 e = fails.setdefault(key, {"where": set(), "rules": sc["rules"], "message": first,
                                            "details": set()})
                 e["where"].add(where)
-                e["details"].update(re.escape(x) for x in first)
+                e["details"].update(_pattern(x) for x in first)
         for r in c.get("compliance", []):
             for t in r.get("tests", []):
                 key = ("compliance", f"{r['profile']}::{t['section']}/{t['name']}")
@@ -42,7 +55,7 @@ def draft(run: dict) -> str:
                                                "details": set()})
                     e["where"].add(where)
                     if detail:
-                        e["details"].add(re.escape(detail.removeprefix("fail:").strip()))
+                        e["details"].add(_pattern(detail.removeprefix("fail:")))
     out = ["# Draft from a results directory: read every entry, write its reason, then commit.",
            ""]
     for (kind, item), e in sorted(fails.items()):
