@@ -361,3 +361,52 @@ def test_splat_patterns_are_checked_on_the_host(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         data.check_splats(write(tmp_path, text))
     assert data.check_splats() >= 10
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
+        for i, v in enumerate(node):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path, node
+
+
+def _wrong(value):
+    return 5 if isinstance(value, str) else "x" if not isinstance(value, (list, dict)) else "x"
+
+
+@pytest.mark.parametrize("loader,path", [
+    (data.load_kernels, data.KERNELS_FILE), (data.load_sources, data.SOURCES_FILE),
+    (data.load_params, data.PARAMS_FILE), (data.load_suites, data.SUITES_FILE),
+    (data.load_expected_failures, data.EXPECTED_FAILURES_FILE), (data.check_splats, data.SPLATS_FILE),
+], ids=lambda x: getattr(x, "name", None))
+def test_every_field_of_every_real_data_file_refuses_a_wrong_type(monkeypatch, loader, path):
+    """Each value of the real file, replaced by one of another type (a string by a number, any
+    other value by a string): one line naming the file and the key, never another exception."""
+    import copy
+    import tomllib
+
+    real = tomllib.loads(path.read_text())
+    original = data._load
+    refused, may_be_either = 0, 0
+    leaves = list(_leaves(real))
+    for keys, value in leaves:
+        # a module parameter or a condition on one may be a number or a string (card_label)
+        may_be_either += any(k in ("module", "requires", "when") for k in keys[:-1])
+        mutated = copy.deepcopy(real)
+        target = mutated
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = _wrong(value)
+        monkeypatch.setattr(data, "_load", lambda p, *t, m=mutated: m if p == path else original(p, *t))
+        try:
+            loader(path)
+        except DataError as exc:
+            line = str(exc)
+            assert "\n" not in line and line.startswith(str(path)), line
+            assert str(keys[-1]) in line or isinstance(keys[-1], int), (keys, line)
+            refused += 1
+    assert refused >= len(leaves) - may_be_either, f"{refused} of {len(leaves)} refused"
