@@ -152,8 +152,6 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "report":
         from . import report
 
-        if not (args.dir / "results.json").exists():
-            raise LoopqualError(f"{args.dir}: no results.json there")
         print(report.rerender(args.dir))
         return 0
     if args.command == "series":
@@ -164,28 +162,16 @@ def _dispatch(args, argv: list[str]) -> int:
         return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace,
                          repeat=args.repeat)
     if args.command == "expected-failures":
-        import json
+        from . import resultsfile, xfail
 
-        from . import xfail
-
-        f = args.dir / "results.json"
-        if not f.exists():
-            raise LoopqualError(f"{args.dir}: no results.json there")
-        print(xfail.draft(json.loads(f.read_text())))
+        print(xfail.draft(resultsfile.load(args.dir)))
         return 0
     if args.command == "rules":
         return _rules()
     if args.command == "compare":
-        import json
+        from . import resultsfile, rules
 
-        from . import rules
-
-        cells = []
-        for d in args.dirs:
-            f = d / "results.json"
-            if not f.exists():
-                raise LoopqualError(f"{d}: no results.json there")
-            cells += json.loads(f.read_text())["cells"]
+        cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
         run, contract = {"cells": cells}, rules.load_rules()
         print(rules.render_compare(run, contract))
         if args.gated_must_hold:
