@@ -387,10 +387,7 @@ def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)):
     vm.STOP.reset()
 
     def handler(signum, _frame):
-        name = signal.Signals(signum).name
-        if not vm.STOP.is_set():
-            print(f"loopqual: {name}: stopping the guests", file=sys.stderr, flush=True)
-        vm.STOP.request(f"interrupted by {name}")
+        vm.STOP.request(f"interrupted by {signal.Signals(signum).name}")
 
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -8,8 +8,10 @@ guest is booted again for the remaining cells.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import select
 import shlex
 import shutil
@@ -144,8 +146,11 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str, memor
                 cpus: int | None = None, exec_cmd: str | None = None,
                 guest_module: str = "loopqual.guest.runner") -> list[str]:
     cpus = cpus or guest_cpus()
+    alias = shell_safe_alias(rwdir)
+    if plan is not None and plan.is_relative_to(rwdir):
+        plan = alias / plan.relative_to(rwdir)
     cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
-           "-r", str(vmlinuz), "--rwdir", str(rwdir),
+           "-r", str(vmlinuz), "--rwdir", str(alias),
            "--append", "panic=-1 printk.devkmsg=on"]
     if accel != "kvm":
         cmd.append("--disable-kvm")
@@ -154,6 +159,32 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str, memor
     if exec_cmd:
         cmd += ["--exec", exec_cmd]
     return cmd
+
+
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def shell_safe_alias(path: Path) -> Path:
+    """path itself if every character of it is plain; else a symlink to it under the cache
+    whose name is. vng (virtme-ng 1.42) hands --rwdir to virtme-run through `sh -c` without
+    quoting it: a directory named 'out; touch x' would run `touch x` on the host, and one with
+    a space would be cut in two. The alias is what vng sees; the guest mounts the real
+    directory (mount follows the link), so files land where the caller asked."""
+    if SHELL_SAFE.fullmatch(str(path)):
+        return path
+    real = path.resolve()
+    links = cache_dir() / "rw"
+    links.mkdir(parents=True, exist_ok=True)
+    alias = links / hashlib.sha256(str(real).encode()).hexdigest()[:16]
+    if not SHELL_SAFE.fullmatch(str(alias)):
+        raise GuestError(f"the cache directory {cache_dir()} has characters vng cannot take in a "
+                         f"--rwdir path; set LOOPQUAL_CACHE to a plain path")
+    if not (alias.is_symlink() and alias.resolve() == real):
+        tmp = links / f".{alias.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(real)
+        tmp.replace(alias)  # atomic: a concurrent run sees the old link or the new one
+    return alias
 
 
 def guest_exec(guest_module: str, plan: Path) -> str:

@@ -16,13 +16,29 @@ NASTY = Path("/tmp/out dir; touch /tmp/x")
 def test_guest_exec_line_splits_back_into_the_intended_argv(monkeypatch):
     monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
     plan = NASTY / "guest" / "plan-boot1.json"
-    cmd = vm.vng_command(Path("/boot/vmlinuz-6.1.0-1-amd64"), NASTY / "guest", plan, "tcg", cpus=1)
-    assert cmd[cmd.index("--rwdir") + 1] == str(NASTY / "guest")  # an argv element, no shell
-    line = cmd[cmd.index("--exec") + 1]
+    line = vm.guest_exec("loopqual.guest.runner", plan)
     words = shlex.split(line)
     assert words[:3] == ["cd", str(REPO), "&&"]
     assert words[3:] == ["exec", str(vm.venv_bin() / "python"), "-m", "loopqual.guest.runner",
                          str(plan)]
+
+
+def test_vng_gets_a_plain_rwdir_that_leads_to_the_asked_one(monkeypatch, tmp_path):
+    """vng passes --rwdir to virtme-run through `sh -c` unquoted: it must only ever see a
+    plain path (a link to the real directory), and the plan path under it."""
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
+    rwdir = tmp_path / "out dir; touch x" / "guest"
+    rwdir.mkdir(parents=True)
+    plan = rwdir / "plan-boot1.json"
+    plan.write_text("{}")
+    cmd = vm.vng_command(Path("/boot/vmlinuz-6.1.0-1-amd64"), rwdir, plan, "tcg", cpus=1)
+    given = cmd[cmd.index("--rwdir") + 1]
+    assert shlex.quote(given) == given and Path(given).resolve() == rwdir.resolve()
+    words = shlex.split(cmd[cmd.index("--exec") + 1])
+    assert len(words) == 8 and Path(words[-1]).resolve() == plan.resolve()
+    plain = tmp_path / "plain"
+    assert vm.shell_safe_alias(plain) == plain
 
 
 def test_shell_setup_lines_quote_the_module_path_and_values():
