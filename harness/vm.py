@@ -101,7 +101,7 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
     cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display",
            "none", "-no-reboot", "-serial", "stdio", "-kernel", str(vmlinuz),
            "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     result, deadline, seen = "tcg", time.monotonic() + timeout, b""
     try:
         while time.monotonic() < deadline:
@@ -117,8 +117,7 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
             elif proc.poll() is not None:
                 break
     finally:
-        proc.kill()
-        proc.wait()
+        procgroup.stop(proc, grace=0)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(result + "\n")
     return result
