@@ -77,7 +77,7 @@ def reproduce_line(kernel: str, module: str, param_set: data.ParamSet, suites: l
                    k: str | None, env: dict[str, str] | None = None) -> str:
     """The command that runs this one cell again, with the LOOPQUAL_* variables that shaped
     it (the seed above all) as a prefix: `LOOPQUAL_SEED=123 loopqual qualify ...`."""
-    prefix = [f"{name}={value}" for name, value in sorted((env or {}).items())]
+    prefix = env_prefix(env or {})
     ps = param_set.name if "=" not in param_set.name and "+" not in param_set.name else \
         ",".join(f"{a}={b}" for a, b in param_set.all_params.items())
     parts = ["loopqual", "qualify", "--kernel", kernel, "--module", module, "--params", ps]
@@ -214,7 +214,8 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
     started = dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
     seed = run_seed()
-    plan = plan_cells(sel, seed)
+    env = run_env(seed)
+    plan = plan_cells(sel, env)
     lanes = make_lanes(plan, sel, out, jobs)
     accel = {k.name: vm.detect_accel(ik.vmlinuz) for k, ik, _cs in plan.to_boot}
     with stop_on_signals():
@@ -233,7 +234,7 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
                    "cells": [c["id"] for c in ln.cells], "expected_s": round(ln.weight),
                    "wall_s": ln.wall_s, "boots": ln.boots} for ln in lanes],
         "exit_code": code,
-        "command": shlex.join(["loopqual", *argv]),
+        "command": shlex.join([*env_prefix(env), "loopqual", *argv]),
         "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": _git_commit()},
@@ -259,11 +260,20 @@ def run_seed() -> str:
     return seed or str(random.SystemRandom().randrange(1, 1 << 31))
 
 
-def plan_cells(sel: Selection, seed: str) -> Plan:
+def run_env(seed: str) -> dict[str, str]:
+    """The LOOPQUAL_* variables that shape every cell of this run (the seed among them)."""
+    return {**passthrough_env(), "LOOPQUAL_SEED": seed}
+
+
+def env_prefix(env: dict[str, str]) -> list[str]:
+    return [f"{name}={value}" for name, value in sorted(env.items())]
+
+
+def plan_cells(sel: Selection, env: dict[str, str]) -> Plan:
     """Build every module for every kernel (cached) and describe each cell; the cells whose
-    build succeeded are planned for a guest."""
+    build succeeded are planned for a guest. env: run_env(), for the guest and the
+    reproduce lines alike."""
     mirror, all_sources = data.load_sources()
-    env = {**passthrough_env(), "LOOPQUAL_SEED": seed}
     plan = Plan([], [])
     for kernel in sel.kernels:
         ik = kernels.resolve(kernel)

@@ -6,6 +6,7 @@ About 10 s each: the signal once every guest's QEMU runs, a few seconds into the
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,6 +77,10 @@ def test_a_signal_stops_every_guest_and_still_writes_results(tmp_path, sig, jobs
         assert (out / f).exists(), f
     run = json.loads((out / "results.json").read_text())
     assert run["interrupted"] == f"interrupted by {name}" and run["exit_code"] == 2
+    seed = f"LOOPQUAL_SEED={run['seed']}"  # the whole run's and each cell's line replay it
+    for line in [run["command"]] + [c["reproduce"] for c in run["cells"]]:
+        words = shlex.split(line)
+        assert seed in words[:words.index("loopqual")], line
     incomplete = [c for c in run["cells"] if c["status"] == "incomplete"]
     assert incomplete and all(
         any(f"interrupted by {name}" in r for r in c["incomplete"]) for c in incomplete)
