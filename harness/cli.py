@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the guest stage (which handles it itself: see qualify.stop_on_signals)."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `loopqual compare DIR | head` ends quietly
@@ -123,14 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         ap.print_help()
         return 2
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _dispatch(args, argv)
     except LoopqualError as exc:
         print(f"loopqual: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("loopqual: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        print(f"loopqual: interrupted by {name}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def _dispatch(args, argv: list[str]) -> int:
