@@ -44,6 +44,7 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
     all_params = data.load_params()
     all_suites, profiles = data.load_suites()
     expected = data.load_expected_failures()
+    data.check_splats()  # the guest reads kernel/splats.toml: a mistake in it stops here
     ks = [data.resolve_kernel(n, all_kernels) for n in kernel_names] or \
         [k_ for k_ in all_kernels.values() if k_.default]
     ms = [data.resolve_source(n, all_sources) for n in module_names] or \

@@ -43,7 +43,7 @@ def _apply_expectations(item: dict, kind: str, item_id: str, cell: dict,
         return
     item["status"] = "xpass" if item["status"] == "pass" else "xfail"
     item["expected"] = {"reason": e.reason, "rule": e.rule, "issue": e.issue,
-                        "inherent": e.inherent}
+                        "category": e.category, "inherent": e.inherent}
 
 
 def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
