@@ -25,6 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
+from loopqual import procgroup
+
 EVENT_PREFIX = "@@LQ "
 EXIT_REBOOT = 3
 MODULE = "v4l2loopback"
@@ -67,13 +69,12 @@ class KmsgReader:
 def run_cmd(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, bool]:
     """Run with a timeout in its own process group; (exit code or None, output, timed out).
     On timeout the whole group gets SIGKILL (signalling only a wrapper would leave the child)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out.decode(errors="replace"), False
     except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
+        procgroup.kill(proc.pid)
         try:
             out, _ = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel)
@@ -86,8 +87,7 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
     or prints nothing for idle seconds. (exit code or None, output, '' or why it was killed)."""
     import select
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     chunks: list[bytes] = []
     start = last = time.monotonic()
     killed = ""
@@ -105,7 +105,7 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
         elif now - last > idle:
             killed = f"printed nothing for {idle:.0f} s (stuck in a test)"
         if killed:
-            _kill_group(proc.pid)
+            procgroup.kill(proc.pid)
             break
     try:
         proc.wait(timeout=15)
@@ -113,28 +113,6 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
         killed += "; it could not be killed (stuck in the kernel)"
     out = b"".join(chunks).decode(errors="replace")
     return (None if killed else proc.returncode), out, killed
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def session_processes(sid: int) -> list[int]:
-    """Processes of one session (the suite's pytest child and the openers it forked)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session ...
-            pids.append(int(proc.name))
-    return pids
 
 
 def describe_process(pid: int) -> str:
@@ -163,55 +141,36 @@ def wait_suite(pid: int, timeout: float, finished: Path, grace: float = 20.0
     deadline = time.monotonic() + timeout
     finished_at = None
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), False, []
+        code = procgroup.reap(pid, 0)
+        if code is not None:
+            return code, False, []
         now = time.monotonic()
         if finished_at is None and finished.exists():
             finished_at = now
         if finished_at is not None and now - finished_at > grace:
-            stuck = [describe_process(p) for p in session_processes(pid)]
-            _kill_group(pid)
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
-            left = [describe_process(p) for p in session_processes(pid)]
+            stuck = [describe_process(p) for p in procgroup.session_members(pid)]
+            procgroup.kill(pid)
+            procgroup.reap(pid, 10)
+            left = [describe_process(p) for p in procgroup.session_members(pid)]
             return None, False, [
                 f"the suite's processes had not exited {grace:.0f} s after pytest finished; "
                 f"killed: {'; '.join(stuck) or 'none found'}"
                 + (f"; still there after SIGKILL (stuck in the kernel): {'; '.join(left)}" if left else "")]
         if now > deadline:
-            _kill_group(pid)
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
+            procgroup.kill(pid)
+            procgroup.reap(pid, 15)
             return None, True, []
         time.sleep(0.1)
 
 
 def wait_child(pid: int, timeout: float) -> tuple[int | None, bool]:
     """Wait for a forked child; on timeout SIGKILL its group. (exit status, timed out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), False
-        if time.monotonic() > deadline:
-            _kill_group(pid)
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
-            return None, True
-        time.sleep(0.1)
+    code = procgroup.reap(pid, timeout)
+    if code is not None:
+        return code, False
+    procgroup.kill(pid)
+    procgroup.reap(pid, 15)
+    return None, True
 
 
 # ---------------------------------------------------------------------------- module
