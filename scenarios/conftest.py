@@ -7,7 +7,6 @@ rules -> scenarios.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -136,45 +135,19 @@ def cell() -> Cell:
 
 # -- kernel health around every scenario (H1) ---------------------------------------------
 
-def _kmsg_open():
+def _harness(name: str):
+    """A module of the harness: loopqual's (the venv), else the repository's own copy."""
+    import importlib
+
     try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    os.lseek(fd, 0, os.SEEK_END)
-    return fd
-
-
-def kmsg_read(fd) -> list[str]:
-    lines = []
-    if fd is None:
-        return lines
-    while True:
-        try:
-            rec = os.read(fd, 8192)
-        except BlockingIOError:
-            break
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:  # overwritten records: keep reading
-                continue
-            break
-        if not rec:
-            break
-        text = rec.decode(errors="replace")
-        head, _, msg = text.partition(";")
-        for part in msg.split("\n"):
-            if part and not part.startswith(" "):
-                lines.append(part)
-    return lines
+        return importlib.import_module(f"loopqual.{name}")
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        return importlib.import_module(f"harness.{name}")
 
 
 def find_splats(lines: list[str]) -> list[dict]:
-    try:
-        from loopqual.health import find_splats as _find
-    except ImportError:  # running outside the venv: fall back to the repo copy
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from harness.health import find_splats as _find
-    return _find(lines)
+    return _harness("health").find_splats(lines)
 
 
 def _progress(cell_dir: str | None, line: str) -> None:
@@ -198,12 +171,11 @@ def kernel_health(request):
         except (OSError, ValueError):
             pass
     _progress(work_dir, f"START {request.node.nodeid}")
-    fd = _kmsg_open()
+    kmsg = _harness("kmsg").KmsgReader()
     yield
     _progress(work_dir, f"END {request.node.nodeid}")
-    lines = kmsg_read(fd)
-    if fd is not None:
-        os.close(fd)
+    lines = kmsg.drain(timestamps=False)
+    kmsg.close()
     request.node.kernel_log = lines
     splats = find_splats(lines)
     if splats:

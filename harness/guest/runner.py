@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 from loopqual import procgroup
+from loopqual.kmsg import KmsgReader
 
 EVENT_PREFIX = "@@LQ "
 EXIT_REBOOT = 3
@@ -35,34 +36,6 @@ MODULE = "v4l2loopback"
 def emit(event: str, **fields) -> None:
     sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
     sys.stdout.flush()
-
-
-# ---------------------------------------------------------------------------- kernel log
-class KmsgReader:
-    """New kernel-log lines since the reader was made (or last drained)."""
-
-    def __init__(self):
-        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-        os.lseek(self.fd, 0, os.SEEK_END)
-
-    def drain(self) -> list[str]:
-        lines = []
-        while True:
-            try:
-                rec = os.read(self.fd, 8192).decode(errors="replace")
-            except BlockingIOError:
-                break
-            except BrokenPipeError:  # overwritten records: skip on
-                continue
-            # "prio,seq,usec,flags;message" then continuation lines " KEY=value"
-            head, _, msg = rec.partition(";")
-            usec = head.split(",")[2] if head.count(",") >= 2 else "0"
-            text = msg.split("\n")[0]
-            lines.append(f"[{int(usec) / 1e6:12.6f}] {text}")
-        return lines
-
-    def close(self):
-        os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------- processes
