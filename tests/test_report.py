@@ -67,3 +67,19 @@ def test_the_plan_carries_the_set_up_exclusions_to_the_guest():
     assert na["capture"] is None and "producer" in na["capture-streaming"]
     (open2,) = plans["ec1-open2"]["suites"]
     assert "max_openers=2" in open2["not_applicable"]
+
+
+def test_report_shows_what_a_scenario_measured(fixtures, tmp_path):
+    """The browser scenario's start-up and capture seconds (recorded patched ec1 cell) are in
+    the report beside its verdict (issue 8 point 0: report both)."""
+    guest = json.loads((fixtures / "guest" / "recorded-6.1-patched-ec1-browser-cell.json").read_text())
+    cell = results.evaluate_cell(meta("ec1"), guest, None, [])
+    (k4,) = cell["scenarios"]
+    assert set(k4["measurements"]) == {"browser", "startup_s", "open_s", "capture_s"}
+    run = {"started": "2026-12-02T00:00:00+00:00", "wall_s": 1.0, "boots": 1,
+           "accel": {"debian-6.1": "tcg"}, "exit_code": 0, "command": "loopqual qualify",
+           "host": {"loopqual_commit": "abc"}, "expected_failures": [], "cells": [cell]}
+    report.write_html(tmp_path / "report.html", run)
+    html = (tmp_path / "report.html").read_text()
+    assert f"startup_s {k4['measurements']['startup_s']}" in html
+    assert k4["measurements"]["browser"] in html
