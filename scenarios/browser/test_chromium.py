@@ -16,7 +16,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ import time
 import pytest
 from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program
+
+from loopqual import procgroup
 
 CAPTURE_S = 10  # the page reads frames for this long
 # Chromium 156 took about 150 s to start under TCG here (its on-device model service failing
@@ -110,19 +111,6 @@ console.log("LOOPQUAL_STARTED");
 """
 
 
-def _kill_group(p: subprocess.Popen):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 class BrowserRun:
     """A browser in its own session, its stderr logged to a file (unbuffered: a scenario cut
     short still leaves it) and read line by line for the page's marks."""
@@ -130,8 +118,8 @@ class BrowserRun:
     def __init__(self, argv: list[str], env: dict, log_path: str):
         self.log = open(log_path, "wb", buffering=0)
         self.t0 = time.monotonic()
-        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self.p = procgroup.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, env=env)
         self.marks: dict[str, float] = {}  # mark -> seconds since launch
         self.result: dict | None = None
         self.tail = b""
@@ -168,7 +156,7 @@ class BrowserRun:
                 self.result = json.loads(js[: js.rfind("}") + 1])
 
     def stop(self) -> None:
-        _kill_group(self.p)
+        procgroup.stop(self.p, grace=5.0)
         self.log.close()
 
     def stderr_tail(self, n: int = 1200) -> str:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from loopqual import procgroup
+
 from .common import Reader
 from .v4l2 import CAP_VIDEO_CAPTURE, IN_ST_NO_SIGNAL, Device, V4L2Error
 
@@ -22,9 +24,8 @@ class Client:
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self.log = open(self.log_path, "wb")
-        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True,
-                                  env=env or ENV)
+        self.p = procgroup.spawn(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env or ENV)
         self.started = time.monotonic()
 
     def alive(self) -> bool:
@@ -37,15 +38,8 @@ class Client:
             return None
 
     def stop(self, grace: float = 5.0) -> int | None:
-        """SIGINT (clean stop, as a user's Ctrl-C), then SIGKILL to the whole group."""
-        if self.alive():
-            for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.p.pid, sig)
-                except ProcessLookupError:
-                    break
-                if self.wait(wait) is not None:
-                    break
+        """SIGINT (clean stop, as a user's Ctrl-C), then SIGKILL to the whole session."""
+        procgroup.stop(self.p, grace=grace, sig=signal.SIGINT, reap_s=5.0)
         self.log.close()
         return self.p.returncode
 
