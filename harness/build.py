@@ -44,8 +44,9 @@ _TRANSIENT = [
                 r"^make(?:\[\d+\])?: \*\*\* \[.*\] Error 1(?:29|30|37|43)$", re.M)),
     ("a tool is missing", "install it (`make deps`; 6.12 kernels need dwarves for pahole), "
      "then run again",
-     re.compile(r"^(?:/bin/sh: \d+: |\S+: line \d+: )?\S+: (?:command )?not found$|"
+     re.compile(r"^(?:\S+: (?:line )?\d+: )?\S+: (?:command )?not found$|"
                 r"^make(?:\[\d+\])?: \S+: No such file or directory$|"
+                r"^make(?:\[\d+\])?: \*\*\* \[.*\] Error 127$|"
                 r"fatal error: cannot execute '[^']+'", re.M)),
 ]
 
