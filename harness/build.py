@@ -41,7 +41,9 @@ _TRANSIENT = [
      re.compile(r"No space left on device|Disk quota exceeded", re.M)),
     ("a build step was killed by a signal", "run again",
      re.compile(r"^make(?:\[\d+\])?: \*\*\* \[.*\] (?:Killed|Terminated|Hangup|Interrupt)$|"
-                r"^make(?:\[\d+\])?: \*\*\* \[.*\] Error 1(?:29|30|37|43)$", re.M)),
+                r"^make(?:\[\d+\])?: \*\*\* \[.*\] Error 1(?:29|30|37|43)$|"
+                # make itself signalled while it waits for a job:
+                r"^make(?:\[\d+\])?: \*\*\* wait: ", re.M)),
     ("a tool is missing", "install it (`make deps`; 6.12 kernels need dwarves for pahole), "
      "then run again",
      re.compile(r"^(?:\S+: (?:line )?\d+: )?\S+: (?:command )?not found$|"

@@ -100,12 +100,16 @@ def cache_lock(lock_file: Path, what: str) -> Iterator[None]:
         raise _disk_error(lock_file, exc) from exc
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            print(f"loopqual: another run{f' (pid {holder})' if holder.isdigit() else ''} is "
-                  f"using {what}; waiting for it (lock {lock_file})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                print(f"loopqual: another run{f' (pid {holder})' if holder.isdigit() else ''} is "
+                      f"using {what}; waiting for it (lock {lock_file})", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock (some network mounts)
+            raise CacheError(f"cannot lock {lock_file} ({exc.strerror or exc}): put the cache on "
+                             "a local disk (set LOOPQUAL_CACHE)") from exc
         with contextlib.suppress(OSError):  # who holds it, for the message above
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -70,7 +70,7 @@ SCRIPTS = {
     "oom": 'echo "gcc: fatal error: Killed signal terminated program cc1" >&2; exit 1\n',
     "disk": 'echo "$1/v4l2loopback.o: No space left on device" >&2; exit 1\n',
     "signal": 'kill -KILL $$\n',
-    "make-killed": 'kill -TERM "$(ps -o ppid= -p $PPID)" $PPID; sleep 5\n',
+    "make-killed": 'kill -TERM "$(ps -o ppid= -p $PPID)" $PPID; sleep 1\n',
     "missing-tool": 'pahole-not-installed -J "$1/v4l2loopback.ko"\n',
 }
 
