@@ -86,12 +86,15 @@ def atomic_write(path: Path, data: str | bytes) -> None:
                 os.unlink(tmp)
 
 
+_ANNOUNCED: set[Path] = set()  # locks this process has said it waits for (once is enough)
+
+
 @contextlib.contextmanager
 def cache_lock(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive flock on lock_file for the block. If another run holds it, say so once
-    on stderr and wait (the kernel drops the lock when its holder exits, however it exits, so
-    a lock is never stale). Lock files stay in place: removing one would let two runs lock two
-    different files under the same name."""
+    """Hold an exclusive flock on lock_file for the block. If another run holds it, say so on
+    stderr (once per process and lock) and wait. The kernel drops the lock when its holder
+    exits, however it exits, so a lock is never stale. Lock files stay in place: removing one
+    would let two runs lock two different files under the same name."""
     lock_file = Path(lock_file)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +107,11 @@ def cache_lock(lock_file: Path, what: str) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                print(f"loopqual: another run{f' (pid {holder})' if holder.isdigit() else ''} is "
-                      f"using {what}; waiting for it (lock {lock_file})", file=sys.stderr, flush=True)
+                if lock_file not in _ANNOUNCED:
+                    _ANNOUNCED.add(lock_file)
+                    print(f"loopqual: another run{f' (pid {holder})' if holder.isdigit() else ''} is "
+                          f"using {what}; waiting for it (lock {lock_file})", file=sys.stderr,
+                          flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:  # a file system without flock (some network mounts)
             raise CacheError(f"cannot lock {lock_file} ({exc.strerror or exc}): put the cache on "

@@ -136,3 +136,25 @@ def test_an_unpack_that_died_half_way_is_redone(private_cache):
     (tree / "v4l2loopback.c").write_text("half")
     again = sources.unpack_debian(src, mirror)
     assert again == tree and (again / "v4l2loopback.c").read_text() != "half"
+
+
+FETCHER = """
+import sys
+from loopqual import data, sources
+mirror, all_sources = data.load_sources()
+src = all_sources[sys.argv[1]]
+print(sources.PrivateApt(mirror, src.suite).fetch(src.package, src.version))
+"""
+
+
+def test_two_runs_use_one_suites_private_apt_at_once(private_cache):
+    """The private apt state (lists, archives, debs) of a suite is locked: two processes that
+    update and download at the same moment both get the checked .deb, and one says it waits."""
+    procs = [subprocess.Popen([sys.executable, "-c", FETCHER, "debian-0.12.7"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    debs = {o[0].strip() for o in outs}
+    assert len(debs) == 1 and Path(debs.pop()).read_bytes()[:7] == b"!<arch>"
+    waits = [line for o in outs for line in o[1].splitlines() if "waiting" in line]
+    assert len(waits) == 1 and "private apt state for bookworm" in waits[0]
