@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the guest stage (which handles it itself: see qualify.stop_on_signals)."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `loopqual compare DIR | head` ends quietly
@@ -123,14 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         ap.print_help()
         return 2
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _dispatch(args, argv)
     except LoopqualError as exc:
         print(f"loopqual: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("loopqual: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        print(f"loopqual: interrupted by {name}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def _dispatch(args, argv: list[str]) -> int:
@@ -152,8 +164,6 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "report":
         from . import report
 
-        if not (args.dir / "results.json").exists():
-            raise LoopqualError(f"{args.dir}: no results.json there")
         print(report.rerender(args.dir))
         return 0
     if args.command == "series":
@@ -164,28 +174,16 @@ def _dispatch(args, argv: list[str]) -> int:
         return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace,
                          repeat=args.repeat)
     if args.command == "expected-failures":
-        import json
+        from . import resultsfile, xfail
 
-        from . import xfail
-
-        f = args.dir / "results.json"
-        if not f.exists():
-            raise LoopqualError(f"{args.dir}: no results.json there")
-        print(xfail.draft(json.loads(f.read_text())))
+        print(xfail.draft(resultsfile.load(args.dir)))
         return 0
     if args.command == "rules":
         return _rules()
     if args.command == "compare":
-        import json
+        from . import resultsfile, rules
 
-        from . import rules
-
-        cells = []
-        for d in args.dirs:
-            f = d / "results.json"
-            if not f.exists():
-                raise LoopqualError(f"{d}: no results.json there")
-            cells += json.loads(f.read_text())["cells"]
+        cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
         run, contract = {"cells": cells}, rules.load_rules()
         print(rules.render_compare(run, contract))
         if args.gated_must_hold:
@@ -205,13 +203,20 @@ def _rules() -> int:
     suites, _profiles = data.load_suites()
     paths = [p for s in suites.values() if s.kind == "pytest" for p in s.paths]
     contract = rules.load_rules()
-    by_rule, unknown = rules.coverage(contract, rules.collect_scenarios(paths))
+    items = rules.collect_scenarios(paths)
+    # A scenario counts as coverage only where some configured kernel can run it.
+    nowhere = rules.runnable_nowhere(items, rules.kernel_configs(data.load_kernels()))
+    by_rule, unknown = rules.coverage(contract, [it for it in items if it["id"] not in nowhere])
     missing = [r for r, scs in by_rule.items() if not scs]
     for r, text in contract.items():
         scs = by_rule[r]
         print(f"{r:4} {len(scs):3} scenario(s)  {text[:90]}")
         for sc in scs:
             print(f"            {sc}")
+    if nowhere:
+        print("\nscenarios no configured kernel can run (not counted as coverage):")
+        for sc, why in nowhere.items():
+            print(f"  {sc}: {why}")
     if unknown:
         print(f"\nscenarios name rules the contract does not have: {', '.join(unknown)}")
     print(f"\n{len(contract) - len(missing)}/{len(contract)} rules covered"

@@ -10,51 +10,77 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import DataError
 from .paths import KERNEL_DIR, REPO, SCENARIOS_DIR
+from .schema import Entry as _Entry
+from .schema import explain
+from .schema import shown as _shown
 
 KERNELS_FILE = KERNEL_DIR / "kernels.toml"
 SOURCES_FILE = KERNEL_DIR / "sources.toml"
 PARAMS_FILE = SCENARIOS_DIR / "params.toml"
 SUITES_FILE = SCENARIOS_DIR / "suites.toml"
 EXPECTED_FAILURES_FILE = KERNEL_DIR / "expected-failures.toml"
+SPLATS_FILE = KERNEL_DIR / "splats.toml"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path, tables: set[str]) -> dict:
+    """The file's TOML, refusing top-level keys other than `tables` (a typo such as
+    [suites.x] would otherwise be ignored without a word)."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"{path}: malformed TOML: {exc}") from exc
+    unknown = sorted(set(data) - tables)
+    if unknown:
+        raise DataError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+                        f"this file holds {', '.join(f'[{t}]' for t in sorted(tables))}")
+    return data
 
 
 def _table(path: Path, data: dict, key: str) -> dict[str, dict]:
     table = data.get(key, {})
     if not isinstance(table, dict):
-        raise DataError(f"{path}: [{key}] must be a table of named entries")
+        raise DataError(f"{path}: [{key}] must be a table of named entries ([{key}.NAME])")
     for name, entry in table.items():
         if not _NAME.match(name):
             raise DataError(f"{path}: [{key}.{name}]: names use letters, digits, '.', '_', '-'")
         if not isinstance(entry, dict):
-            raise DataError(f"{path}: [{key}.{name}] must be a table")
+            raise DataError(f"{path}: [{key}.{name}] must be a table, not {_shown(entry)}")
     return table
 
 
-def _check_keys(path: Path, where: str, entry: dict, allowed: set[str], required: set[str]):
-    unknown = set(entry) - allowed
-    if unknown:
-        raise DataError(
-            f"{path}: [{where}]: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    missing = required - set(entry)
-    if missing:
-        raise DataError(f"{path}: [{where}]: missing key(s) {', '.join(sorted(missing))}")
+_Seconds = Annotated[float, Field(gt=0, description="a positive number of seconds")]
+_Strings = Annotated[list[str], Field(description='a list of strings, e.g. ["a", "b"]')]
+_Conditions = Annotated[dict[str, int | str | bool],
+                        Field(description="a table of parameter values, e.g. { exclusive_caps = 1 }")]
+
+
+def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
+                  exc: ValidationError) -> DataError:
+    """One line for the first problem: file, [entry] key, the value given, what is expected."""
+    key, problem = explain(model, entry, exc)
+    if problem.startswith("unknown key"):
+        return DataError(f"{path}: [{where}]: unknown key {key}{problem.removeprefix('unknown key')}")
+    if problem.startswith("="):
+        return DataError(f"{path}: [{where}] {key} {problem}")
+    return DataError(f"{path}: [{where}] {key}: {problem}")
+
+
+def _validate(path: Path, where: str, model: type[_Entry], entry: dict):
+    try:
+        return model.model_validate(entry)
+    except ValidationError as exc:
+        raise _schema_error(path, where, model, entry, exc) from None
 
 
 def _unknown(kind: str, name: str, known: list[str], path: Path) -> DataError:
@@ -76,23 +102,22 @@ class Kernel:
     default: bool = False
 
 
+class _KernelEntry(_Entry):
+    description: str = ""
+    image_package: str = Field(description="a Debian package name (a string)")
+    headers_package: str = Field(description="a Debian package name (a string)")
+    build_needs: list[str] = Field(default=[], description='a list of Debian packages, e.g. ["dwarves"]')
+    default: bool = False
+
+
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
-    data = _load(path)
+    data = _load(path, {"kernel"})
     out = {}
     for name, e in _table(path, data, "kernel").items():
-        _check_keys(
-            path, f"kernel.{name}", e,
-            {"description", "image_package", "headers_package", "build_needs", "default"},
-            {"image_package", "headers_package"},
-        )
-        out[name] = Kernel(
-            name=name,
-            description=e.get("description", ""),
-            image_package=e["image_package"],
-            headers_package=e["headers_package"],
-            build_needs=tuple(e.get("build_needs", [])),
-            default=bool(e.get("default", False)),
-        )
+        k = _validate(path, f"kernel.{name}", _KernelEntry, e)
+        out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
+                           headers_package=k.headers_package, build_needs=tuple(k.build_needs),
+                           default=k.default)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out
@@ -126,26 +151,45 @@ class Mirror:
     components: tuple[str, ...]
 
 
+class _MirrorEntry(_Entry):
+    url: str | None = Field(default=None, description='a URL, e.g. "http://deb.debian.org/debian"')
+    from_: Literal["apt"] | None = Field(default=None, alias="from")
+    components: _Strings = ["main"]
+
+
+class _SourceEntry(_Entry):
+    package: str | None = None
+    version: str | None = None
+    suite: str | None = None
+    base: str | None = None
+    patches: str | None = Field(default=None, description="a series file path (a string), "
+                                                          "relative to this file")
+    gated: bool = False
+    description: str = ""
+
+
 def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
-    data = _load(path)
+    data = _load(path, {"mirror", "source"})
     m = data.get("mirror")
-    if not isinstance(m, dict) or ("url" not in m and m.get("from") != "apt"):
+    if not isinstance(m, dict):
         raise DataError(f"{path}: needs a [mirror] table with url = \"http://...\" or from = \"apt\"")
-    url = os.environ.get("LOOPQUAL_MIRROR") or m.get("url") or ""
-    mirror = Mirror(url.rstrip("/"), tuple(m.get("components", ["main"])))
+    mirror_entry = _validate(path, "mirror", _MirrorEntry, m)
+    if mirror_entry.url is None and mirror_entry.from_ is None:
+        raise DataError(f"{path}: [mirror] needs url = \"http://...\" or from = \"apt\"")
+    url = os.environ.get("LOOPQUAL_MIRROR") or mirror_entry.url or ""
+    mirror = Mirror(url.rstrip("/"), tuple(mirror_entry.components))
     out: dict[str, Source] = {}
     for name, e in _table(path, data, "source").items():
-        _check_keys(
-            path, f"source.{name}", e,
-            {"package", "version", "suite", "base", "patches", "gated", "description"}, set(),
-        )
-        if "base" in e:
-            if "patches" not in e:
+        s = _validate(path, f"source.{name}", _SourceEntry, e)
+        if s.base is not None:
+            if s.patches is None:
                 raise DataError(f"{path}: [source.{name}] has base but no patches (series file)")
-            src = Source(
-                name=name, description=e.get("description", ""), base=e["base"],
-                patches=(path.parent / e["patches"]).resolve(), gated=bool(e.get("gated", False)),
-            )
+            stray = [k for k in ("package", "version", "suite") if k in e]
+            if stray:
+                raise DataError(f"{path}: [source.{name}] is built from base '{s.base}': "
+                                f"{', '.join(stray)} belong to archive sources; remove them")
+            src = Source(name=name, description=s.description, base=s.base,
+                         patches=(path.parent / s.patches).resolve(), gated=s.gated)
         else:
             missing = {"package", "version", "suite"} - set(e)
             if missing:
@@ -153,10 +197,10 @@ def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
                     f"{path}: [source.{name}] needs package, version and suite "
                     f"(missing {', '.join(sorted(missing))}), or base + patches"
                 )
-            src = Source(
-                name=name, description=e.get("description", ""), package=e["package"],
-                version=e["version"], suite=e["suite"], gated=bool(e.get("gated", False)),
-            )
+            if s.patches is not None:
+                raise DataError(f"{path}: [source.{name}] has patches but no base source")
+            src = Source(name=name, description=s.description, package=s.package,
+                         version=s.version, suite=s.suite, gated=s.gated)
         out[name] = src
     for s in out.values():
         if s.base is not None and (s.base not in out or out[s.base].base is not None):
@@ -191,20 +235,38 @@ class ParamSet:
         return {**self.module, **self.controls}
 
 
-def load_params(path: Path = PARAMS_FILE) -> dict[str, ParamSet]:
-    data = _load(path)
-    known = data.get("known", {})
-    mod_known = set(known.get("module_parameters", []))
-    ctl_known = set(known.get("controls", []))
-    if not mod_known or not ctl_known:
+class _KnownEntry(_Entry):
+    module_parameters: list[str] = Field(min_length=1, description="a non-empty list of module "
+                                         'parameter names, e.g. ["exclusive_caps"]')
+    controls: list[str] = Field(min_length=1, description="a non-empty list of V4L2 control "
+                                'names, e.g. ["keep_format"]')
+
+
+class _SetEntry(_Entry):
+    description: str = ""
+    module: dict[str, int | str | bool] = Field(
+        default={}, description="a table of module parameters, e.g. { exclusive_caps = 1 }")
+    controls: dict[str, int] = Field(
+        default={}, description="a table of integer V4L2 controls, e.g. { keep_format = 1 }")
+    default: bool = False
+
+
+def _known(path: Path, data: dict) -> _KnownEntry:
+    known = data.get("known")
+    if not isinstance(known, dict):
         raise DataError(f"{path}: [known] must list module_parameters and controls")
+    return _validate(path, "known", _KnownEntry, known)
+
+
+def load_params(path: Path = PARAMS_FILE) -> dict[str, ParamSet]:
+    data = _load(path, {"known", "set"})
+    known = _known(path, data)
+    mod_known, ctl_known = set(known.module_parameters), set(known.controls)
     out = {}
     for name, e in _table(path, data, "set").items():
-        _check_keys(path, f"set.{name}", e, {"description", "module", "controls", "default"}, set())
-        module, controls = e.get("module", {}), e.get("controls", {})
-        validate_param_names(module, controls, mod_known, ctl_known, f"{path}: [set.{name}]")
-        out[name] = ParamSet(name, e.get("description", ""), dict(module), dict(controls),
-                             bool(e.get("default", False)))
+        ps = _validate(path, f"set.{name}", _SetEntry, e)
+        validate_param_names(ps.module, ps.controls, mod_known, ctl_known, f"{path}: [set.{name}]")
+        out[name] = ParamSet(name, ps.description, dict(ps.module), dict(ps.controls), ps.default)
     if not out:
         raise DataError(f"{path}: no [set.NAME] entries")
     return out
@@ -232,8 +294,8 @@ def validate_param_names(module: dict, controls: dict, mod_known: set, ctl_known
 
 
 def known_param_names(path: Path = PARAMS_FILE) -> tuple[set[str], set[str]]:
-    known = _load(path).get("known", {})
-    return set(known.get("module_parameters", [])), set(known.get("controls", []))
+    known = _known(path, _load(path, {"known", "set"}))
+    return set(known.module_parameters), set(known.controls)
 
 
 def parse_inline_params(text: str, path: Path = PARAMS_FILE) -> ParamSet:
@@ -262,6 +324,26 @@ def resolve_params(name: str, sets: dict[str, ParamSet]) -> ParamSet:
 
 # ---------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
+class NotApplicable:
+    """Where a suite or profile is not run, and why (shown in the report): parameter values
+    (`when`; a parameter a set does not give counts as 0) and/or parameter sets (globs)."""
+    because: str
+    when: dict = field(default_factory=dict)
+    param_sets: tuple[str, ...] = ()
+
+    def matches(self, params: ParamSet) -> bool:
+        if self.param_sets and not any(fnmatch.fnmatchcase(params.name, g) for g in self.param_sets):
+            return False
+        return all(params.all_params.get(k, 0) == v for k, v in self.when.items())
+
+    def reason(self) -> str:
+        where = [f"{k}={v}" for k, v in self.when.items()]
+        if self.param_sets:
+            where.append(f"parameter set {'/'.join(self.param_sets)}")
+        return f"not applicable with {', '.join(where)}: {self.because}"
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -269,15 +351,11 @@ class Profile:
     producer: bool
     timeout_s: float
     idle_s: float
-    requires: dict = field(default_factory=dict)
-    not_applicable_because: str = ""
+    not_applicable: tuple[NotApplicable, ...] = ()
     typical_s: float = 15  # usual duration under TCG: only balances parallel guests (--jobs)
 
     def applies_to(self, params: ParamSet) -> str | None:
-        for k, v in self.requires.items():
-            if params.all_params.get(k, 0) != v:
-                return f"needs {k}={v}: {self.not_applicable_because}".strip()
-        return None
+        return next((x.reason() for x in self.not_applicable if x.matches(params)), None)
 
 
 @dataclass(frozen=True)
@@ -294,6 +372,7 @@ class Suite:
     param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
     env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
     typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
+    not_applicable: tuple[NotApplicable, ...] = ()
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -303,68 +382,133 @@ class Suite:
         for k, v in self.requires.items():
             if params.all_params.get(k, 0) != v:
                 return f"suite {self.name} needs {k}={v}"
-        return None
+        return next((f"suite {self.name} {x.reason()}" for x in self.not_applicable
+                     if x.matches(params)), None)
 
 
-def _seconds(path: Path, where: str, entry: dict, key: str, default: float) -> float:
-    value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise DataError(f"{path}: [{where}] {key} = {value!r}: give a positive number of seconds")
-    return float(value)
+class _NotApplicableEntry(_Entry):
+    when: _Conditions = {}
+    param_sets: _Strings = []
+    because: str = Field(description="a string: why the suite or profile cannot apply there")
 
 
-def load_suites(path: Path = SUITES_FILE) -> tuple[dict[str, Suite], dict[str, Profile]]:
-    data = _load(path)
+_NotApplicableList = Annotated[
+    list[_NotApplicableEntry],
+    Field(description='a list of tables, e.g. [{ when = { exclusive_caps = 0 }, because = "..." }]')]
+
+
+class _ProfileEntry(_Entry):
+    description: str = ""
+    args: list[str] = Field(default=[], description='a list of v4l2-compliance arguments, e.g. ["-s"]')
+    producer: bool = False
+    timeout_s: _Seconds
+    idle_s: _Seconds | None = Field(default=None, description="a positive number of seconds")
+    not_applicable: _NotApplicableList = []
+    typical_s: _Seconds = 15
+
+
+class _SuiteEntry(_Entry):
+    kind: Literal["pytest", "compliance"] = Field(description='"pytest" or "compliance"')
+    description: str = ""
+    paths: list[str] = Field(default=[], description='a list of scenario paths, e.g. ["scenarios/contract"]')
+    profiles: list[str] = Field(default=[], description='a list of profile names, e.g. ["output"]')
+    default: bool = False
+    timeout_s: _Seconds = 900
+    requires: _Conditions = {}
+    strict: bool = False
+    param_sets: list[str] = Field(default=[], description='a list of parameter set names, e.g. ["ec1"]')
+    env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
+    typical_s: _Seconds = 60
+    not_applicable: _NotApplicableList = []
+
+
+def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
+                known: set[str]) -> tuple[NotApplicable, ...]:
+    out = []
+    for i, x in enumerate(entries):
+        because = " ".join(x.because.split())
+        if not because:
+            raise DataError(f"{path}: [{where}] not_applicable[{i}].because is empty: say why it "
+                            f"cannot apply there")
+        if not x.when and not x.param_sets:
+            raise DataError(f"{path}: [{where}] not_applicable[{i}] needs when = {{ PARAMETER = "
+                            f"VALUE }} or param_sets = [...]: where it does not apply")
+        _known_conditions(path, where, f"not_applicable[{i}].when", x.when, known)
+        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets)))
+    return tuple(out)
+
+
+def _known_conditions(path: Path, where: str, key: str, conditions: dict, known: set[str]) -> None:
+    for k in conditions:
+        if k not in known:
+            raise DataError(f"{path}: [{where}] {key} names '{k}', which is neither a module "
+                            f"parameter nor a control (known: {', '.join(sorted(known))})")
+
+
+def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
+                ) -> tuple[dict[str, Suite], dict[str, Profile]]:
+    data = _load(path, {"suite", "profile"})
+    mod_known, ctl_known = known_param_names(params_path)
+    known = mod_known | ctl_known
     profiles = {}
     for name, e in _table(path, data, "profile").items():
-        _check_keys(path, f"profile.{name}", e,
-                    {"description", "args", "producer", "timeout_s", "idle_s", "requires",
-                     "not_applicable_because", "typical_s"}, {"timeout_s"})
-        if e.get("requires") and not e.get("not_applicable_because"):
-            raise DataError(f"{path}: [profile.{name}] has requires but no "
-                            f"not_applicable_because: say why it cannot apply elsewhere")
+        where = f"profile.{name}"
+        p = _validate(path, where, _ProfileEntry, e)
         profiles[name] = Profile(
-            name, e.get("description", ""), tuple(e.get("args", [])),
-            bool(e.get("producer", False)), float(e["timeout_s"]),
-            float(e.get("idle_s", e["timeout_s"])), dict(e.get("requires", {})),
-            " ".join(str(e.get("not_applicable_because", "")).split()),
-            _seconds(path, f"profile.{name}", e, "typical_s", 15),
-        )
+            name, p.description, tuple(p.args), p.producer, p.timeout_s,
+            p.idle_s if p.idle_s is not None else p.timeout_s,
+            _exclusions(path, where, p.not_applicable, known), p.typical_s)
     suites = {}
     for name, e in _table(path, data, "suite").items():
-        _check_keys(path, f"suite.{name}", e,
-                    {"kind", "description", "paths", "profiles", "default", "timeout_s",
-                     "requires", "strict", "param_sets", "env", "typical_s"}, {"kind"})
-        kind = e["kind"]
-        if kind not in ("pytest", "compliance"):
-            raise DataError(f"{path}: [suite.{name}] kind must be 'pytest' or 'compliance'")
-        for prof in e.get("profiles", []):
+        where = f"suite.{name}"
+        s = _validate(path, where, _SuiteEntry, e)
+        for prof in s.profiles:
             if prof not in profiles:
-                raise DataError(f"{path}: [suite.{name}] names unknown profile '{prof}'")
+                raise DataError(f"{path}: [{where}] names unknown profile '{prof}'; "
+                                f"known: {', '.join(profiles)}")
+        if s.kind == "pytest" and (not s.paths or s.profiles):
+            raise DataError(f"{path}: [{where}] kind = \"pytest\" runs scenario files: give "
+                            f"paths = [...] and no profiles")
+        if s.kind == "compliance" and (not s.profiles or s.paths):
+            raise DataError(f"{path}: [{where}] kind = \"compliance\" runs v4l2-compliance: give "
+                            f"profiles = [...] and no paths")
+        _known_conditions(path, where, "requires", s.requires, known)
         suites[name] = Suite(
-            name=name, kind=kind, description=e.get("description", ""),
-            paths=tuple(e.get("paths", [])), profiles=tuple(e.get("profiles", [])),
-            default=bool(e.get("default", False)), timeout_s=float(e.get("timeout_s", 900)),
-            requires=dict(e.get("requires", {})), strict=bool(e.get("strict", False)),
-            param_sets=tuple(e.get("param_sets", [])),
-            env={str(k): str(v) for k, v in e.get("env", {}).items()},
-            typical_s=_seconds(path, f"suite.{name}", e, "typical_s", 60),
+            name=name, kind=s.kind, description=s.description, paths=tuple(s.paths),
+            profiles=tuple(s.profiles), default=s.default, timeout_s=s.timeout_s,
+            requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
+            env=dict(s.env), typical_s=s.typical_s,
+            not_applicable=_exclusions(path, where, s.not_applicable, known),
         )
     return suites, profiles
 
 
 # ---------------------------------------------------------------------------- expected failures
+# Why a listed failure is not fixed, in three kinds (shown grouped in the report):
+CATEGORIES = {
+    "inherent": "a property of the device type or of a tool/kernel pair: no module that keeps "
+                "the contract can pass",
+    "policy": "the contract's deliberate choice, where the test expects another behaviour",
+    "pending": "a fix still to come",
+}
+
+
 @dataclass(frozen=True)
 class ExpectedFailure:
     kind: str  # scenario | compliance
-    id: str  # glob: scenario node id, or "<profile>::<test name>"
+    id: str  # glob: scenario node id, or "<profile>::<section>/<test name>"
     reason: str
     rule: str
     issue: str
-    inherent: bool = False  # true: a property of the device type, not a pending fix
+    category: str = "pending"  # inherent | policy | pending (CATEGORIES)
     param_sets: tuple[str, ...] = ()  # globs; empty = every set
     kernels: tuple[str, ...] = ()
     detail: str = ""  # regex the failure's text must contain (its fail: lines, or message)
+
+    @property
+    def inherent(self) -> bool:
+        """Kept for readers of the former boolean field."""
+        return self.category == "inherent"
 
     def matches(self, kind: str, item_id: str, param_set: str, kernel: str,
                 text: str | None = None) -> bool:
@@ -380,38 +524,115 @@ class ExpectedFailure:
         return text is None or not self.detail or re.search(self.detail, text) is not None
 
 
+class _FailureEntry(_Entry):
+    kind: Literal["scenario", "compliance"] = Field(description='"scenario" or "compliance"')
+    id: str = Field(description='a string: "<profile>::<section>/<test>" or a scenario id (globs)')
+    detail: str = Field(description="a regex (a string) the failure's text must contain")
+    category: Literal["inherent", "policy", "pending"] = Field(
+        description='"inherent", "policy" or "pending" (the kinds of reason: see the file\'s header)')
+    rule: str = Field(description='a contract rule (a string), e.g. "A3"')
+    issue: str = Field(description='an issue number (a string), e.g. "4"')
+    reason: str = Field(description="a string: why the failure is expected")
+    param_sets: list[str] = Field(default=[], description='a list of parameter set globs, e.g. ["ec0*"]')
+    kernels: list[str] = Field(default=[], description='a list of kernel names, e.g. ["debian-6.1"]')
+
+
+_GLOB_SET = re.compile(r"\[[^]]*\]")
+_PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b", re.IGNORECASE)
+MIN_REASON_WORDS = 4
+
+
+def _literal(part: str) -> bool:
+    """Does a glob part name something, rather than match anything ('*', '?', '[ab]*')?"""
+    return bool(_GLOB_SET.sub("", part).replace("*", "").replace("?", "").strip())
+
+
+def _check_id(path: Path, where: str, kind: str, item_id: str) -> None:
+    """An id names at least one literal part: the profile or test name (compliance,
+    "<profile>::<section>/<test>"), the file or test name (scenario, "<file>::<test>")."""
+    head, sep, tail = item_id.partition("::")
+    if kind == "compliance":
+        _section, slash, test = tail.partition("/")
+        if not sep or not slash:
+            raise DataError(f"{path}: [{where}] id = {item_id!r}: expected "
+                            f"\"<profile>::<section>/<test>\", e.g. \"output::Required ioctls/VIDIOC_QUERYCAP\"")
+        named = _literal(head) or _literal(test)
+    else:
+        if not sep:
+            raise DataError(f"{path}: [{where}] id = {item_id!r}: expected a scenario id "
+                            f"\"<file>::<test>\", e.g. \"contract/test_1_claims.py::test_a3_second_claim\"")
+        named = _literal(head) or _literal(tail)
+    if not named:
+        raise DataError(f"{path}: [{where}] id = {item_id!r} matches every test: name the profile "
+                        f"or the test (or, for scenarios, the file or the test)")
+
+
+def _check_reason(path: Path, where: str, reason: str) -> str:
+    text = " ".join(reason.split())
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    if _PLACEHOLDER.search(text) or len(words) < MIN_REASON_WORDS:
+        raise DataError(f"{path}: [{where}] reason = {_shown(text)} is a placeholder: say why the "
+                        f"failure is expected, in at least {MIN_REASON_WORDS} words (a drafted "
+                        f"'TODO' is not a reason)")
+    return reason
+
+
+def _check_detail(path: Path, where: str, detail: str) -> str:
+    try:
+        pattern = re.compile(detail)
+    except re.error as exc:
+        raise DataError(f"{path}: [{where}] detail is not a valid regex: {exc}") from exc
+    if pattern.search("") is not None:
+        raise DataError(f"{path}: [{where}] detail = {detail!r} matches any text: give the part of "
+                        f"the failure's fail: line (or message) that this entry excuses")
+    return detail
+
+
 def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[ExpectedFailure]:
     if not path.exists():
         return []
-    data = _load(path)
+    data = _load(path, {"failure"})
+    entries = data.get("failure", [])
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: failures are [[failure]] tables (a list), not {_shown(entries)}")
     out = []
-    for i, e in enumerate(data.get("failure", []), 1):
+    for i, e in enumerate(entries, 1):
         where = f"failure #{i}"
         if not isinstance(e, dict):
             raise DataError(f"{path}: [[failure]] #{i} must be a table")
-        _check_keys(path, where, e,
-                    {"kind", "id", "reason", "rule", "issue", "inherent", "param_sets", "kernels",
-                     "detail"},
-                    {"kind", "id", "reason", "rule", "issue"})
-        if e["kind"] not in ("scenario", "compliance"):
-            raise DataError(f"{path}: [{where}] kind must be 'scenario' or 'compliance'")
-        if not str(e["reason"]).strip() or str(e["reason"]).lstrip().upper().startswith("TODO"):
-            raise DataError(f"{path}: [{where}] needs a reason (a drafted 'TODO' is not one)")
+        f = _validate(path, where, _FailureEntry, e)
+        where = f"failure #{i}, id {f.id!r}"
+        _check_id(path, where, f.kind, f.id)
         out.append(ExpectedFailure(
-            kind=e["kind"], id=e["id"], reason=e["reason"], rule=str(e["rule"]),
-            issue=str(e["issue"]), inherent=bool(e.get("inherent", False)),
-            param_sets=tuple(e.get("param_sets", [])), kernels=tuple(e.get("kernels", [])),
-            detail=_regex(path, where, e.get("detail", "")),
+            kind=f.kind, id=f.id, reason=_check_reason(path, where, f.reason), rule=f.rule,
+            issue=f.issue, category=f.category, param_sets=tuple(f.param_sets),
+            kernels=tuple(f.kernels), detail=_check_detail(path, where, f.detail),
         ))
     return out
 
 
-def _regex(path: Path, where: str, text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise DataError(f"{path}: [{where}] detail is not a valid regex: {exc}") from exc
-    return text
+# ---------------------------------------------------------------------------- splat patterns
+class _SplatEntry(_Entry):
+    regex: str = Field(description="a regular expression (a string), e.g. 'kernel BUG at '")
+
+
+def check_splats(path: Path = SPLATS_FILE) -> int:
+    """Check kernel/splats.toml on the host before any guest boots (the guest's reader,
+    health.load_splat_patterns, stays free of the schema library). Returns the deny count."""
+    data = _load(path, {"deny", "allow"})
+    deny = 0
+    for table in ("deny", "allow"):
+        for name, e in _table(path, data, table).items():
+            entry = _validate(path, f"{table}.{name}", _SplatEntry, e)
+            try:
+                re.compile(entry.regex)
+            except re.error as exc:
+                raise DataError(f"{path}: [{table}.{name}] regex is not a valid regular expression: "
+                                f"{exc}") from None
+            deny += table == "deny"
+    if not deny:
+        raise DataError(f"{path}: no [deny.NAME] entries: the kernel log would never be judged")
+    return deny
 
 
 def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:

@@ -7,3 +7,7 @@ class LoopqualError(Exception):
 
 class DataError(LoopqualError):
     """A data file (TOML) is malformed or names something unknown."""
+
+
+class ResultsFileError(LoopqualError):
+    """A results directory's results.json is missing, corrupt or of the wrong shape."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -41,6 +44,7 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
     all_params = data.load_params()
     all_suites, profiles = data.load_suites()
     expected = data.load_expected_failures()
+    data.check_splats()  # the guest reads kernel/splats.toml: a mistake in it stops here
     ks = [data.resolve_kernel(n, all_kernels) for n in kernel_names] or \
         [k_ for k_ in all_kernels.values() if k_.default]
     ms = [data.resolve_source(n, all_sources) for n in module_names] or \
@@ -71,7 +75,10 @@ def _dedupe(items):
 
 
 def reproduce_line(kernel: str, module: str, param_set: data.ParamSet, suites: list[data.Suite],
-                   k: str | None) -> str:
+                   k: str | None, env: dict[str, str] | None = None) -> str:
+    """The command that runs this one cell again, with the LOOPQUAL_* variables that shaped
+    it (the seed above all) as a prefix: `LOOPQUAL_SEED=123 loopqual qualify ...`."""
+    prefix = env_prefix(env or {})
     ps = param_set.name if "=" not in param_set.name and "+" not in param_set.name else \
         ",".join(f"{a}={b}" for a, b in param_set.all_params.items())
     parts = ["loopqual", "qualify", "--kernel", kernel, "--module", module, "--params", ps]
@@ -79,7 +86,7 @@ def reproduce_line(kernel: str, module: str, param_set: data.ParamSet, suites: l
         parts += ["--suite", s.name]
     if k:
         parts += ["-k", k]
-    return shlex.join(parts)
+    return shlex.join([*prefix, *parts])
 
 
 class Progress:
@@ -117,10 +124,31 @@ class Progress:
         elif name == "cell-end":
             with self.lock:
                 self.done += 1
-            how = "done" if ev.get("complete") else "INCOMPLETE"
-            self.say(f"{tag}{cell}: {how}" + (f" in {ev['duration_s']} s" if ev.get("duration_s") else ""))
+            self.say(f"{tag}{cell}: {cell_outcome(ev)}"
+                     + (f" in {ev['duration_s']} s" if ev.get("duration_s") else ""))
+        elif name == "boot-retry":
+            self.say(f"{tag}the guest settled no cell ({ev.get('reason')}): booting once more")
         elif name == "reboot-needed":
             self.say(f"{tag}{cell}: module would not unload (rmmod {ev.get('rmmod')}): rebooting")
+
+
+def cell_outcome(ev: dict) -> str:
+    """What a cell-end event says really happened: "done" only for a cell that ran to the
+    end with no incomplete suite and no error (the guest's complete=True alone means the
+    runner reached the end of the cell, even when a suite inside it timed out)."""
+    incomplete, errors = ev.get("incomplete") or [], ev.get("errors") or []
+
+    def first(items: list[str]) -> str:
+        line = str(items[0]).strip().splitlines()[0] if str(items[0]).strip() else "?"
+        return line[:120] + (f"; +{len(items) - 1} more" if len(items) > 1 else "")
+
+    if incomplete:
+        return f"INCOMPLETE ({first(incomplete)})"
+    if errors:
+        return f"ERROR ({first(errors)})"
+    if not ev.get("complete"):
+        return "INCOMPLETE"
+    return "done"
 
 
 CELL_OVERHEAD_S = 5  # insmod, controls, rmmod and the health checks of one cell
@@ -174,112 +202,41 @@ def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight) -> 
     return lanes
 
 
+@dataclass
+class Plan:
+    """What will run: every cell's metadata (built or not), and per kernel the cells to boot."""
+    metas: list[dict]
+    to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]]
+
+
 def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
+    """plan (build every module) -> lanes -> boot and run them -> judge -> write results."""
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
-    mirror, all_sources = data.load_sources()
-    all_metas: list[dict] = []
-    to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]] = []
-    for kernel in sel.kernels:
-        ik = kernels.resolve(kernel)
-        builds = {}
-        for m in sel.modules:
-            try:
-                tree, patches = sources.prepare(m, all_sources, mirror)
-            except sources.SourceError as exc:
-                if m.gated:
-                    raise  # a patch that does not apply is not a result to tabulate: stop
-                raise LoopqualError(f"module source {m.name}: {exc}") from exc
-            b = buildmod.build(m.name, tree, patches, ik)
-            print(f"build {kernel.name} {m.name}: {b.status}"
-                  + (" (cached)" if b.cached else f" in {b.duration_s} s")
-                  + (f", {len(b.warnings)} warning(s)" if b.warnings else ""), file=sys.stderr)
-            builds[m.name] = (b, sources.module_version(tree), patches)
-        plan_cells = []
-        for m in sel.modules:
-            b, version, patches = builds[m.name]
-            for ps in sel.param_sets:
-                cid = f"{len(all_metas) + 1:03d}-" + re.sub(
-                    r"[^A-Za-z0-9._-]+", "_", f"{kernel.name}-{Path(m.name).name}-{ps.name}")[:80]
-                meta = {
-                    "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
-                    "module": m.name, "module_version": version, "params": ps.all_params,
-                    "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
-                    "gated": m.gated, "patches": [p.name for p in patches],
-                    "build": {"status": b.status, "log_tail": b.log_tail,
-                              "warnings": b.warnings, "cached": b.cached, "key": b.key},
-                    "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k),
-                }
-                all_metas.append(meta)
-                if b.status == "ok":
-                    plan_cells.append(_plan_cell(meta, b.ko, ps, sel))
-        if plan_cells:
-            to_boot.append((kernel, ik, plan_cells))
-
-    weights = {c["id"]: cell_weight(c, sel) for _k, _ik, cs in to_boot for c in cs}
-    split = split_lanes([(k.name, cs) for k, _ik, cs in to_boot], jobs, lambda c: weights[c["id"]])
-    per_kernel_lanes = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in to_boot}
-    lanes, seen = [], {}
-    for kname, cs in split:
-        base = out / "guest" / kname
-        if kname not in seen and base.exists():  # an earlier run's files must never stand in
-            shutil.rmtree(base)
-        seen[kname] = seen.get(kname, 0) + 1
-        wd = base if per_kernel_lanes[kname] == 1 else base / f"lane{seen[kname]}"
-        wd.mkdir(parents=True)
-        lanes.append(Lane(kname, cs, wd, sum(weights[c["id"]] for c in cs)))
-    info = {k.name: (k, ik) for k, ik, _cs in to_boot}
-    accel_used = {name: vm.detect_accel(ik.vmlinuz) for name, (_k, ik) in info.items()}
-    labels = {c["id"]: f"{ln.kernel} {c['module']} {c['param_set']}" for ln in lanes for c in ln.cells}
-    prog = Progress(len(labels), labels)
-    if len(lanes) > 1 and jobs > 1:
-        prog.say(f"{len(labels)} cell(s) in {len(lanes)} lane(s), {min(jobs, len(lanes))} guest(s) at "
-                 f"a time: " + "; ".join(f"lane {i + 1}: {ln.kernel}, {len(ln.cells)} cell(s), "
-                                         f"~{ln.weight:.0f} s" for i, ln in enumerate(lanes)))
-
-    def run_lane(i: int, ln: Lane) -> vm.GuestRun:
-        ik = info[ln.kernel][1]
-        tag = f"lane {i + 1} " if len(lanes) > 1 else ""
-        prog.say(f"{tag}booting {ik.release} ({accel_used[ln.kernel].upper()}) for "
-                 f"{len(ln.cells)} cell(s)")
-        lt0 = time.monotonic()
-        plan = {"kernel": ln.kernel, "release": ik.release, "repo": str(REPO), "cells": ln.cells}
-        gr = vm.run_plan(plan, ik.vmlinuz, ln.work_dir, prog.with_tag(tag), accel_used[ln.kernel])
-        ln.boots, ln.wall_s = gr.boots, round(time.monotonic() - lt0, 1)
-        (ln.work_dir / "console.log").write_text("\n".join(gr.console) + "\n")
-        return gr
-
-    if jobs > 1 and len(lanes) > 1:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            runs = list(pool.map(lambda a: run_lane(*a), enumerate(lanes)))
-    else:
-        runs = [run_lane(i, ln) for i, ln in enumerate(lanes)]
-    guest_results, host_incomplete = {}, {}
-    boots, boot_seconds = 0, []
-    for ln, gr in zip(lanes, runs, strict=True):
-        boots += gr.boots
-        boot_seconds += gr.boot_seconds
-        host_incomplete.update(gr.host_incomplete)
-        for c in ln.cells:
-            f = ln.work_dir / "cells" / f"{c['id']}.json"
-            if f.exists():
-                guest_results[c["id"]] = json.loads(f.read_text())
-    cells = [results.evaluate_cell(meta, guest_results.get(meta["id"]), host_incomplete.get(meta["id"]),
-                                   sel.expected) for meta in all_metas]
-    code = results.exit_code(cells)
+    seed = run_seed()
+    env = run_env(seed)
+    plan = plan_cells(sel, env)
+    lanes = make_lanes(plan, sel, out, jobs)
+    accel = {k.name: vm.detect_accel(ik.vmlinuz) for k, ik, _cs in plan.to_boot}
+    with stop_on_signals():
+        runs = run_lanes(lanes, plan, accel, jobs)
+    interrupted = vm.STOP.reason if vm.STOP.is_set() else ""
+    cells = judge(plan, lanes, runs, sel)
+    code = 2 if interrupted else results.exit_code(cells)
     run = {
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - t0, 1),
-        "boots": boots,
-        "accel": accel_used,
-        "boot_seconds": boot_seconds,
+        "boots": sum(gr.boots for gr in runs),
+        "accel": accel,
+        "boot_seconds": [s_ for gr in runs for s_ in gr.boot_seconds],
         "jobs": jobs,
         "lanes": [{"kernel": ln.kernel, "work_dir": str(ln.work_dir.relative_to(out)),
                    "cells": [c["id"] for c in ln.cells], "expected_s": round(ln.weight),
                    "wall_s": ln.wall_s, "boots": ln.boots} for ln in lanes],
         "exit_code": code,
-        "command": shlex.join(["loopqual", *argv]),
+        "command": shlex.join([*env_prefix(env), "loopqual", *argv]),
+        "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": _git_commit()},
         "selection": {"kernels": [k.name for k in sel.kernels],
@@ -289,22 +246,181 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
         "expected_failures": [e.__dict__ for e in sel.expected],
         "cells": cells,
     }
+    if interrupted:
+        run["interrupted"] = interrupted
+    write_results(out, run)
+    if interrupted:
+        print(f"loopqual: {interrupted}: results of what finished are in {out}", file=sys.stderr)
+    return code
+
+
+def run_seed() -> str:
+    """The run's LOOPQUAL_SEED: the caller's, else one drawn now. Every cell's scenarios get
+    it and every reproduce line carries it, so a random walk can be replayed."""
+    seed = os.environ.get("LOOPQUAL_SEED", "").strip()
+    return seed or str(random.SystemRandom().randrange(1, 1 << 31))
+
+
+def run_env(seed: str) -> dict[str, str]:
+    """The LOOPQUAL_* variables that shape every cell of this run (the seed among them)."""
+    return {**passthrough_env(), "LOOPQUAL_SEED": seed}
+
+
+def env_prefix(env: dict[str, str]) -> list[str]:
+    return [f"{name}={value}" for name, value in sorted(env.items())]
+
+
+def plan_cells(sel: Selection, env: dict[str, str]) -> Plan:
+    """Build every module for every kernel (cached) and describe each cell; the cells whose
+    build succeeded are planned for a guest. env: run_env(), for the guest and the
+    reproduce lines alike."""
+    mirror, all_sources = data.load_sources()
+    plan = Plan([], [])
+    for kernel in sel.kernels:
+        ik = kernels.resolve(kernel)
+        builds = {m.name: _build_module(kernel, ik, m, all_sources, mirror) for m in sel.modules}
+        plan_cells_ = []
+        for m in sel.modules:
+            b, version, patches = builds[m.name]
+            for ps in sel.param_sets:
+                cid = f"{len(plan.metas) + 1:03d}-" + re.sub(
+                    r"[^A-Za-z0-9._-]+", "_", f"{kernel.name}-{Path(m.name).name}-{ps.name}")[:80]
+                meta = {
+                    "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
+                    "module": m.name, "module_version": version, "params": ps.all_params,
+                    "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
+                    "gated": m.gated, "patches": [p.name for p in patches],
+                    "build": {"status": b.status, "log_tail": b.log_tail,
+                              "warnings": b.warnings, "cached": b.cached, "key": b.key},
+                    "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k, env),
+                }
+                plan.metas.append(meta)
+                if b.status == "ok":
+                    plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env))
+        if plan_cells_:
+            plan.to_boot.append((kernel, ik, plan_cells_))
+    return plan
+
+
+def _build_module(kernel: data.Kernel, ik: kernels.InstalledKernel, m: data.Source,
+                  all_sources, mirror):
+    try:
+        tree, patches = sources.prepare(m, all_sources, mirror)
+    except sources.SourceError as exc:
+        if m.gated:
+            raise  # a patch that does not apply is not a result to tabulate: stop
+        raise LoopqualError(f"module source {m.name}: {exc}") from exc
+    b = buildmod.build(m.name, tree, patches, ik)
+    print(f"build {kernel.name} {m.name}: {b.status}"
+          + (" (cached)" if b.cached else f" in {b.duration_s} s")
+          + (f", {len(b.warnings)} warning(s)" if b.warnings else ""), file=sys.stderr)
+    return b, sources.module_version(tree), patches
+
+
+def make_lanes(plan: Plan, sel: Selection, out: Path, jobs: int) -> list[Lane]:
+    """Spread the planned cells over lanes (one guest chain each) and give each a fresh
+    work directory (an earlier run's files must never stand in for this run's)."""
+    weights = {c["id"]: cell_weight(c, sel) for _k, _ik, cs in plan.to_boot for c in cs}
+    split = split_lanes([(k.name, cs) for k, _ik, cs in plan.to_boot], jobs,
+                        lambda c: weights[c["id"]])
+    per_kernel = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in plan.to_boot}
+    lanes, seen = [], {}
+    for kname, cs in split:
+        base = out / "guest" / kname
+        if kname not in seen and base.exists():
+            shutil.rmtree(base)
+        seen[kname] = seen.get(kname, 0) + 1
+        wd = base if per_kernel[kname] == 1 else base / f"lane{seen[kname]}"
+        wd.mkdir(parents=True)
+        lanes.append(Lane(kname, cs, wd, sum(weights[c["id"]] for c in cs)))
+    return lanes
+
+
+def run_lanes(lanes: list[Lane], plan: Plan, accel: dict[str, str], jobs: int) -> list[vm.GuestRun]:
+    """Boot every lane's guests (up to `jobs` lanes at once) until each cell has a result."""
+    info = {k.name: ik for k, ik, _cs in plan.to_boot}
+    labels = {c["id"]: f"{ln.kernel} {c['module']} {c['param_set']}" for ln in lanes for c in ln.cells}
+    prog = Progress(len(labels), labels)
+    if len(lanes) > 1 and jobs > 1:
+        prog.say(f"{len(labels)} cell(s) in {len(lanes)} lane(s), {min(jobs, len(lanes))} guest(s) at "
+                 f"a time: " + "; ".join(f"lane {i + 1}: {ln.kernel}, {len(ln.cells)} cell(s), "
+                                         f"~{ln.weight:.0f} s" for i, ln in enumerate(lanes)))
+
+    def run_lane(i: int, ln: Lane) -> vm.GuestRun:
+        ik = info[ln.kernel]
+        tag = f"lane {i + 1} " if len(lanes) > 1 else ""
+        if not vm.STOP.is_set():
+            prog.say(f"{tag}booting {ik.release} ({accel[ln.kernel].upper()}) for "
+                     f"{len(ln.cells)} cell(s)")
+        lt0 = time.monotonic()
+        guest_plan = {"kernel": ln.kernel, "release": ik.release, "repo": str(REPO), "cells": ln.cells}
+        gr = vm.run_plan(guest_plan, ik.vmlinuz, ln.work_dir, prog.with_tag(tag), accel[ln.kernel])
+        ln.boots, ln.wall_s = gr.boots, round(time.monotonic() - lt0, 1)
+        (ln.work_dir / "console.log").write_text("\n".join(gr.console) + "\n")
+        return gr
+
+    if jobs > 1 and len(lanes) > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(lambda a: run_lane(*a), enumerate(lanes)))
+    return [run_lane(i, ln) for i, ln in enumerate(lanes)]
+
+
+def judge(plan: Plan, lanes: list[Lane], runs: list[vm.GuestRun], sel: Selection) -> list[dict]:
+    """Every planned cell's verdict, from its result file or the host's incomplete reason."""
+    guest_results, host_incomplete = {}, {}
+    for ln, gr in zip(lanes, runs, strict=True):
+        host_incomplete.update(gr.host_incomplete)
+        for c in ln.cells:
+            f = ln.work_dir / "cells" / f"{c['id']}.json"
+            if f.exists():
+                guest_results[c["id"]] = json.loads(f.read_text())
+    return [results.evaluate_cell(meta, guest_results.get(meta["id"]), host_incomplete.get(meta["id"]),
+                                  sel.expected) for meta in plan.metas]
+
+
+def write_results(out: Path, run: dict) -> None:
+    code = run["exit_code"]
     results.write_json(out / "results.json", run)
     results.write_junit(out / "junit.xml", run)
     report.write_html(out / "report.html", run)
     print(report.terminal_table(run))
     print(f"\nresults: {out}/results.json  junit: {out}/junit.xml  report: {out}/report.html")
-    print(f"wall {run['wall_s']} s, {boots} boot(s); exit {code} "
+    print(f"wall {run['wall_s']} s, {run['boots']} boot(s); exit {code} "
           f"({ {0: 'all gated results passed', 1: 'a gated result failed', 2: 'incomplete'}[code] })")
-    return code
 
 
-def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection) -> dict:
+@contextlib.contextmanager
+def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """While guests run, SIGINT (Ctrl-C) and SIGTERM (a cancelled CI job) stop the run instead
+    of killing loopqual: every live guest (vng, virtme-run, QEMU: their whole session) is
+    killed at once, no new guest starts, and the lanes settle their remaining cells as
+    incomplete ("interrupted by SIGTERM"), so results are still written for what finished."""
+    vm.STOP.reset()
+
+    def handler(signum, _frame):
+        vm.STOP.request(f"interrupted by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
+               run_env: dict[str, str] | None = None) -> dict:
+    """run_env: the run's LOOPQUAL_* (passthrough_env() and the run's seed); its reproduce
+    line carries the same."""
+    run_env = passthrough_env() if run_env is None else run_env
     suites = []
     for s in sel.suites:
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
-        env = {**s.env, **passthrough_env()}
+        env = {**s.env, **run_env}
         entry = {"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s,
                  "paths": list(s.paths), "env": env}
         why = s.applies_to(ps)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jinja2
 
 from . import results
+from .data import CATEGORIES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -73,6 +73,28 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def expected_by_category(entries: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The expected-failures list grouped by kind of reason (inherent, policy, pending), each
+    group sorted by rule. Runs recorded before categories carry only `inherent`."""
+    groups: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
+    for e in entries:
+        cat = e.get("category") or ("inherent" if e.get("inherent") else "pending")
+        groups.setdefault(cat, []).append(e)
+    return [(c, sorted(es, key=lambda e: (e.get("rule", ""), e.get("id", ""))))
+            for c, es in groups.items() if es]
+
+
+def not_applicable_by_reason(cells: list[dict]) -> list[dict]:
+    """Every suite or profile not run, once per reason, with the cells it concerns."""
+    out: dict[tuple[str, str], dict] = {}
+    for c in cells:
+        for na in c.get("suites_not_applicable", []):
+            entry = out.setdefault((na["suite"], na["reason"]),
+                                   {"suite": na["suite"], "reason": na["reason"], "cells": []})
+            entry["cells"].append(results.cell_label(c))
+    return list(out.values())
+
+
 def write_html(path: Path, run: dict) -> None:
     cells = run["cells"]
     rows: dict[tuple, dict] = {}
@@ -93,6 +115,8 @@ def write_html(path: Path, run: dict) -> None:
     html = _env().get_template("report.html.j2").render(
         run=run, rows=rows, param_sets=param_sets, cells=cells,
         rule_cols=rule_cols, rule_table=rule_table, rule_text=rule_text,
+        expected_groups=expected_by_category(run.get("expected_failures", [])),
+        category_text=CATEGORIES, not_run=not_applicable_by_reason(cells),
         exit_meaning={0: "all gated results passed", 1: "a gated result failed",
                       2: "incomplete: something did not run to the end"}[run["exit_code"]],
     )
@@ -100,7 +124,9 @@ def write_html(path: Path, run: dict) -> None:
 
 
 def rerender(results_dir: Path) -> Path:
-    data = json.loads((results_dir / "results.json").read_text())
+    from . import resultsfile
+
+    data = resultsfile.load(results_dir, for_report=True)
     out = results_dir / "report.html"
     write_html(out, data)
     return out

@@ -43,7 +43,7 @@ def _apply_expectations(item: dict, kind: str, item_id: str, cell: dict,
         return
     item["status"] = "xpass" if item["status"] == "pass" else "xfail"
     item["expected"] = {"reason": e.reason, "rule": e.rule, "issue": e.issue,
-                        "inherent": e.inherent}
+                        "category": e.category, "inherent": e.inherent}
 
 
 def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
@@ -79,11 +79,16 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                 {"suite": suite["name"], "reason": suite["not_applicable"]})
             continue
         if suite["kind"] == "pytest":
+            unjudged = []
             for sc in suite["scenarios"]:
                 sc = {**sc, "suite": suite["name"]}
                 _apply_expectations(sc, "scenario", sc["id"], cell, expected)
                 cell["scenarios"].append(sc)
-            if suite.get("incomplete"):
+                if sc["status"] == "incomplete":  # its set-up failed (a program missing): it judged nothing
+                    unjudged.append(sc)
+                    cell["incomplete"].append(f"scenario {sc['id']} could not judge the module: "
+                                              f"{(sc.get('message') or '').splitlines()[0]}")
+            if suite.get("incomplete") or unjudged:
                 cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
                 cell["incomplete_suites"].append(suite["name"])
         else:
@@ -131,14 +136,20 @@ def failures(cell: dict) -> list[str]:
             elif t["status"] == "xpass":
                 out.append(f"compliance {run['profile']}: {t['section']}/{t['name']}: passes but "
                            f"is listed as an expected failure (remove it)")
-    for s in cell["health"].get("splats", []):
-        out.append(f"kernel log: {s['pattern']}: {s['line']}")
-    if cell["health"].get("rmmod") not in (None, "ok"):
-        out.append(f"rmmod after the cell: {cell['health']['rmmod']}")
-    for line in cell["health"].get("left_open", []):
-        out.append(f"close all: {line}")
-    for line in cell["health"].get("stuck", []):
-        out.append(f"process would not exit: {line}")
+    out += health_failures(cell)
+    return out
+
+
+def health_failures(cell: dict) -> list[str]:
+    """The runner's checks after the cell (kernel log, stray openers, processes that would not
+    exit, rmmod): one line each. results.json's verdict and junit.xml's health case both
+    read this list, so the two cannot disagree."""
+    health = cell["health"]
+    out = [f"kernel log: {s['pattern']}: {s['line']}" for s in health.get("splats", [])]
+    if health.get("rmmod") not in (None, "ok"):
+        out.append(f"rmmod after the cell: {health['rmmod']}")
+    out += [f"close all: {line}" for line in health.get("left_open", [])]
+    out += [f"process would not exit: {line}" for line in health.get("stuck", [])]
     return out
 
 
@@ -151,7 +162,7 @@ def cell_status(cell: dict) -> str:
 
 
 def counts(cell: dict) -> dict:
-    c = {k: 0 for k in ("pass", "fail", "error", "skip", "xfail", "xpass")}
+    c = {k: 0 for k in ("pass", "fail", "error", "skip", "xfail", "xpass", "incomplete")}
     for sc in cell["scenarios"]:
         c[sc["status"]] = c.get(sc["status"], 0) + 1
     comp = {"total": 0, "failed": 0, "xfail": 0, "warnings": 0}
@@ -243,14 +254,15 @@ def write_junit(path: Path, run: dict) -> None:
                     msg = "listed in kernel/expected-failures.toml but passes: remove it"
                 case(cls, f"{t['section']}/{t['name']}", t["status"], msg.splitlines()[0] if msg else "", msg)
         if b["status"] == "ok" and not (cell["incomplete"] and not cell["scenarios"] and not cell["compliance"]):
-            splats = cell["health"].get("splats", [])
-            rm = cell["health"].get("rmmod")
-            bad = [f"{s['pattern']}: {s['line']}" for s in splats]
-            if rm not in (None, "ok"):
-                bad.append(f"rmmod: {rm}")
-            bad += [f"process would not exit: {line}" for line in cell["health"].get("stuck", [])]
+            bad = health_failures(cell)
             case(f"{label}.health", "kernel-log+rmmod", "fail" if bad else "pass",
                  "; ".join(bad), "\n".join(bad + cell.get("kmsg_tail", [])[-40:]))
+        if cell["status"] != "pass" and not (n["failures"] or n["errors"]):
+            # Nothing above failed, yet the cell's verdict is not pass: junit.xml must not be
+            # greener than results.json. Say why with the verdict's own lines.
+            why = failures(cell) or [f"cell status {cell['status']}"]
+            case(label, "verdict", "error" if cell["status"] in ("error", "incomplete") else "fail",
+                 why[0], "\n".join(why))
         for k, v in n.items():
             ts.set(k, str(v))
             totals[k] += v

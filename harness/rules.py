@@ -42,10 +42,13 @@ class C:
     def __init__(self): self.items = []
     def pytest_collection_modifyitems(self, items):
         for it in items:
-            rules = []
+            rules, configs = [], []
             for m in it.iter_markers("rules"):
                 rules += [str(a) for a in m.args]
-            self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules})
+            for m in it.iter_markers("needs_kernel_config"):
+                configs += [str(a) for a in m.args]
+            self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules,
+                               "kernel_config": configs})
 
 c = C()
 code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",
@@ -85,13 +88,63 @@ def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[s
     return by_rule, sorted(unknown)
 
 
+def kernel_config(release: str, boot: Path = Path("/boot")) -> set[str] | None:
+    """The options a kernel has built in or as modules (CONFIG_X=y|m), from its
+    /boot/config-<release>; None if that file is not there."""
+    try:
+        text = (boot / f"config-{release}").read_text()
+    except OSError:
+        return None
+    return {ln.split("=", 1)[0] for ln in text.splitlines() if ln.endswith(("=y", "=m"))}
+
+
+def kernel_configs(kernels) -> dict[str, set[str] | None]:
+    """Each configured kernel's options; None for a kernel that is not installed here (its
+    configuration is unknown, so nothing is counted as runnable on it)."""
+    from .kernels import resolve
+
+    out: dict[str, set[str] | None] = {}
+    for k in kernels.values():
+        try:
+            out[k.name] = kernel_config(resolve(k, install=False).release)
+        except LoopqualError:
+            out[k.name] = None
+    return out
+
+
+def runnable_nowhere(items: list[dict], configs: dict[str, set[str] | None]) -> dict[str, str]:
+    """Scenarios that need kernel options (@pytest.mark.needs_kernel_config) no configured
+    kernel has: scenario id -> why. Such a scenario can only skip: it is no coverage."""
+    out = {}
+    for it in items:
+        need = it.get("kernel_config") or []
+        if not need:
+            continue
+        if any(cfg is not None and all(o in cfg for o in need) for cfg in configs.values()):
+            continue
+        where = "; ".join(
+            f"{name}: " + ("not installed, configuration unknown" if cfg is None else
+                           "lacks " + ", ".join(o for o in need if o not in cfg))
+            for name, cfg in configs.items())
+        out[it["id"]] = f"needs {', '.join(need)}; {where or 'no kernel configured'}"
+    return out
+
+
 # ---------------------------------------------------------------------------- comparison
-HOLDS, BROKEN, NA, NOT_RUN, INCOMPLETE = "holds", "broken", "n/a", "not run", "incomplete"
+HOLDS, BROKEN, NA, NOT_RUN, NOT_JUDGED = "holds", "broken", "n/a", "not run", "not judged"
 
 
 def _column(cell: dict, kernels: set[str]) -> str:
     """A cell's column in the table: its module, or module@kernel when several kernels ran."""
     return cell["module"] if len(kernels) == 1 else f"{cell['module']}@{cell['kernel']}"
+
+
+def not_judged(cell: dict) -> bool:
+    """A cell whose scenarios did not all run cannot vouch for any rule of its source: a
+    pytest suite cut short, a cell that failed to build, load or set up (error), or one the
+    guest never finished. A hung compliance profile alone leaves the scenarios whole."""
+    return bool(cell.get("incomplete_suites")) or cell["status"] == "error" or (
+        cell["status"] == "incomplete" and not cell.get("scenarios"))
 
 
 def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict[str, dict]]]:
@@ -129,11 +182,7 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
             acc[("H2", col)]["failing"].append(
                 {"cell": c["id"], "param_set": c["param_set"], "id": "health: rmmod after the cell",
                  "message": f"expected rmmod to succeed once all openers closed, got {health['rmmod']}"})
-        # Scenarios that did not all run: a pytest suite cut short, or a cell the guest never
-        # finished (no scenario recorded). A hung compliance profile leaves them whole.
-        cut_short = c.get("incomplete_suites") or (
-            c["status"] == "incomplete" and not c.get("scenarios"))
-        if cut_short:
+        if not_judged(c):
             for r in rules:
                 acc[(r, col)]["incomplete_cells"] += 1
     for r in rules:
@@ -141,12 +190,14 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
             a = acc[(r, col)]
             if a["failing"]:
                 verdict = BROKEN
+            elif a["incomplete_cells"]:
+                verdict = NOT_JUDGED
             elif a["passing"]:
-                verdict = INCOMPLETE if a["incomplete_cells"] else HOLDS
+                verdict = HOLDS
             elif a["skipped"]:
                 verdict = NA
             else:
-                verdict = INCOMPLETE if a["incomplete_cells"] else NOT_RUN
+                verdict = NOT_RUN
             table[r][col] = {"verdict": verdict, **a}
     return cols, table
 
@@ -176,7 +227,8 @@ def render_compare(run: dict, rules: dict[str, str]) -> str:
 
 def gated_not_holding(run: dict, rules: dict[str, str]) -> list[str]:
     """One line per rule that does not hold for a gated column (module, or module@kernel):
-    broken, incomplete, not run, or n/a (every scenario of it skipped)."""
+    broken, not judged (a cell of it errored or did not finish), not run, or n/a (every
+    scenario of it skipped)."""
     cols, table = compare(run, rules)
     kernels = {c["kernel"] for c in run["cells"]}
     gated = {_column(c, kernels) for c in run["cells"] if c.get("gated")}

@@ -6,6 +6,7 @@ cannot appear in an echoed command."""
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import time
 
@@ -32,6 +33,27 @@ class Console:
         self.child.expect_exact(PROMPT, timeout=timeout)
         # drop the echoed command line
         return rc, out.split("\n", 1)[1] if "\n" in out else ""
+
+
+def setup_lines(ko: str, module_params: dict, controls: dict) -> list[str]:
+    """The guest shell lines that load the module and set its controls. Every value that
+    comes from the user or the file system (the .ko path under the cache, parameter values)
+    is shell-quoted: a space or a ';' in it stays inside one argument."""
+    q = shlex.quote
+
+    def value(v) -> str:
+        return str(int(v)) if isinstance(v, bool) else str(v)
+
+    # As the guest runner's insmod: a value with a space reaches the kernel in double quotes.
+    args = shlex.join(f'{k}="{value(v)}"' if " " in value(v) else f"{k}={value(v)}"
+                      for k, v in module_params.items())
+    steps = [f"for m in $(modinfo -F depends {q(ko)} | tr , ' '); do modprobe \"$m\"; done",
+             f"insmod {q(ko)} {args}".rstrip(),
+             "for i in $(seq 50); do ls /dev/video* >/dev/null 2>&1 && break; sleep 0.2; done; "
+             "ls /dev/video*"]
+    steps += [f"for d in /dev/video*; do v4l2-ctl -d \"$d\" -c {q(f'{k}={value(v)}')}; done"
+              for k, v in controls.items()]
+    return steps
 
 
 def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
@@ -61,14 +83,7 @@ def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
     child.sendline("export PS1='@@''LQSH>'")
     child.expect_exact(PROMPT)
     con = Console(child)
-    args = " ".join(f'{k}="{v}"' if " " in str(v) else f"{k}={int(v) if isinstance(v, bool) else v}"
-                    for k, v in ps.module.items())
-    steps = [f"for m in $(modinfo -F depends {b.ko} | tr , ' '); do modprobe $m; done",
-             f"insmod {b.ko} {args}",
-             "for i in $(seq 50); do ls /dev/video* >/dev/null 2>&1 && break; sleep 0.2; done; "
-             "ls /dev/video*"]
-    steps += [f"for d in /dev/video*; do v4l2-ctl -d $d -c {k}={v}; done"
-              for k, v in ps.controls.items()]
+    steps = setup_lines(b.ko, ps.module, ps.controls)
     for step in steps:
         rc, out = con.run(step)
         if rc != 0:

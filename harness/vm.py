@@ -8,18 +8,22 @@ guest is booted again for the remaining cells.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import select
+import shlex
 import shutil
-import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procgroup
 from .errors import LoopqualError
 from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
 from .paths import REPO, cache_dir
@@ -27,10 +31,42 @@ from .paths import REPO, cache_dir
 BOOT_TIMEOUT_S = 240  # to the runner's first event; TCG boots in ~20 s on a quiet machine
 CELL_MARGIN_S = 180  # beyond the sum of a cell's step timeouts
 CONSOLE_TAIL = 60
+# Boots one lane may use beyond one per cell. A boot that reaches a cell settles at least that
+# cell (a result file, or incomplete on a hang, panic or stuck rmmod), so a lane of N cells
+# needs at most N boots; the extra two pay for a boot that failed and its one retry. A lane
+# that still has cells after N + 2 boots is looping, not unlucky: its cells are incomplete.
+EXTRA_BOOTS = 2
 
 
 class GuestError(LoopqualError):
     pass
+
+
+class Stop:
+    """A run-wide stop request (SIGINT, SIGTERM): every guest started through _boot_once is
+    registered while it lives; request() kills them all at once (safe in a signal handler)
+    and no new guest starts. Lanes then settle their remaining cells as incomplete."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+        self.live = procgroup.Registry()
+
+    def request(self, reason: str) -> int:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+        return self.live.kill_all()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def reset(self) -> None:
+        self.event.clear()
+        self.reason = ""
+
+
+STOP = Stop()
 
 
 def venv_bin() -> Path:
@@ -65,7 +101,7 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
     cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display",
            "none", "-no-reboot", "-serial", "stdio", "-kernel", str(vmlinuz),
            "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     result, deadline, seen = "tcg", time.monotonic() + timeout, b""
     try:
         while time.monotonic() < deadline:
@@ -81,8 +117,7 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
             elif proc.poll() is not None:
                 break
     finally:
-        proc.kill()
-        proc.wait()
+        procgroup.stop(proc, grace=0)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(result + "\n")
     return result
@@ -110,16 +145,52 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str, memor
                 cpus: int | None = None, exec_cmd: str | None = None,
                 guest_module: str = "loopqual.guest.runner") -> list[str]:
     cpus = cpus or guest_cpus()
+    alias = shell_safe_alias(rwdir)
+    if plan is not None and plan.is_relative_to(rwdir):
+        plan = alias / plan.relative_to(rwdir)
     cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
-           "-r", str(vmlinuz), "--rwdir", str(rwdir),
+           "-r", str(vmlinuz), "--rwdir", str(alias),
            "--append", "panic=-1 printk.devkmsg=on"]
     if accel != "kvm":
         cmd.append("--disable-kvm")
     if exec_cmd is None:
-        exec_cmd = f"cd {REPO} && exec {venv_bin() / 'python'} -m {guest_module} {plan}"
+        exec_cmd = guest_exec(guest_module, plan)
     if exec_cmd:
         cmd += ["--exec", exec_cmd]
     return cmd
+
+
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def shell_safe_alias(path: Path) -> Path:
+    """path itself if every character of it is plain; else a symlink to it under the cache
+    whose name is. vng (virtme-ng 1.42) hands --rwdir to virtme-run through `sh -c` without
+    quoting it: a directory named 'out; touch x' would run `touch x` on the host, and one with
+    a space would be cut in two. The alias is what vng sees; the guest mounts the real
+    directory (mount follows the link), so files land where the caller asked."""
+    if SHELL_SAFE.fullmatch(str(path)):
+        return path
+    real = path.resolve()
+    links = cache_dir() / "rw"
+    links.mkdir(parents=True, exist_ok=True)
+    alias = links / hashlib.sha256(str(real).encode()).hexdigest()[:16]
+    if not SHELL_SAFE.fullmatch(str(alias)):
+        raise GuestError(f"the cache directory {cache_dir()} has characters vng cannot take in a "
+                         f"--rwdir path; set LOOPQUAL_CACHE to a plain path")
+    if not (alias.is_symlink() and alias.resolve() == real):
+        tmp = links / f".{alias.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(real)
+        tmp.replace(alias)  # atomic: a concurrent run sees the old link or the new one
+    return alias
+
+
+def guest_exec(guest_module: str, plan: Path) -> str:
+    """The shell line vng's --exec runs in the guest (virtme-ng takes a shell string there):
+    every piece quoted, so a path with a space or a ';' stays one argument and runs nothing."""
+    return (f"cd {shlex.quote(str(REPO))} && exec "
+            + shlex.join([str(venv_bin() / "python"), "-m", guest_module, str(plan)]))
 
 
 def cell_budget(cell: dict) -> float:
@@ -135,34 +206,81 @@ def cell_budget(cell: dict) -> float:
     return total
 
 
-def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str) -> GuestRun:
-    """Boot as often as needed to give every cell a result file (or a host-side verdict)."""
+def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None) -> GuestRun:
+    """Boot as often as needed to give every cell a result file (or a host-side verdict).
+
+    boot(plan_path) -> (cell in progress when the guest ended or None, reason, console tail)
+    is one guest boot over the cells that plan_path lists; by default a real one (vng).
+    A boot that settles no cell (too slow to come up, died before its first cell) is
+    retried once; the second in a row marks the remaining cells incomplete. A lane boots at
+    most len(cells) + EXTRA_BOOTS times. A stop request (STOP) ends the lane: its unsettled
+    cells are incomplete with the stop's reason."""
     gr = GuestRun(accel=accel)
     cells_dir = rwdir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     by_id = {c["id"]: c for c in plan["cells"]}
+    on_event = _with_cell_outcome(on_event, cells_dir)
+    if boot is None:
+        def boot(plan_path: Path):
+            return _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
+                              lambda cid: cell_budget(by_id[cid]), on_event)
 
     def pending() -> list[dict]:
         return [c for c in plan["cells"]
                 if not (cells_dir / f"{c['id']}.json").exists() and c["id"] not in gr.host_incomplete]
 
-    while pending():
-        remaining = pending()
+    def settle(cells: list[dict], reason: str, tail: list[str]) -> None:
+        for c in cells:
+            gr.host_incomplete[c["id"]] = {"reason": reason, "console_tail": tail}
+
+    max_boots = len(plan["cells"]) + EXTRA_BOOTS
+    failed_in_a_row, last_reason, last_tail = 0, "", []
+    while remaining := pending():
+        if STOP.is_set():
+            settle(remaining, STOP.reason, [])
+            break
+        if gr.boots >= max_boots:
+            settle(remaining, f"reboot limit: {gr.boots} boots for {len(plan['cells'])} cell(s) "
+                              f"(at most cells + {EXTRA_BOOTS}); last: {last_reason or 'no reason'}",
+                   last_tail)
+            break
         plan_path = rwdir / f"plan-boot{gr.boots + 1}.json"
         plan_path.write_text(json.dumps({**plan, "cells": remaining, "out": str(rwdir)}, indent=1))
         gr.boots += 1
-        current, reason, tail = _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
-                                           lambda cid: cell_budget(by_id[cid]), on_event)
-        if current is None:
-            if reason:  # died before any cell started: nothing will go better next time
-                for c in pending():
-                    gr.host_incomplete[c["id"]] = {"reason": reason, "console_tail": tail}
+        current, reason, tail = boot(plan_path)
+        last_reason, last_tail = reason, tail
+        if STOP.is_set():
+            reason = STOP.reason
+        if current is not None and not (cells_dir / f"{current}.json").exists():
+            why = reason or "the guest ended during this cell"
+            gr.host_incomplete[current] = {"reason": why, "console_tail": tail}
+            on_event({"event": "cell-end", "cell": current, "complete": False, "host": True,
+                      "incomplete": [why]})
+        if len(pending()) < len(remaining) or STOP.is_set():
+            failed_in_a_row = 0
             continue
-        if not (cells_dir / f"{current}.json").exists():
-            gr.host_incomplete[current] = {"reason": reason or "the guest ended during this cell",
-                                           "console_tail": tail}
-            on_event({"event": "cell-end", "cell": current, "complete": False, "host": True})
+        failed_in_a_row += 1  # this boot settled no cell: it never got to one
+        why = reason or "the guest ended before its first cell"
+        if failed_in_a_row == 1:
+            on_event({"event": "boot-retry", "reason": why})
+        else:
+            settle(pending(), f"{why} (on a retry too)", tail)
     return gr
+
+
+def _with_cell_outcome(on_event, cells_dir: Path):
+    """Add to each guest cell-end event what the cell's result file says (its incomplete
+    suites and errors), so progress shows what really happened, not just 'complete'."""
+    def handler(ev: dict) -> None:
+        if ev.get("event") == "cell-end" and not ev.get("host") and "incomplete" not in ev:
+            try:
+                res = json.loads((cells_dir / f"{ev.get('cell')}.json").read_text())
+                ev = {**ev, "incomplete": list(res.get("incomplete") or []),
+                      "errors": list(res.get("errors") or [])}
+            except (OSError, ValueError, AttributeError):
+                pass
+        on_event(ev)
+    return handler
 
 
 def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
@@ -172,11 +290,17 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
     t0 = time.monotonic()
     deadline = t0 + BOOT_TIMEOUT_S
     current, reason, booted, finished = None, "", False, False
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+    if STOP.is_set():
+        return None, STOP.reason, []
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, cwd=REPO)
+    STOP.live.add(proc.pid)
     buf = b""
     try:
         while True:
+            if STOP.is_set():  # also when the stop came before this guest was registered
+                reason = STOP.reason
+                break
             r, _, _ = select.select([proc.stdout], [], [], 1.0)
             if r:
                 chunk = os.read(proc.stdout.fileno(), 65536)
@@ -219,12 +343,9 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
                           f"the guest was stopped")
                 break
     finally:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        # The whole session: vng, virtme-run and QEMU (a dead vng must not leave QEMU running).
+        procgroup.stop(proc, grace=0)
+        STOP.live.discard(proc.pid)
     gr.console.extend(console)
     tail = list(console)[-CONSOLE_TAIL:]
     if not reason:

@@ -31,6 +31,9 @@ def pytest_configure(config):
         "markers", "rules(*ids): contract rules (buffer-management.md) this scenario checks")
     config.addinivalue_line(
         "markers", "timeout(seconds): per-scenario wall-clock limit (default 120 s)")
+    config.addinivalue_line(
+        "markers", "needs_kernel_config(*options): kernel options (CONFIG_X) without which the "
+        "scenario can only skip; `loopqual rules` counts it only if a configured kernel has them")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -32,3 +32,17 @@ def test_list_names_what_it_knows():
     assert proc.returncode == 0
     for name in ("debian-6.1", "debian-6.12", "debian-0.12.7", "patched", "ec1-open2", "compliance"):
         assert name in proc.stdout
+
+
+def test_sigterm_outside_the_guest_stage_is_one_line_and_exit_2():
+    """A CI job cancelled while loopqual builds (before any guest): one line, exit 2."""
+    code = ("import os, signal, sys, time\n"
+            "from loopqual import cli\n"
+            "def slow(args, argv):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "cli._dispatch = slow\n"
+            "sys.exit(cli.main(['list']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "loopqual: interrupted by SIGTERM"

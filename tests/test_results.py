@@ -1,6 +1,7 @@
 """Verdicts, gating against expected failures, exit codes and writers, on guest cell files
 recorded from real runs (stock 0.15.0, Debian 6.1, compliance suite)."""
 
+import copy
 import json
 import xml.etree.ElementTree as ET
 
@@ -188,3 +189,52 @@ def test_detail_pattern_excuses_only_the_failure_it_names(ec1_cell):
     opens = [t for c in (hit,) for r in c["compliance"] for t in r["tests"] if t["name"] == "for unlimited opens"]
     assert {t["status"] for t in opens} == {"xfail"}
     assert any("for unlimited opens" in x for x in results.failures(miss))
+
+
+def _junit_failing(run: dict, tmp_path) -> dict[str, list[str]]:
+    """junit.xml as written for `run`: per testsuite (cell label), the names of the testcases
+    that fail or error."""
+    path = tmp_path / "junit.xml"
+    results.write_junit(path, run)
+    out = {}
+    for ts in ET.parse(path).getroot():
+        out[ts.get("name")] = [tc.get("name") for tc in ts
+                               if tc.find("failure") is not None or tc.find("error") is not None]
+    return out
+
+
+def test_junit_and_results_agree_on_a_stray_opener(fixtures, tmp_path):
+    """issue 8 point 2: a cell that results.json fails because a process still held the
+    device after its suites (health left_open) must not be green in junit.xml."""
+    guest = json.loads((fixtures / "guest" / "recorded-6.1-patched-ec1-browser-cell.json").read_text())
+    clean = results.evaluate_cell(meta(gated=True), guest, None, [])
+    assert clean["status"] == "pass"
+    assert _junit_failing({"cells": [clean]}, tmp_path) == {results.cell_label(clean): []}
+    # as the runner records an opener the suites left behind (tests/guest selftest)
+    guest["health"]["left_open"] = [
+        "pid 4242 (python3 -c opener) still had the device open after the suites: killed"]
+    cell = results.evaluate_cell(meta(gated=True), guest, None, [])
+    assert cell["status"] == "fail" and results.exit_code([cell]) == 1
+    failing = _junit_failing({"cells": [cell]}, tmp_path)[results.cell_label(cell)]
+    assert failing == ["kernel-log+rmmod"]
+
+
+def test_junit_is_never_greener_than_the_cell_verdict(fixtures, tmp_path):
+    """Every recorded cell, however it is judged: junit.xml has a failing testcase exactly
+    when results.json's verdict is not pass."""
+    cells = []
+    for name in ("recorded-6.1-patched-ec1-browser-cell.json",
+                 "recorded-6.1-stock-0.15.0-ec1-compliance-cell.json",
+                 "recorded-6.1-stock-0.15.0-ec0-compliance-cell.json"):
+        guest = json.loads((fixtures / "guest" / name).read_text())
+        for gated in (False, True):
+            m = {**meta(gated=gated), "id": f"{name}-{gated}"}
+            m["param_set"] = f"{name}-{gated}"  # a label of its own per cell
+            cells.append(results.evaluate_cell(m, guest, None, []))
+            guest2 = copy.deepcopy(guest)
+            guest2["health"]["stuck"] = ["suite contract: pid 7 state D (close): v4l2_loopback_close"]
+            m2 = {**m, "id": m["id"] + "-stuck", "param_set": m["param_set"] + "-stuck"}
+            cells.append(results.evaluate_cell(m2, guest2, None, []))
+    failing = _junit_failing({"cells": cells}, tmp_path)
+    for c in cells:
+        assert bool(failing[results.cell_label(c)]) == (c["status"] != "pass"), results.cell_label(c)

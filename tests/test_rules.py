@@ -72,3 +72,39 @@ def test_cell_health_checks_judge_h1_and_h2(fixtures):
                               "message": "expected a clean kernel log, got call_trace: Call Trace:"}]
     assert after["H2"]["patched"]["verdict"] == rules.BROKEN
     assert "EBUSY" in after["H2"]["patched"]["failing"][0]["message"]
+
+
+def test_a_gated_cell_that_failed_to_load_leaves_its_rules_not_judged(fixtures):
+    """issue 8 point 6: an error cell (build or load failed) of the gated source cannot let
+    --gated-must-hold pass on the other cells' scenarios."""
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    _, before = rules.compare(run, rules.load_rules())
+    assert before["A2"]["patched"]["verdict"] == rules.HOLDS
+    broken = next(c for c in run["cells"] if c["module"] == "patched" and c["param_set"] == "ec1")
+    # as qualify records a cell whose insmod failed: no scenario ran
+    broken.update(status="error", scenarios=[],
+                  errors=["insmod v4l2loopback.ko exclusive_caps=1: exit 1 Unknown symbol"])
+    _, after = rules.compare(run, rules.load_rules())
+    assert after["A2"]["patched"]["verdict"] == rules.NOT_JUDGED
+    assert after["A2"]["debian-0.15.0"]["verdict"] == rules.HOLDS
+    assert "A2 patched: not judged" in rules.gated_not_holding(run, rules.load_rules())
+
+
+def test_a_scenario_no_configured_kernel_can_run_is_not_coverage(tmp_path):
+    """issue 8 point 4: the kmemleak scenario skips on every Debian kernel (no
+    CONFIG_DEBUG_KMEMLEAK): it counts only where a configured kernel has the option."""
+    (tmp_path / "config-6.1.0-57-amd64").write_text(
+        "CONFIG_KASAN=y\n# CONFIG_DEBUG_KMEMLEAK is not set\nCONFIG_VIDEO_DEV=m\n")
+    (tmp_path / "config-6.12.0-debug").write_text("CONFIG_DEBUG_KMEMLEAK=y\nCONFIG_VIDEO_DEV=y\n")
+    debian = rules.kernel_config("6.1.0-57-amd64", tmp_path)
+    debug = rules.kernel_config("6.12.0-debug", tmp_path)
+    assert "CONFIG_VIDEO_DEV" in debian and "CONFIG_DEBUG_KMEMLEAK" not in debian
+    items = rules.collect_scenarios(["scenarios/contract"])
+    kmemleak = "contract/test_7_health.py::test_h3_kmemleak_clean"
+    assert next(it for it in items if it["id"] == kmemleak)["kernel_config"] == ["CONFIG_DEBUG_KMEMLEAK"]
+    nowhere = rules.runnable_nowhere(items, {"debian-6.1": debian, "debian-6.12": None})
+    assert list(nowhere) == [kmemleak]
+    assert "debian-6.1: lacks CONFIG_DEBUG_KMEMLEAK" in nowhere[kmemleak]
+    assert "debian-6.12: not installed" in nowhere[kmemleak]
+    assert rules.runnable_nowhere(items, {"debian-6.1": debian, "debug": debug}) == {}

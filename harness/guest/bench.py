@@ -25,6 +25,7 @@ from pathlib import Path
 
 from linuxpy.video import raw
 
+from .. import procgroup
 from .runner import emit, insmod, module_loaded, rmmod, set_output_yuyv, video_nodes, wait_nodes
 
 OUT, CAP = raw.BufType.VIDEO_OUTPUT, raw.BufType.VIDEO_CAPTURE
@@ -157,7 +158,8 @@ def _collect(pid: int, rfd: int, timeout: float) -> dict:
     os.close(rfd)
     if not ready:
         os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    if procgroup.reap(pid, 15) is None and not ready:  # stuck in the kernel: do not hang here
+        return {"error": f"no result within {timeout:.0f} s; SIGKILL did not end it (stuck in the kernel)"}
     return json.loads(data) if data else {"error": f"no result within {timeout:.0f} s (killed)"}
 
 

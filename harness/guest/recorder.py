@@ -1,11 +1,20 @@
 """A pytest plugin that records each scenario as one JSON line, as soon as it ends:
-{"id", "rules", "status": pass|fail|skip|error, "duration_s", "message"}. Written line by
-line so that a suite killed by its timeout still leaves what it did."""
+{"id", "rules", "status": pass|fail|skip|error|incomplete, "duration_s", "message",
+"measurements"}. Written line by line so that a suite killed by its timeout still leaves what
+it did. At the end of the session it writes the session's own account (pytest's exit status
+and the number of scenarios collected) to the `.finished` file beside it, so that the runner
+can tell a whole suite from one that lost scenarios, even when pytest's process had to be
+killed afterwards and its exit status was lost.
+
+A scenario that raises an exception with `infrastructure = True` (scenarios/lib/infra.py: a
+program it needs is missing or cannot start) is "incomplete": it judged nothing."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 
 def scenario_id(nodeid: str) -> str:
@@ -20,20 +29,52 @@ def rules_of(item) -> list[str]:
     return sorted(set(rules), key=rules.index)
 
 
+def finished_path(results_file: Path) -> Path:
+    return Path(results_file).with_suffix(".finished")
+
+
+def read_session(results_file: Path) -> dict | None:
+    """The session's own account ({"exitstatus", "collected"}), or None if pytest never
+    finished its session (killed, crashed, or hung)."""
+    try:
+        data = json.loads(finished_path(results_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("collected"), int) \
+            or not isinstance(data.get("exitstatus"), int):
+        return None
+    return data
+
+
 class Recorder:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rules: dict[str, list[str]] = {}
         self.seen: dict[str, dict] = {}
-
-    def pytest_unconfigure(self, config):
-        """pytest is done: what remains is the process's exit. The runner watches for this
-        file to tell a suite that hangs from a process that cannot exit (stuck in close())."""
-        self.path.with_suffix(".finished").write_text("finished\n")
+        self.collected: int | None = None
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
             self.rules[item.nodeid] = rules_of(item)
+
+    def pytest_collection_finish(self, session):
+        self.collected = len(session.items)  # after -k deselection: what will run
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        """pytest is done: what remains is the process's exit. The runner also watches for
+        this file to tell a suite that hangs from a process that cannot exit (stuck in
+        close())."""
+        account = {"exitstatus": int(exitstatus), "collected": self.collected or 0,
+                   "recorded": sum(1 for e in self.seen.values() if e.get("written"))}
+        finished_path(self.path).write_text(json.dumps(account) + "\n")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if getattr(exc, "infrastructure", False):
+            report.loopqual_infrastructure = f"{type(exc).__name__}: {exc}"
+        return report
 
     def pytest_runtest_logreport(self, report):
         entry = self.seen.get(report.nodeid)
@@ -42,11 +83,17 @@ class Recorder:
                      "status": "pass", "duration_s": 0.0, "message": ""}
             self.seen[report.nodeid] = entry
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 3)
-        if report.skipped:
+        for name, value in report.user_properties:  # record_property(): figures it measured
+            entry.setdefault("measurements", {})[name] = value
+        infrastructure = getattr(report, "loopqual_infrastructure", None)
+        if infrastructure:
+            entry["status"] = "incomplete"
+            entry["message"] = (entry["message"] + "\n" if entry["message"] else "") + infrastructure
+        elif report.skipped:
             entry["status"] = "skip"
             lr = report.longrepr
             entry["message"] = lr[2] if isinstance(lr, tuple) else str(lr)
-        elif report.failed:
+        elif report.failed and entry["status"] != "incomplete":
             # A failure in setup or teardown is an error of the scenario, not a verdict.
             entry["status"] = "fail" if report.when == "call" else "error"
             msg = getattr(report.longrepr, "reprcrash", None)
@@ -57,3 +104,4 @@ class Recorder:
         if report.when == "teardown":
             with self.path.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+            entry["written"] = True

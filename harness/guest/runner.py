@@ -25,6 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
+from loopqual import procgroup
+
 EVENT_PREFIX = "@@LQ "
 EXIT_REBOOT = 3
 MODULE = "v4l2loopback"
@@ -67,13 +69,12 @@ class KmsgReader:
 def run_cmd(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, bool]:
     """Run with a timeout in its own process group; (exit code or None, output, timed out).
     On timeout the whole group gets SIGKILL (signalling only a wrapper would leave the child)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out.decode(errors="replace"), False
     except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
+        procgroup.kill(proc.pid)
         try:
             out, _ = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel)
@@ -86,8 +87,7 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
     or prints nothing for idle seconds. (exit code or None, output, '' or why it was killed)."""
     import select
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     chunks: list[bytes] = []
     start = last = time.monotonic()
     killed = ""
@@ -105,7 +105,7 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
         elif now - last > idle:
             killed = f"printed nothing for {idle:.0f} s (stuck in a test)"
         if killed:
-            _kill_group(proc.pid)
+            procgroup.kill(proc.pid)
             break
     try:
         proc.wait(timeout=15)
@@ -113,28 +113,6 @@ def run_watched(cmd: list[str], timeout: float, idle: float) -> tuple[int | None
         killed += "; it could not be killed (stuck in the kernel)"
     out = b"".join(chunks).decode(errors="replace")
     return (None if killed else proc.returncode), out, killed
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def session_processes(sid: int) -> list[int]:
-    """Processes of one session (the suite's pytest child and the openers it forked)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session ...
-            pids.append(int(proc.name))
-    return pids
 
 
 def describe_process(pid: int) -> str:
@@ -163,55 +141,36 @@ def wait_suite(pid: int, timeout: float, finished: Path, grace: float = 20.0
     deadline = time.monotonic() + timeout
     finished_at = None
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), False, []
+        code = procgroup.reap(pid, 0)
+        if code is not None:
+            return code, False, []
         now = time.monotonic()
         if finished_at is None and finished.exists():
             finished_at = now
         if finished_at is not None and now - finished_at > grace:
-            stuck = [describe_process(p) for p in session_processes(pid)]
-            _kill_group(pid)
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
-            left = [describe_process(p) for p in session_processes(pid)]
+            stuck = [describe_process(p) for p in procgroup.session_members(pid)]
+            procgroup.kill(pid)
+            procgroup.reap(pid, 10)
+            left = [describe_process(p) for p in procgroup.session_members(pid)]
             return None, False, [
                 f"the suite's processes had not exited {grace:.0f} s after pytest finished; "
                 f"killed: {'; '.join(stuck) or 'none found'}"
                 + (f"; still there after SIGKILL (stuck in the kernel): {'; '.join(left)}" if left else "")]
         if now > deadline:
-            _kill_group(pid)
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
+            procgroup.kill(pid)
+            procgroup.reap(pid, 15)
             return None, True, []
         time.sleep(0.1)
 
 
 def wait_child(pid: int, timeout: float) -> tuple[int | None, bool]:
     """Wait for a forked child; on timeout SIGKILL its group. (exit status, timed out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), False
-        if time.monotonic() > deadline:
-            _kill_group(pid)
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.2)
-            return None, True
-        time.sleep(0.1)
+    code = procgroup.reap(pid, timeout)
+    if code is not None:
+        return code, False
+    procgroup.kill(pid)
+    procgroup.reap(pid, 15)
+    return None, True
 
 
 # ---------------------------------------------------------------------------- module
@@ -470,20 +429,40 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             if line.strip():
                 scenarios.append(json.loads(line))
     log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    incomplete = None
-    if timed_out:
-        incomplete = f"suite {suite['name']} timed out after {suite['timeout_s']:.0f} s"
-    elif stuck and scenarios:
-        pass  # every scenario ended; the processes that would not exit are a health problem
-    elif status not in (0, 1, 5):  # 0 passed, 1 tests failed, 5 none collected
-        running = _running_scenario(out_dir / "scenario-progress.log")
-        incomplete = (f"suite {suite['name']}: pytest exited {status}"
-                      + (f" during {running}" if running else "") + " (see its log tail)")
-    elif status == 5 or not scenarios:
-        incomplete = f"suite {suite['name']}: no scenario ran (pytest exit {status})"
+    from loopqual.guest.recorder import read_session
+
+    session = read_session(results_file)
+    incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
+                                  _running_scenario(out_dir / "scenario-progress.log"))
     return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
-            "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
+            "session": session, "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
             "log_tail": "\n".join(log.splitlines()[-40:])}
+
+
+def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: dict | None,
+                     scenarios: list[dict], running: str | None) -> str | None:
+    """Why a pytest suite's record is not whole, or None. Judged from the session's own
+    account (the recorder's: pytest's exit status and the scenarios it collected), which
+    survives a process killed after pytest finished, against what was recorded."""
+    name = suite["name"]
+    if timed_out:
+        return f"suite {name} timed out after {suite['timeout_s']:.0f} s" + (
+            f" during {running}" if running else "")
+    if session is None:
+        return (f"suite {name}: pytest did not finish its session (exit {status})"
+                + (f" during {running}" if running else "") + " (see its log tail)")
+    if status is not None and status != session["exitstatus"]:
+        return (f"suite {name}: pytest's process exited {status} but its session ended with "
+                f"{session['exitstatus']}")
+    code = session["exitstatus"]
+    if code == 5 or session["collected"] == 0:
+        return f"suite {name}: no scenario ran (pytest exit {code})"
+    if code not in (0, 1):  # 0 passed, 1 scenarios failed; else interrupted, internal error
+        return f"suite {name}: pytest's session ended with exit {code} (see its log tail)"
+    if len(scenarios) != session["collected"]:
+        return (f"suite {name}: {len(scenarios)} of {session['collected']} collected scenarios "
+                f"were recorded")
+    return None
 
 
 def _running_scenario(progress_log: Path) -> str | None:
@@ -532,122 +511,171 @@ def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: s
 
 
 # ---------------------------------------------------------------------------- one cell
-def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
-    from loopqual import health
+class CellRun:
+    """One cell's result as it is built, and the step it is in (timed, told to the host)."""
 
-    t0 = time.monotonic()
-    res = {"id": cell["id"], "complete": False, "incomplete": [], "errors": [], "suites": [],
-           "health": {"splats": [], "rmmod": None, "refcnt": None}, "kmsg_tail": [],
-           "loaded_params": {}, "devices": [], "steps": []}
-    step_t0 = [time.monotonic()]
+    def __init__(self, cell: dict):
+        self.cell = cell
+        self.t0 = time.monotonic()
+        self.step_t0 = self.t0
+        self.res = {"id": cell["id"], "complete": False, "incomplete": [], "errors": [],
+                    "suites": [], "health": {"splats": [], "rmmod": None, "refcnt": None},
+                    "kmsg_tail": [], "loaded_params": {}, "devices": [], "steps": []}
 
-    def step(name: str) -> None:
+    def step(self, name: str) -> None:
         """Tell the host what the cell is doing now, and time the step that just ended."""
         now = time.monotonic()
-        if res["steps"]:
-            res["steps"][-1][1] = round(now - step_t0[0], 2)
-        step_t0[0] = now
-        res["steps"].append([name, None])
-        emit("step", cell=cell["id"], step=name)
+        if self.res["steps"]:
+            self.res["steps"][-1][1] = round(now - self.step_t0, 2)
+        self.step_t0 = now
+        self.res["steps"].append([name, None])
+        emit("step", cell=self.cell["id"], step=name)
 
+    def end(self) -> dict:
+        self.res["duration_s"] = round(time.monotonic() - self.t0, 2)
+        self.res["steps"][-1][1] = round(time.monotonic() - self.step_t0, 2)
+        return self.res
+
+
+def load_stage(run: CellRun) -> list[str]:
+    """insmod with the cell's parameters, wait for its nodes, set its controls. Returns the
+    device nodes, or [] with the reason in the cell's errors."""
+    cell, res = run.cell, run.res
+    if module_loaded():
+        status = rmmod()
+        if status != "ok":
+            res["errors"].append(f"a previous {MODULE} is still loaded and rmmod says {status}")
+            res["needs_reboot"] = True
+            return []
+    before = video_nodes()
+    run.step("insmod")
+    ok, msg = insmod(cell["ko"], cell["params"])
+    if not ok:
+        res["errors"].append(msg)
+        return []
+    devices = wait_nodes(before)
+    if not devices:
+        res["errors"].append("no /dev/video node appeared within 20 s of insmod")
+        return []
+    res["devices"] = devices
+    res["loaded_params"] = read_params()
+    if cell["controls"]:
+        run.step("controls")
+        for dev in devices:
+            res["errors"].extend(set_controls(dev, cell["controls"]))
+        if res["errors"]:
+            return []
+    return devices
+
+
+def write_cell_json(cell: dict, devices: list[str], loaded_params: dict, out_dir: Path) -> Path:
+    """What the scenarios learn of the cell (scenarios/conftest.py reads it)."""
+    cell_json = out_dir / f"{cell['id']}-cell.json"
+    cell_json.write_text(json.dumps({
+        "id": cell["id"], "device": devices[0], "devices": devices, "module": cell["module"],
+        "module_version": cell["module_version"], "param_set": cell["param_set"],
+        "params": cell["params"], "controls": cell["controls"],
+        "kernel_release": os.uname().release, "work_dir": str(out_dir),
+        "loaded_params": loaded_params, "ko": cell["ko"],
+    }, indent=1))
+    return cell_json
+
+
+def compliance_stage(run: CellRun, suite: dict, devices: list[str], out_dir: Path
+                     ) -> tuple[dict, list[str]]:
+    """Every profile of a compliance suite, each from a freshly loaded module: v4l2-compliance
+    leaves state behind (a format pinned by keep_format, a pressed timeout_image_io button
+    that makes the next opener the timeout-image uploader), which must not decide what the
+    next profile sees. Returns the suite's record and the device nodes now loaded."""
+    cell, res = run.cell, run.res
+    runs = []
+    for prof in suite["profiles"]:
+        if prof.get("not_applicable"):
+            runs.append({"profile": prof["name"], "status": "not-applicable",
+                         "not_applicable": prof["not_applicable"], "tests": []})
+            continue
+        run.step(f"compliance {prof['name']}")
+        devices, why = reload_module(cell, devices)
+        if why:
+            res["errors"].append(why)
+            res["needs_reboot"] = why.startswith("rmmod")  # a stuck module
+            break
+        res["devices"] = devices
+        r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
+        runs.append(r)
+        if r["status"] == "incomplete":
+            res["incomplete"].append(
+                f"compliance {prof['name']}: "
+                + (r.get("error") or "no Total line (v4l2-compliance did not finish)"))
+    return {"name": suite["name"], "kind": "compliance", "runs": runs}, devices
+
+
+def suites_stage(run: CellRun, devices: list[str], plan: dict, out_dir: Path,
+                 kmsg: KmsgReader, all_kmsg: list[str]) -> None:
+    """Each suite of the cell in turn, from the parameter set's own state."""
+    cell, res = run.cell, run.res
+    cell_json = write_cell_json(cell, devices, res["loaded_params"], out_dir)
+    for suite in cell["suites"]:
+        if suite.get("not_applicable"):
+            res["suites"].append({"name": suite["name"], "kind": suite["kind"],
+                                  "not_applicable": suite["not_applicable"]})
+            continue
+        run.step(f"suite {suite['name']}")
+        res["errors"].extend(reset_state(devices, cell["controls"]))
+        if suite["kind"] == "pytest":
+            sr = run_pytest_suite(suite, cell, cell_json, out_dir, plan["repo"])
+            res["health"].setdefault("stuck", []).extend(
+                f"suite {suite['name']}: {s}" for s in sr["stuck"])
+            if sr["incomplete"]:
+                res["incomplete"].append(sr["incomplete"])
+        else:
+            sr, devices = compliance_stage(run, suite, devices, out_dir)
+        res["suites"].append(sr)
+        all_kmsg += kmsg.drain()
+
+
+def health_stage(run: CellRun, kmsg: KmsgReader, all_kmsg: list[str]) -> None:
+    """After the suites: kill what still holds the device (a problem of the suites,
+    reported), the module's reference count, rmmod, and the kernel log of the whole cell."""
+    from loopqual import health
+
+    res = run.res
+    run.step("rmmod")
+    if res["devices"]:
+        res["health"]["left_open"] = close_all(res["devices"])
+    try:
+        refcnt = Path(f"/sys/module/{MODULE}/refcnt")
+        res["health"]["refcnt"] = int(refcnt.read_text()) if refcnt.exists() else None
+    except (OSError, ValueError):
+        pass
+    if module_loaded():
+        res["health"]["rmmod"] = rmmod()
+        if res["health"]["rmmod"] != "ok":
+            res["needs_reboot"] = True
+    all_kmsg += kmsg.drain()
+    res["health"]["splats"] = health.find_splats(all_kmsg)
+    res["kmsg_tail"] = all_kmsg[-80:]
+
+
+def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
+    """load -> suites -> health, each a stage of its own; the health stage runs whatever
+    happened before it."""
+    run = CellRun(cell)
     kmsg = KmsgReader()
     all_kmsg: list[str] = []
     try:
-        if module_loaded():
-            status = rmmod()
-            if status != "ok":
-                res["errors"].append(f"a previous {MODULE} is still loaded and rmmod says {status}")
-                res["needs_reboot"] = True
-                return res
-        before = video_nodes()
-        step("insmod")
-        ok, msg = insmod(cell["ko"], cell["params"])
-        if not ok:
-            res["errors"].append(msg)
-            return res
-        devices = wait_nodes(before)
-        if not devices:
-            res["errors"].append("no /dev/video node appeared within 20 s of insmod")
-            return res
-        res["devices"] = devices
-        res["loaded_params"] = read_params()
-        if cell["controls"]:
-            step("controls")
-            for dev in devices:
-                res["errors"].extend(set_controls(dev, cell["controls"]))
-            if res["errors"]:
-                return res
-        cell_json = out_dir / f"{cell['id']}-cell.json"
-        cell_json.write_text(json.dumps({
-            "id": cell["id"], "device": devices[0], "devices": devices, "module": cell["module"],
-            "module_version": cell["module_version"], "param_set": cell["param_set"],
-            "params": cell["params"], "controls": cell["controls"],
-            "kernel_release": os.uname().release, "work_dir": str(out_dir),
-            "loaded_params": res["loaded_params"], "ko": cell["ko"],
-        }, indent=1))
-        for suite in cell["suites"]:
-            if suite.get("not_applicable"):
-                res["suites"].append({"name": suite["name"], "kind": suite["kind"],
-                                      "not_applicable": suite["not_applicable"]})
-                continue
-            step(f"suite {suite['name']}")
-            res["errors"].extend(reset_state(devices, cell["controls"]))
-            if suite["kind"] == "pytest":
-                sr = run_pytest_suite(suite, cell, cell_json, out_dir, plan["repo"])
-                res["health"].setdefault("stuck", []).extend(
-                    f"suite {suite['name']}: {s}" for s in sr["stuck"])
-                if sr["incomplete"]:
-                    res["incomplete"].append(sr["incomplete"])
-            else:
-                runs = []
-                for prof in suite["profiles"]:
-                    if prof.get("not_applicable"):
-                        runs.append({"profile": prof["name"], "status": "not-applicable",
-                                     "not_applicable": prof["not_applicable"], "tests": []})
-                        continue
-                    step(f"compliance {prof['name']}")
-                    # Each profile starts from a freshly loaded module: v4l2-compliance
-                    # leaves state behind (a format pinned by keep_format, a pressed
-                    # timeout_image_io button that makes the next opener the timeout-image
-                    # uploader), which must not decide what the next profile sees.
-                    devices, why = reload_module(cell, devices)
-                    if why:
-                        res["errors"].append(why)
-                        res["needs_reboot"] = why.startswith("rmmod")  # a stuck module
-                        break
-                    res["devices"] = devices
-                    r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
-                    runs.append(r)
-                    if r["status"] == "incomplete":
-                        res["incomplete"].append(
-                            f"compliance {prof['name']}: "
-                            + (r.get("error") or "no Total line (v4l2-compliance did not finish)"))
-                sr = {"name": suite["name"], "kind": "compliance", "runs": runs}
-            res["suites"].append(sr)
-            all_kmsg += kmsg.drain()
-        res["complete"] = True
+        devices = load_stage(run)
+        if devices:
+            suites_stage(run, devices, plan, out_dir, kmsg, all_kmsg)
+            run.res["complete"] = True
     except Exception:
-        res["errors"].append("harness error in the guest:\n" + traceback.format_exc())
+        run.res["errors"].append("harness error in the guest:\n" + traceback.format_exc())
     finally:
-        step("rmmod")
-        if res["devices"]:
-            res["health"]["left_open"] = close_all(res["devices"])
         try:
-            refcnt = Path(f"/sys/module/{MODULE}/refcnt")
-            res["health"]["refcnt"] = int(refcnt.read_text()) if refcnt.exists() else None
-        except (OSError, ValueError):
-            pass
-        if module_loaded():
-            res["health"]["rmmod"] = rmmod()
-            if res["health"]["rmmod"] != "ok":
-                res["needs_reboot"] = True
-        all_kmsg += kmsg.drain()
-        kmsg.close()
-        res["health"]["splats"] = health.find_splats(all_kmsg)
-        res["kmsg_tail"] = all_kmsg[-80:]
-        res["duration_s"] = round(time.monotonic() - t0, 2)
-        res["steps"][-1][1] = round(time.monotonic() - step_t0[0], 2)
-    return res
+            health_stage(run, kmsg, all_kmsg)
+        finally:
+            kmsg.close()
+    return run.end()
 
 
 def main(argv: list[str]) -> int:
@@ -676,7 +704,10 @@ def main(argv: list[str]) -> int:
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         tmp.rename(dest)
+        # complete: every step ran to its end; incomplete / errors: what did not (a suite
+        # that timed out leaves complete true, since the cell's other steps went on)
         emit("cell-end", cell=cell["id"], complete=res["complete"],
+             incomplete=res["incomplete"], errors=[e.splitlines()[0] for e in res["errors"]],
              duration_s=res.get("duration_s"))
         if res.get("needs_reboot"):
             emit("reboot-needed", cell=cell["id"], rmmod=res["health"]["rmmod"])

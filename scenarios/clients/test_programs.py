@@ -10,8 +10,9 @@ import os
 import time
 
 import pytest
-from lib.clients import Client, count_distinct_frames, need_tool
+from lib.clients import Client, count_distinct_frames
 from lib.common import need_openers
+from lib.infra import need_program
 from lib.v4l2 import OUT, YUYV, Device
 
 W, H = 160, 120
@@ -44,21 +45,21 @@ def _gst_env(cell) -> dict:
 
 
 def _ffmpeg_writer(cell, name: str) -> Client:
-    need_tool("ffmpeg")
+    need_program("ffmpeg")
     return Client(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
                    "-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=15", "-pix_fmt", "yuyv422",
                    "-f", "v4l2", cell.device], name, _logdir(cell, "ffmpeg"))
 
 
 def _ffmpeg_reader(cell, name: str, out: str, frames: int = 10) -> Client:
-    need_tool("ffmpeg")
+    need_program("ffmpeg")
     return Client(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "v4l2",
                    "-i", cell.device, "-frames:v", str(frames), "-f", "rawvideo", "-y", _fresh(out)],
                   name, _logdir(cell, "ffmpeg"))
 
 
 def _gst_writer(cell, name: str) -> Client:
-    need_tool("gst-launch-1.0")
+    need_program("gst-launch-1.0")
     return Client(["gst-launch-1.0", "-q", "videotestsrc", "is-live=true", "pattern=ball", "!",
                    f"video/x-raw,format=YUY2,width={W},height={H},framerate=15/1", "!",
                    "v4l2sink", f"device={cell.device}"], name, _logdir(cell, "gst"),
@@ -66,7 +67,7 @@ def _gst_writer(cell, name: str) -> Client:
 
 
 def _gst_reader(cell, name: str, out: str, frames: int = 10) -> Client:
-    need_tool("gst-launch-1.0")
+    need_program("gst-launch-1.0")
     return Client(["gst-launch-1.0", "-q", "v4l2src", f"device={cell.device}",
                    f"num-buffers={frames}", "!", "filesink", f"location={_fresh(out)}"], name,
                   _logdir(cell, "gst"), env=_gst_env(cell))
@@ -179,7 +180,7 @@ def _v4l2ctl_reader(cell, d: str, rnd: int) -> None:
 @pytest.mark.timeout(300)
 def test_v4l2ctl_stream_out_and_in(cell, openers):
     """v4l2-ctl as writer (--stream-out-mmap) and as reader (--stream-mmap), twice."""
-    need_tool("v4l2-ctl")
+    need_program("v4l2-ctl")
     if not cell.exclusive_caps:
         pytest.skip("v4l2-ctl --stream-out-mmap streams on the first buffer type the node "
                     "advertises (CAPTURE before OUTPUT, for any node that is not mem-to-mem): "
@@ -203,7 +204,7 @@ def test_v4l2ctl_stream_out_and_in(cell, openers):
 @pytest.mark.timeout(300)
 def test_v4l2ctl_reader_with_python_writer(cell, openers):
     """v4l2-ctl --stream-mmap as reader, twice, while an mmap writer streams (every cell)."""
-    need_tool("v4l2-ctl")
+    need_program("v4l2-ctl")
     _python_writer(openers)
     d = _logdir(cell, "v4l2-ctl-reader")
     for rnd in range(2):

@@ -129,6 +129,7 @@ def test_h3_no_leak_over_cycles(cell, openers):
 
 
 @pytest.mark.rules("H3")
+@pytest.mark.needs_kernel_config("CONFIG_DEBUG_KMEMLEAK")
 def test_h3_kmemleak_clean(cell, openers):
     if not KMEMLEAK.exists():
         pytest.skip("/sys/kernel/debug/kmemleak is absent: this kernel has no kmemleak "

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import time
-
-import pytest
 
 from .common import Reader
 from .v4l2 import CAP_VIDEO_CAPTURE, IN_ST_NO_SIGNAL, Device, V4L2Error
 
 ENV = dict(os.environ, LC_ALL="C")
-
-
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if not path:
-        pytest.skip(f"{name} is not installed in the guest")
-    return path
 
 
 class Client:

@@ -1,0 +1,52 @@
+"""Commands are built as argument lists: a path with a space or a ';' (an --out directory,
+the cache) stays one argument in the guest's --exec line and in `loopqual shell`'s set-up
+lines, and runs nothing else."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from loopqual import shell, vm
+from loopqual.paths import REPO
+
+NASTY = Path("/tmp/out dir; touch /tmp/x")
+
+
+def test_guest_exec_line_splits_back_into_the_intended_argv(monkeypatch):
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    plan = NASTY / "guest" / "plan-boot1.json"
+    line = vm.guest_exec("loopqual.guest.runner", plan)
+    words = shlex.split(line)
+    assert words[:3] == ["cd", str(REPO), "&&"]
+    assert words[3:] == ["exec", str(vm.venv_bin() / "python"), "-m", "loopqual.guest.runner",
+                         str(plan)]
+
+
+def test_vng_gets_a_plain_rwdir_that_leads_to_the_asked_one(monkeypatch, tmp_path):
+    """vng passes --rwdir to virtme-run through `sh -c` unquoted: it must only ever see a
+    plain path (a link to the real directory), and the plan path under it."""
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
+    rwdir = tmp_path / "out dir; touch x" / "guest"
+    rwdir.mkdir(parents=True)
+    plan = rwdir / "plan-boot1.json"
+    plan.write_text("{}")
+    cmd = vm.vng_command(Path("/boot/vmlinuz-6.1.0-1-amd64"), rwdir, plan, "tcg", cpus=1)
+    given = cmd[cmd.index("--rwdir") + 1]
+    assert shlex.quote(given) == given and Path(given).resolve() == rwdir.resolve()
+    words = shlex.split(cmd[cmd.index("--exec") + 1])
+    assert len(words) == 8 and Path(words[-1]).resolve() == plan.resolve()
+    plain = tmp_path / "plain"
+    assert vm.shell_safe_alias(plain) == plain
+
+
+def test_shell_setup_lines_quote_the_module_path_and_values():
+    ko = "/cache/build dir; touch /tmp/x/v4l2loopback.ko"
+    lines = shell.setup_lines(ko, {"exclusive_caps": True, "card_label": "My Cam; reboot"},
+                              {"keep_format": 1})
+    deps, insmod, _wait, ctl = lines
+    assert shlex.split(insmod) == ["insmod", ko, "exclusive_caps=1", 'card_label="My Cam; reboot"']
+    assert shlex.split(deps.split("$(", 1)[1].split(")", 1)[0])[:3] == ["modinfo", "-F", "depends"]
+    assert ko in shlex.split(deps.split("$(", 1)[1].split(" |", 1)[0])
+    assert shlex.split(ctl)[-3:] == ["-c", "keep_format=1;", "done"]
