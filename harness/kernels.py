@@ -12,6 +12,8 @@ from pathlib import Path
 from .data import Kernel
 from .errors import LoopqualError
 
+DPKG_LOCK_WAIT_S = 600
+
 
 class KernelError(LoopqualError):
     pass
@@ -51,11 +53,13 @@ def apt_install(packages: list[str], why: str) -> None:
                           f"`apt-get install {' '.join(missing)}`")
     print(f"loopqual: installing {' '.join(missing)} ({why})", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Another run (or the machine's own apt) may hold dpkg's lock: wait for it, do not fail.
+    wait = ["-o", f"DPkg::Lock::Timeout={DPKG_LOCK_WAIT_S}"]
     for attempt in ("install", "update-then-install"):
         if attempt == "update-then-install":
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(["apt-get", *wait, "update", "-q"], env=env, capture_output=True)
         proc = subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *missing],
             env=env, capture_output=True, text=True,
         )
         if proc.returncode == 0:

@@ -24,6 +24,8 @@ from .paths import KERNEL_DIR, REPO
 
 PATCH_DIR = KERNEL_DIR / "patches"
 SERIES_FILE = PATCH_DIR / "series"
+# In the clone, not in the shared cache (paths.cache_dir): it holds this clone's unexported
+# commits, which another clone's `export` must never pick up.
 DEFAULT_WORK = REPO / ".cache" / "series-work"
 BASE_TAG = "base"
 

@@ -1,6 +1,10 @@
 """Module sources: download Debian's v4l2loopback-dkms with a private apt configuration,
 check it against the repository index's SHA256, unpack it into the cache, and apply the
-patch series for patched sources. The machine's own apt sources are never touched."""
+patch series for patched sources. The machine's own apt sources are never touched.
+
+Runs share the cache: the private apt state of a suite (its lists, archives and downloads)
+is used under one lock, and every unpacked or patched tree is made in a temporary directory
+under its own lock and renamed into place when complete, so a tree in the cache is whole."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from .data import Mirror, Source
 from .errors import LoopqualError
-from .paths import cache_dir
+from .paths import atomic_dir, atomic_write, cache_dir, cache_lock
 
 
 class SourceError(LoopqualError):
@@ -51,11 +55,19 @@ class PrivateApt:
             mirror = Mirror(debian_mirror_from_apt(), mirror.components)
         self.mirror, self.suite = mirror, suite
         self.root = cache_dir() / "apt" / suite
-        for sub in ("lists/partial", "cache/archives/partial", "sourceparts", "debs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "sources.list").write_text(
-            f"deb {mirror.url} {suite} {' '.join(mirror.components)}\n"
-        )
+        with self.locked():
+            for sub in ("lists/partial", "cache/archives/partial", "sourceparts", "debs"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            line = f"deb {mirror.url} {suite} {' '.join(mirror.components)}\n"
+            listing = self.root / "sources.list"
+            if not listing.exists() or listing.read_text() != line:
+                atomic_write(listing, line)
+
+    def locked(self):
+        """The lock on this suite's apt state (sources.list, lists, archives, debs); apt's
+        own locking is off (Debug::NoLocking: it needs root), this one replaces it."""
+        return cache_lock(self.root.parent / f"{self.suite}.lock",
+                          f"the private apt state for {self.suite}")
 
     def _opts(self) -> list[str]:
         r = self.root
@@ -101,6 +113,10 @@ class PrivateApt:
 
     def fetch(self, package: str, version: str) -> Path:
         """Download package=version (cached), checked against the index's SHA256."""
+        with self.locked():
+            return self._fetch(package, version)
+
+    def _fetch(self, package: str, version: str) -> Path:
         self.update()
         entries = self.index_entries(package)
         match = [e for e in entries if e.get("Version") == version]
@@ -144,20 +160,28 @@ def unpack_debian(src: Source, mirror: Mirror) -> Path:
     """The pristine tree of an archive source (downloaded and unpacked once)."""
     assert src.package and src.version and src.suite
     dest = cache_dir() / "src" / src.name / src.version
-    done = dest / ".unpacked"
-    tree = _find_tree(dest) if done.exists() else None
+    tree = _unpacked(dest)
     if tree:
         return tree
-    deb = PrivateApt(mirror, src.suite).fetch(src.package, src.version)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    _run(["dpkg-deb", "-x", str(deb), str(dest / "deb")], f"unpacking {deb.name}")
-    tree = _find_tree(dest)
+    with cache_lock(dest.parent / f"{src.version}.lock", f"the unpacked source {src.name}"):
+        tree = _unpacked(dest)  # another run may have unpacked it while this one waited
+        if tree:
+            return tree
+        deb = PrivateApt(mirror, src.suite).fetch(src.package, src.version)
+        with atomic_dir(dest) as tmp:
+            _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
+            if not _find_tree(tmp):
+                raise SourceError(f"{deb.name}: no usr/src/v4l2loopback-*/v4l2loopback.c inside")
+            (tmp / ".unpacked").write_text(f"{deb.name}\n")
+    tree = _unpacked(dest)
     if not tree:
-        raise SourceError(f"{deb.name}: no usr/src/v4l2loopback-*/v4l2loopback.c inside")
-    done.write_text(f"{deb.name}\n")
+        raise SourceError(f"{dest}: the unpacked tree vanished; run again")
     return tree
+
+
+def _unpacked(dest: Path) -> Path | None:
+    """The tree in dest if its unpacking finished (a tree is renamed into place whole)."""
+    return _find_tree(dest) if (dest / ".unpacked").exists() else None
 
 
 def _find_tree(dest: Path) -> Path | None:
@@ -228,8 +252,13 @@ def prepare(src: Source, sources: dict[str, Source], mirror: Mirror) -> tuple[Pa
     key.update(str(base).encode())
     for p in patches:
         key.update(p.name.encode() + b"\0" + p.read_bytes())
-    dest = cache_dir() / "src" / src.name / key.hexdigest()[:16] / base.name
-    if not (dest.parent / ".applied").exists():
-        apply_series(base, src.patches, dest)
-        (dest.parent / ".applied").write_text("\n".join(p.name for p in patches) + "\n")
+    top = cache_dir() / "src" / src.name / key.hexdigest()[:16]
+    dest = top / base.name
+    if (top / ".applied").exists():
+        return dest, patches
+    with cache_lock(top.parent / f"{top.name}.lock", f"the patched source {src.name}"):
+        if not (top / ".applied").exists():
+            with atomic_dir(top) as tmp:
+                apply_series(base, src.patches, tmp / base.name)
+                (tmp / ".applied").write_text("\n".join(p.name for p in patches) + "\n")
     return dest, patches

@@ -2,6 +2,10 @@
 loopqual's private apt configuration in a temporary cache: a few seconds, network needed."""
 
 import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +74,87 @@ def test_the_committed_series_applies_to_the_pristine_base(private_cache, tmp_pa
     base = sources.unpack_debian(all_sources[patched.base], mirror)
     applied = sources.apply_series(base, patched.patches, tmp_path / "tree")
     assert [p.name for p in applied] == [p.name for p in sources.read_series(patched.patches)]
+
+
+UNPACKER = """
+import json, sys
+from loopqual import data, sources
+mirror, all_sources = data.load_sources()
+src = all_sources[sys.argv[1]]
+tree, patches = sources.prepare(src, all_sources, mirror)
+print(json.dumps({"tree": str(tree), "patches": [p.name for p in patches]}))
+"""
+
+
+def _race(source: str, n: int = 2) -> list[dict]:
+    procs = [subprocess.Popen([sys.executable, "-c", UNPACKER, source], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, outs
+    return [json.loads(o[0]) for o in outs]
+
+
+def _files(tree: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(tree)): p.read_bytes() for p in sorted(tree.rglob("*")) if p.is_file()}
+
+
+def test_two_runs_fetch_and_unpack_the_same_source_at_once(private_cache):
+    """A fresh cache, two processes: apt update, download and unpack happen once each
+    (the other run waits), and both get the same whole tree; no temporary left behind."""
+    results = _race("debian-0.13.2")
+    trees = {r["tree"] for r in results}
+    assert len(trees) == 1
+    tree = Path(trees.pop())
+    assert (tree / "v4l2loopback.c").is_file() and sources.module_version(tree) == "0.13.2"
+    mirror, all_sources = data.load_sources()
+    apt = sources.PrivateApt(mirror, "bookworm-backports")
+    (entry,) = [e for e in apt.index_entries("v4l2loopback-dkms") if e["Version"] == "0.13.2-1~bpo12+1"]
+    (deb,) = (private_cache / "apt" / "bookworm-backports" / "debs").glob("*.deb")
+    assert hashlib.sha256(deb.read_bytes()).hexdigest() == entry["SHA256"]
+    leftovers = [p for p in private_cache.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
+
+
+def test_two_runs_patch_the_same_source_at_once(private_cache, tmp_path):
+    mirror, all_sources = data.load_sources()
+    patched = all_sources["patched"]
+    base = sources.unpack_debian(all_sources[patched.base], mirror)
+    results = _race("patched")
+    assert results[0] == results[1]
+    expected = tmp_path / "expected"
+    sources.apply_series(base, patched.patches, expected)
+    assert _files(Path(results[0]["tree"])) == _files(expected)
+    assert (Path(results[0]["tree"]).parent / ".applied").is_file()
+
+
+def test_an_unpack_that_died_half_way_is_redone(private_cache):
+    mirror, all_sources = data.load_sources()
+    src = all_sources["debian-0.15.0"]
+    tree = sources.unpack_debian(src, mirror)
+    top = private_cache / "src" / src.name / src.version
+    (top / ".unpacked").unlink()  # as if the old code's run had died before its marker
+    (tree / "v4l2loopback.c").write_text("half")
+    again = sources.unpack_debian(src, mirror)
+    assert again == tree and (again / "v4l2loopback.c").read_text() != "half"
+
+
+FETCHER = """
+import sys
+from loopqual import data, sources
+mirror, all_sources = data.load_sources()
+src = all_sources[sys.argv[1]]
+print(sources.PrivateApt(mirror, src.suite).fetch(src.package, src.version))
+"""
+
+
+def test_two_runs_use_one_suites_private_apt_at_once(private_cache):
+    """The private apt state (lists, archives, debs) of a suite is locked: two processes that
+    update and download at the same moment both get the checked .deb, and one says it waits."""
+    procs = [subprocess.Popen([sys.executable, "-c", FETCHER, "debian-0.12.7"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    debs = {o[0].strip() for o in outs}
+    assert len(debs) == 1 and Path(debs.pop()).read_bytes()[:7] == b"!<arch>"
+    waits = [line for o in outs for line in o[1].splitlines() if "waiting" in line]
+    assert len(waits) == 1 and "private apt state for bookworm" in waits[0]
