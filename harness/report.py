@@ -8,6 +8,7 @@ import jinja2
 
 from . import results
 from .data import CATEGORIES
+from .paths import atomic_write
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -120,7 +121,7 @@ def write_html(path: Path, run: dict) -> None:
         exit_meaning={0: "all gated results passed", 1: "a gated result failed",
                       2: "incomplete: something did not run to the end"}[run["exit_code"]],
     )
-    path.write_text(html)
+    atomic_write(path, html)
 
 
 def rerender(results_dir: Path) -> Path:

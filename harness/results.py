@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .data import ExpectedFailure
+from .paths import atomic_write
 
 SCHEMA = 1
 FAILING = ("fail", "error")
@@ -188,7 +189,7 @@ def cell_label(cell: dict) -> str:
 
 # ---------------------------------------------------------------------------- writers
 def write_json(path: Path, run: dict) -> None:
-    path.write_text(json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
+    atomic_write(path, json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
 
 
 def write_junit(path: Path, run: dict) -> None:
@@ -269,4 +270,4 @@ def write_junit(path: Path, run: dict) -> None:
     for k, v in totals.items():
         root.set(k, str(v))
     ET.indent(root)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    atomic_write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))

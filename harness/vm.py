@@ -26,7 +26,7 @@ from pathlib import Path
 from . import procgroup
 from .errors import LoopqualError
 from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
-from .paths import REPO, cache_dir
+from .paths import REPO, atomic_write, cache_dir
 
 BOOT_TIMEOUT_S = 240  # to the runner's first event; TCG boots in ~20 s on a quiet machine
 CELL_MARGIN_S = 180  # beyond the sum of a cell's step timeouts
@@ -96,8 +96,12 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
         return "tcg"
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     stamp = cache_dir() / "accel" / f"{vmlinuz.name}-{int(Path(qemu).stat().st_mtime)}"
-    if stamp.exists():
-        return stamp.read_text().strip()
+    try:
+        known = stamp.read_text().strip()
+    except OSError:
+        known = ""
+    if known in ("kvm", "tcg"):  # anything else (a damaged stamp): probe again
+        return known
     cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display",
            "none", "-no-reboot", "-serial", "stdio", "-kernel", str(vmlinuz),
            "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
@@ -118,8 +122,7 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
                 break
     finally:
         procgroup.stop(proc, grace=0)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(result + "\n")
+    atomic_write(stamp, result + "\n")
     return result
 
 
