@@ -158,6 +158,20 @@ def test_a4_sole_claimant_reallocates_unless_mapped(cell, openers):
                       f"got {n2}")
 
 
+def _buffers(d, bt: int, n: int) -> list:
+    """(length, offset) of buffers 0..n-1 as QUERYBUF shows them, and the answer for index n
+    (EINVAL where the granted count is n, S5)."""
+    out = []
+    for i in range(n):
+        try:
+            q = d.querybuf(bt, i)
+            out.append((q["length"], q["offset"]))
+        except OSError as exc:
+            out.append(ename(exc.errno))
+    out.append(ename(err(d.querybuf, bt, n)))
+    return out
+
+
 @pytest.mark.rules("A4")
 def test_a4_other_claimants_keep_count(cell, openers):
     need_openers(cell, 2)
@@ -165,14 +179,26 @@ def test_a4_other_claimants_keep_count(cell, openers):
     a.s_fmt(OUT, 160, 120)
     pinned = a.reqbufs(OUT, 2)["count"]
     a.streamon(OUT)  # exclusive_caps=1: CAPTURE exists only while the write token is held
-    b.reqbufs(CAP, 2)
+    nb = b.reqbufs(CAP, 2)["count"]
     a.streamoff(OUT)
+    before = {"format": fmt_str(a.g_fmt(OUT)), "OUTPUT buffers of the caller":
+              _buffers(a, OUT, pinned), "CAPTURE buffers of the other claimant":
+              _buffers(b, CAP, nb)}
     other = 1 if pinned != 1 else 2
-    got = a.reqbufs(OUT, other)["count"]
-    assert got == pinned, (f"REQBUFS(OUTPUT, {other}) again while another opener claims: "
-                           f"expected the pinned count {pinned}, got {got}")
-    q = a.querybuf(OUT, pinned - 1)
-    assert q["index"] == pinned - 1
+    try:
+        got = a.reqbufs(OUT, other)["count"]
+    except OSError as exc:
+        pytest.fail(f"REQBUFS(OUTPUT, {other}) again while another opener claims: expected the "
+                    f"pinned count {pinned} back and nothing changed, got {ename(exc.errno)}")
+    after = {"format": fmt_str(a.g_fmt(OUT)), "OUTPUT buffers of the caller":
+             _buffers(a, OUT, pinned), "CAPTURE buffers of the other claimant":
+             _buffers(b, CAP, nb)}
+    changed = [f"count {got}"] if got != pinned else []
+    changed += [f"{k} {before[k]} -> {after[k]}" for k in before if before[k] != after[k]]
+    assert not changed, (
+        f"REQBUFS(OUTPUT, {other}) again while another opener claims: expected the pinned count "
+        f"{pinned} back and nothing changed (QUERYBUF (length, offset) of buffers 0..{pinned - 1} "
+        f"and the answer for index {pinned}), got " + "; ".join(changed))
 
 
 @pytest.mark.rules("A4", "A5")
