@@ -157,8 +157,8 @@ def _prove_blocked(v, call: str, what: str, why: str, request: int | None = None
             got = ename(exc.errno)
         pytest.fail(f"{what}: expected the victim to wait in the module before the SIGKILL "
                     f"({why}), got the call returned at once with {got}")
-    pytest.fail(f"{what}: expected the victim asleep in the module's {call} before the SIGKILL "
-                f"({why}), got after 5 s: {st['how']}")
+    pytest.fail(f"{what}: expected the victim asleep inside v4l2loopback in that {call}() "
+                f"before the SIGKILL ({why}), got after 5 s: {st['how']}")
 
 
 @pytest.mark.rules("C2", "C1")
