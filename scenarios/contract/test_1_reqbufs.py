@@ -214,7 +214,7 @@ def test_a4_reqbufs_again_after_streamoff(cell, openers):
     except OSError as exc:
         pytest.fail(f"REQBUFS(OUTPUT, 2) after STREAMOFF and munmap: expected success, got "
                     f"{ename(exc.errno)}")
-    assert n >= 1
+    assert n >= 1, f"REQBUFS(OUTPUT, 2) after STREAMOFF and munmap: expected buffers, got count {n}"
     r0 = err(d.reqbufs, OUT, 0)
     assert r0 == 0, f"REQBUFS(OUTPUT, 0) after STREAMOFF: expected 0, got {ename(r0)}"
     try:
@@ -235,7 +235,8 @@ def test_a5_reqbufs0_writer_and_reader(cell, openers):
     wr = Writer(wd, count=2)
     r1 = Reader(openers.fd())
     f = wr.send()
-    assert r1.get()["frame"] == f["frame"]
+    got = r1.get()["frame"]
+    assert got == f["frame"], f"reader DQBUF(CAPTURE): expected frame {f['frame']}, got {got}"
     # reader REQBUFS(0): implicit STREAMOFF, writer undisturbed
     r1.dev.munmap_all()
     r = r1.dev.reqbufs(CAP, 0)
@@ -262,7 +263,8 @@ def test_a5_reqbufs0_writer_and_reader(cell, openers):
         except OSError as exc:
             pytest.fail(f"reader QUERYBUF(CAPTURE, {i}) after the writer's REQBUFS(0): expected "
                         f"its buffers intact, got {ename(exc.errno)}")
-        assert q["length"] > 0
+        assert q["length"] > 0, (f"reader QUERYBUF(CAPTURE, {i}) after the writer's REQBUFS(0): "
+                                 f"expected its buffer intact, got length {q['length']}")
     e = err(r1.dev.streamoff, CAP)
     assert e == 0, f"reader STREAMOFF after the writer's REQBUFS(0): got {ename(e)}"
     # without a claim (the writer released its own above): harmless 0, on every direction

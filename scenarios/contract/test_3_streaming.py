@@ -127,7 +127,8 @@ def test_s3_readers_stream_without_writer(cell, openers):
         except OSError as exc:
             pytest.fail(f"reader{i} (streaming since before the writer): expected a frame once "
                         f"the writer streams, got {ename(exc.errno)}")
-        assert b["bytesused"] > 0
+        assert b["bytesused"] > 0, (f"reader{i}: DQBUF(CAPTURE) once the writer streams: "
+                                    f"expected bytesused > 0, got {b['bytesused']}")
 
 
 @pytest.mark.rules("S4")
@@ -160,11 +161,12 @@ def test_s4_streamoff_keeps_claim_and_returns_buffers(cell, openers):
     assert e == 0, f"STREAMON(CAPTURE) after STREAMOFF: expected 0, got {ename(e)}"
     f = wr.send()
     got = r1.get_newer(f["frame"] - 1)
-    assert got["frame"] == f["frame"]
+    assert got["frame"] == f["frame"], (f"reader after STREAMOFF + QBUF + STREAMON: expected "
+                                        f"frame {f['frame']}, got {got['frame']}")
     # writer STREAMOFF releases the write token
     r1.dev.close()
     e = err(wr.dev.streamoff, OUT)
-    assert e == 0
+    assert e == 0, f"STREAMOFF(OUTPUT) by the streaming writer: expected 0, got {ename(e)}"
     other = openers.fd()
     if kept_capture_only(cell, other):
         # exclusive_caps=1 + keep_format=1: the node shows `other` CAPTURE only (X1), so it
