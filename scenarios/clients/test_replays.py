@@ -25,6 +25,7 @@ from lib.v4l2 import (
     Device,
     V4L2Error,
     ename,
+    err,
     frame_bytes,
 )
 
@@ -82,9 +83,15 @@ def _reader_frames(dev: Device, count: int, n_frames: int, what: str, timeout_po
         try:
             b = dev.dqbuf(CAP)
         except V4L2Error as exc:
-            if exc.errno == errno.EAGAIN:
-                continue
-            pytest.fail(f"{what}: DQBUF(CAPTURE) after POLLIN: {exc}")
+            if exc.errno != errno.EAGAIN:
+                pytest.fail(f"{what}: DQBUF(CAPTURE) after POLLIN: expected a buffer, got "
+                            f"{ename(exc.errno)}")
+            # the client polls again; a POLLIN that never yields a buffer counts like a timeout
+            timeouts += 1
+            if timeouts >= timeout_polls:
+                pytest.fail(f"{what}: DQBUF(CAPTURE) after POLLIN: expected a buffer, got EAGAIN "
+                            f"{timeouts} times in a row after {len(got)} frames")
+            continue
         timeouts = 0
         got.append(b)
         _step(f"{what}: QBUF(CAPTURE, {b['index']})", dev.qbuf, CAP, b["index"])
@@ -312,10 +319,9 @@ def test_k2_gstreamer_probes(cell, openers):
         f"GStreamer reads REQBUFS(0, MMAP) capabilities: expected SUPPORTS_MMAP, got "
         f"{r['capabilities']:#x}")
     for mem, name in ((USERPTR, "USERPTR"), (DMABUF, "DMABUF")):
-        try:
-            d.reqbufs(bt, 0, mem)
-        except OSError as exc:
-            assert exc.errno == errno.EINVAL, f"REQBUFS(0, {name}): {ename(exc.errno)}"
+        e = err(d.reqbufs, bt, 0, mem)
+        assert e == errno.EINVAL, (f"GStreamer probe REQBUFS(count 0, {name}): expected EINVAL "
+                                   f"(only MMAP exists, A1), got {ename(e)}")
     try:
         d.create_bufs(bt, 0)
     except OSError as exc:
@@ -357,11 +363,12 @@ def test_k6_chromium_and_firefox_at_once(cell, openers):
     _writer(openers, cell)
     time.sleep(0.3)
     c = ChromiumCapture(cell)
+    # a refused step of its own sequence fails through _step, named after this consumer
+    name = "Firefox (K6: second consumer, while Chromium captures)"
     try:
-        f = FirefoxCapture(cell)
-    except BaseException as exc:
-        pytest.fail(f"K6: a second consumer (Firefox sequence) could not start while Chromium "
-                    f"captures: {exc}")
+        f = FirefoxCapture(cell, name)
+    except OSError as exc:
+        pytest.fail(f"{name}: open/QUERYCAP/ENUM_FMT: expected success, got {exc}")
     for _ in range(3):
         c.frames(2)
         f.frames(2)

@@ -158,6 +158,20 @@ def test_a4_sole_claimant_reallocates_unless_mapped(cell, openers):
                       f"got {n2}")
 
 
+def _buffers(d, bt: int, n: int) -> list:
+    """(length, offset) of buffers 0..n-1 as QUERYBUF shows them, and the answer for index n
+    (EINVAL where the granted count is n, S5)."""
+    out = []
+    for i in range(n):
+        try:
+            q = d.querybuf(bt, i)
+            out.append((q["length"], q["offset"]))
+        except OSError as exc:
+            out.append(ename(exc.errno))
+    out.append(ename(err(d.querybuf, bt, n)))
+    return out
+
+
 @pytest.mark.rules("A4")
 def test_a4_other_claimants_keep_count(cell, openers):
     need_openers(cell, 2)
@@ -165,14 +179,26 @@ def test_a4_other_claimants_keep_count(cell, openers):
     a.s_fmt(OUT, 160, 120)
     pinned = a.reqbufs(OUT, 2)["count"]
     a.streamon(OUT)  # exclusive_caps=1: CAPTURE exists only while the write token is held
-    b.reqbufs(CAP, 2)
+    nb = b.reqbufs(CAP, 2)["count"]
     a.streamoff(OUT)
+    before = {"format": fmt_str(a.g_fmt(OUT)), "OUTPUT buffers of the caller":
+              _buffers(a, OUT, pinned), "CAPTURE buffers of the other claimant":
+              _buffers(b, CAP, nb)}
     other = 1 if pinned != 1 else 2
-    got = a.reqbufs(OUT, other)["count"]
-    assert got == pinned, (f"REQBUFS(OUTPUT, {other}) again while another opener claims: "
-                           f"expected the pinned count {pinned}, got {got}")
-    q = a.querybuf(OUT, pinned - 1)
-    assert q["index"] == pinned - 1
+    try:
+        got = a.reqbufs(OUT, other)["count"]
+    except OSError as exc:
+        pytest.fail(f"REQBUFS(OUTPUT, {other}) again while another opener claims: expected the "
+                    f"pinned count {pinned} back and nothing changed, got {ename(exc.errno)}")
+    after = {"format": fmt_str(a.g_fmt(OUT)), "OUTPUT buffers of the caller":
+             _buffers(a, OUT, pinned), "CAPTURE buffers of the other claimant":
+             _buffers(b, CAP, nb)}
+    changed = [f"count {got}"] if got != pinned else []
+    changed += [f"{k} {before[k]} -> {after[k]}" for k in before if before[k] != after[k]]
+    assert not changed, (
+        f"REQBUFS(OUTPUT, {other}) again while another opener claims: expected the pinned count "
+        f"{pinned} back and nothing changed (QUERYBUF (length, offset) of buffers 0..{pinned - 1} "
+        f"and the answer for index {pinned}), got " + "; ".join(changed))
 
 
 @pytest.mark.rules("A4", "A5")
@@ -188,7 +214,7 @@ def test_a4_reqbufs_again_after_streamoff(cell, openers):
     except OSError as exc:
         pytest.fail(f"REQBUFS(OUTPUT, 2) after STREAMOFF and munmap: expected success, got "
                     f"{ename(exc.errno)}")
-    assert n >= 1
+    assert n >= 1, f"REQBUFS(OUTPUT, 2) after STREAMOFF and munmap: expected buffers, got count {n}"
     r0 = err(d.reqbufs, OUT, 0)
     assert r0 == 0, f"REQBUFS(OUTPUT, 0) after STREAMOFF: expected 0, got {ename(r0)}"
     try:
@@ -209,7 +235,8 @@ def test_a5_reqbufs0_writer_and_reader(cell, openers):
     wr = Writer(wd, count=2)
     r1 = Reader(openers.fd())
     f = wr.send()
-    assert r1.get()["frame"] == f["frame"]
+    got = r1.get()["frame"]
+    assert got == f["frame"], f"reader DQBUF(CAPTURE): expected frame {f['frame']}, got {got}"
     # reader REQBUFS(0): implicit STREAMOFF, writer undisturbed
     r1.dev.munmap_all()
     r = r1.dev.reqbufs(CAP, 0)
@@ -236,7 +263,8 @@ def test_a5_reqbufs0_writer_and_reader(cell, openers):
         except OSError as exc:
             pytest.fail(f"reader QUERYBUF(CAPTURE, {i}) after the writer's REQBUFS(0): expected "
                         f"its buffers intact, got {ename(exc.errno)}")
-        assert q["length"] > 0
+        assert q["length"] > 0, (f"reader QUERYBUF(CAPTURE, {i}) after the writer's REQBUFS(0): "
+                                 f"expected its buffer intact, got length {q['length']}")
     e = err(r1.dev.streamoff, CAP)
     assert e == 0, f"reader STREAMOFF after the writer's REQBUFS(0): got {ename(e)}"
     # without a claim (the writer released its own above): harmless 0, on every direction

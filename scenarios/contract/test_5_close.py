@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 from lib.common import (
@@ -25,8 +24,11 @@ from lib.v4l2 import (
     CAP_VIDEO_CAPTURE,
     CAP_VIDEO_OUTPUT,
     OUT,
+    REQ_DQBUF,
     YUYV,
     Device,
+    V4L2Error,
+    ename,
 )
 
 
@@ -139,13 +141,36 @@ KILL_IDS = ["writer-dqbuf", "writer-write", "writer-streaming", "reader-dqbuf", 
             "reader-streaming"]
 
 
+def _prove_blocked(v, call: str, what: str, why: str, request: int | None = None) -> None:
+    """Fail unless victim `v` sleeps inside the module in `call` (its pending call): a module
+    that does not block there cannot be judged on "SIGKILL while blocked", and must not pass
+    it. `why` says why the call must wait (the rule that makes it block)."""
+    st = v.blocked_in(call, request, timeout=5.0)
+    if st["blocked"]:
+        return
+    if st["returned"]:
+        try:
+            got = v.result(5.0)
+            got = (f"success (buffer {got['index']})" if isinstance(got, dict) else
+                   f"success ({len(got)} bytes)" if isinstance(got, bytes) else "success")
+        except V4L2Error as exc:
+            got = ename(exc.errno)
+        pytest.fail(f"{what}: expected the victim to wait in the module before the SIGKILL "
+                    f"({why}), got the call returned at once with {got}")
+    pytest.fail(f"{what}: expected the victim asleep inside v4l2loopback in that {call}() "
+                f"before the SIGKILL ({why}), got after 5 s: {st['how']}")
+
+
 @pytest.mark.rules("C2", "C1")
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("victim,state", KILL_CASES, ids=KILL_IDS)
 def test_c2_sigkill(cell, openers, victim, state):
+    """SIGKILL while blocked (DQBUF, read()) or streaming (the victim's pump thread running):
+    first proved from /proc (blocked: state S/D in that very system call on the victim's
+    opener, kernel stack in the module; streaming: its frame count grows), then the kill."""
     need_openers(cell, 2)
-    blocked_note = ""
     other = None
+    what = f"SIGKILL of a {victim} in {state}"
     if victim == "writer":
         v = openers.proc("victim-writer", flags=os.O_RDWR)
         if state == "DQBUF(OUTPUT)":
@@ -155,8 +180,8 @@ def test_c2_sigkill(cell, openers, victim, state):
                 v.call("mmap", OUT, i)
             v.call("streamon", OUT)
             v.send("dqbuf", OUT)
-            if v.done(1.0):
-                blocked_note = " (note: DQBUF(OUTPUT) returned instead of blocking)"
+            _prove_blocked(v, "ioctl", what, "blocking DQBUF(OUTPUT) with no buffer queued by "
+                           "the application waits, S6", REQ_DQBUF)
         elif state == "write() streaming":
             v.call("start_writer", "write", fps=50, set_format=not cell.keep_format)
         else:
@@ -167,7 +192,8 @@ def test_c2_sigkill(cell, openers, victim, state):
         except OSError:
             other.stop()
             other = None
-        time.sleep(0.5)
+        if state != "DQBUF(OUTPUT)":
+            _frames_grow(v, f"{what}, before the kill")
     else:
         w = openers.proc("writer")
         v = openers.proc("victim-reader", flags=os.O_RDWR)
@@ -180,21 +206,21 @@ def test_c2_sigkill(cell, openers, victim, state):
             v.call("setup_mmap", CAP, 2)
             v.call("streamon", CAP)
             v.send("dqbuf", CAP)
+            _prove_blocked(v, "ioctl", what, "blocking DQBUF(CAPTURE) with no frame published "
+                           "waits for the first frame, S3", REQ_DQBUF)
         elif state == "read()":
             v.send("read", fmt["sizeimage"])
+            _prove_blocked(v, "read", what, "a blocking read() with no frame published waits "
+                           "for one, W3")
         else:
             w.call("start_writer", "mmap", count=2, fps=50, set_format=False)
             v.call("start_reader", "mmap", 2)
-            time.sleep(0.5)
-        if state != "mmap streaming" and v.done(1.0):
-            blocked_note = f" (note: {state} returned instead of blocking)"
+            _frames_grow(v, f"{what}, before the kill")
         other = w
     gone = v.kill()
-    assert gone, (f"SIGKILL of a {victim} blocked in {state}{blocked_note}: the process did not "
-                  f"exit within 5 s (stuck in the kernel)")
+    assert gone, f"{what}: expected the process to exit within 5 s, got it stuck in the kernel"
     if other is not None:
         other.stop()
-    what = f"SIGKILL of a {victim} in {state}{blocked_note}"
     _new_writer_works(cell, openers, what)
     openers.close_all()
     _advertises_output_when_idle(cell, what)

@@ -104,13 +104,20 @@ def test_bad_user_pointers_read_write(cell, openers):
     assert r == size, f"write() of a valid frame after bad ones: expected {size}, got " \
                       f"{r if r >= 0 else ename(ctypes.get_errno())}"
     rd = openers.fd()
+    got = []
     for p in BAD_PTRS:
         libc.write(w.fd, good, size)
         r = libc.read(rd.fd, p, size)
         e = ctypes.get_errno()
+        got.append(r if r >= 0 else ename(e))
         assert r < 0 and e in (errno.EFAULT, errno.EAGAIN), (
             f"read(fd, {p:#x}, {size}) into an unmapped address: expected EFAULT, got "
             f"{r if r >= 0 else ename(e)}")
+    # EAGAIN is allowed where the reader's first read() has not seen a frame yet, but a frame is
+    # written before each read(): an EAGAIN every time means the copy was never tried
+    assert "EFAULT" in got, (f"read() into unmapped addresses {[hex(p) for p in BAD_PTRS]}, "
+                             f"each after a write() of a frame: expected EFAULT at least once, "
+                             f"got {got}")
     # short and huge lengths must not crash
     libc.write(w.fd, good, 1)
     big = mmap.mmap(-1, size * 4)
@@ -162,7 +169,6 @@ def test_bad_wrong_state_sequences(cell, openers):
         f"QBUF(OUTPUT, 0) twice (second QBUF: {ename(second)}), then DQBUF(OUTPUT) until empty: "
         f"expected each buffer back at most once, got indexes {got}")
     d.streamoff(OUT)
-    assert wr.count >= 1
     e = err(d.mmap, OUT, 99)
     assert e == errno.EINVAL, f"mmap of buffer 99 (QUERYBUF index out of range): got {ename(e)}"
     off = d.querybuf(OUT, 0)["offset"]
@@ -202,7 +208,7 @@ def test_bad_read_after_writer_released_buffers(cell, openers):
         except AssertionError as exc:  # Hang or the process died in the kernel
             pytest.fail(f"read({size}) by a reader open since before the writer released its "
                         f"buffers: {exc}")
-        assert e in (0, errno.EAGAIN, errno.EBUSY, errno.EIO), (
+        assert e in (0, errno.EAGAIN), (
             f"read({size}) after the writer released the buffers: expected EAGAIN (or a "
             f"frame), got {ename(e)}")
 

@@ -30,6 +30,7 @@ def test_random_sequences_kernel_health(cell, openers):
     seed = int(os.environ.get("LOOPQUAL_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
     tag = f"seed={seed} (rerun with LOOPQUAL_SEED={seed})"
     LAST["tag"] = tag + " (the walk did not complete)"
+    LAST["started"] = True
     n = max(1, min(4, cell.max_openers))
     workers = [openers.proc(f"fuzz{i}") for i in range(n)]
     for i, w in enumerate(workers):
@@ -60,6 +61,10 @@ def test_random_sequences_kernel_health(cell, openers):
 def test_random_sequences_leave_device_idle(cell, openers):
     """After the walk (the scenario above) and every opener closed or killed: idle again."""
     tag, calls = LAST["tag"], LAST["calls"]
+    assert LAST.get("started"), (
+        f"C1-C3 after the random walk: expected test_random_sequences_kernel_health to have run "
+        f"first in this session (its openers closed or killed), got {tag}: an idle device "
+        f"alone judges nothing of C2 here")
     with Device(cell.device) as d:
         if cell.exclusive_caps and not cell.keep_format:
             caps = d.device_caps()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import platform
 import select
 import signal
 import struct
@@ -16,6 +17,11 @@ import time
 import traceback
 
 from .v4l2 import CAP, OUT, YUYV, Device, V4L2Error, frame_number
+
+MODULE = "v4l2loopback"
+# syscall numbers as /proc/<pid>/syscall shows them
+SYSCALLS = {"x86_64": {"read": 0, "write": 1, "ioctl": 16},
+            "aarch64": {"read": 63, "write": 64, "ioctl": 29}}
 
 ALL_WORKERS: list[Worker] = []
 
@@ -250,6 +256,67 @@ def _start_reader(dev, mode="mmap", count=2):
     return {"format": fmt, "count": granted, "pump": pump}
 
 
+def _dev_fd(dev) -> int:
+    """The worker's descriptor number of its opener (for matching /proc/<pid>/syscall)."""
+    return dev.fd
+
+
+def _module_symbols(module: str = MODULE) -> set[str]:
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                if line.rstrip().endswith(f"[{module}]"):
+                    names.add(line.split()[2])
+    except OSError:
+        pass
+    return names
+
+
+def kernel_wait(pid: int) -> dict:
+    """Where task `pid` (the main thread of a worker, which runs its Device calls) is now:
+    the state letter of /proc/<pid>/stat, /proc/<pid>/wchan, the frames of /proc/<pid>/stack
+    ("function [module]"), and /proc/<pid>/syscall ("running", or the number and arguments of
+    the system call it sleeps in). Any of them may be "" where the kernel does not say."""
+    def read(name: str) -> str:
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                return f.read()
+        except OSError:
+            return ""
+    stat = read("stat")
+    state = stat[stat.rfind(")") + 2:][:1] if ")" in stat else ""
+    frames = []
+    for line in read("stack").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:  # "[<0>] vidioc_dqbuf+0x1a/0x2b0 [v4l2loopback]"
+            frames.append(" ".join([parts[1].split("+")[0], *parts[2:]]))
+    return {"state": state, "wchan": read("wchan").strip(), "stack": frames,
+            "syscall": read("syscall").split()}
+
+
+def in_module(info: dict, module: str = MODULE) -> bool:
+    """Is the task sleeping inside the module (or the videobuf2 it may use)? Judged on the
+    kernel stack where /proc/<pid>/stack is readable, else on wchan against the module's
+    symbols in /proc/kallsyms."""
+    tags = (f"[{module}]", "[videobuf2_common]", "[videobuf2_v4l2]")
+    if info["stack"]:
+        return any(f.endswith(tags) or f.startswith("vb2_") for f in info["stack"])
+    w = info["wchan"]
+    return bool(w) and w not in ("0",) and (w.startswith("vb2_") or w in _module_symbols(module))
+
+
+def describe_wait(info: dict) -> str:
+    sc = info["syscall"]
+    nr = sc[0] if sc else "?"
+    names = {str(v): k for k, v in SYSCALLS.get(platform.machine(), {}).items()}
+    call = names.get(nr, f"syscall {nr}") if nr != "running" else "running"
+    args = f"({', '.join(sc[1:3])})" if len(sc) > 2 else ""
+    stack = " < ".join(info["stack"][:6]) or "unreadable"
+    return (f"state {info['state'] or '?'}, in {call}{args}, wchan {info['wchan'] or '?'}, "
+            f"kernel stack {stack}")
+
+
 class Worker:
     """An opener in its own process. Methods of Device are called by name."""
 
@@ -286,6 +353,7 @@ class Worker:
         if reply[0] != "ok":
             self._reap(2)
             raise V4L2Error(reply[1], f"{name}: open({path})")
+        self.fd_number = self.call("fn", _dev_fd)
 
     def __repr__(self):
         return f"<Worker {self.name} pid={self.pid}>"
@@ -314,6 +382,34 @@ class Worker:
         """Has the pending call replied (without consuming the reply)?"""
         r, _, _ = select.select([self.rep], [], [], timeout)
         return bool(r)
+
+    def blocked_in(self, call: str, request: int | None = None, timeout: float = 5.0) -> dict:
+        """Wait until the pending call (sent with send()) sleeps in the kernel inside the
+        module: /proc/<pid>/stat state S or D, /proc/<pid>/syscall shows `call` ("read",
+        "write" or "ioctl", with `request` as its second argument) on this worker's opener,
+        and its kernel stack (or wchan) is in v4l2loopback or videobuf2, not in the pipe read
+        with which an idle worker waits for its next command. Returns {"blocked": bool,
+        "returned": bool, "info": kernel_wait(), "how": text for a message}; the reply of a
+        call that returned instead is left for result()."""
+        nr = SYSCALLS.get(platform.machine(), SYSCALLS["x86_64"])[call]
+        fd = self.fd_number
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.done():
+                info = kernel_wait(self.pid)
+                return {"blocked": False, "returned": True, "info": info,
+                        "how": f"the call returned ({describe_wait(info)})"}
+            info = kernel_wait(self.pid)
+            sc = info["syscall"]
+            same_call = (len(sc) >= 3 and sc[0] == str(nr) and int(sc[1], 16) == fd
+                         and (request is None or int(sc[2], 16) & 0xFFFFFFFF == request))
+            if info["state"] in ("S", "D") and same_call and in_module(info):
+                return {"blocked": True, "returned": False, "info": info,
+                        "how": describe_wait(info)}
+            if time.monotonic() > deadline:
+                return {"blocked": False, "returned": False, "info": info,
+                        "how": describe_wait(info)}
+            time.sleep(0.1)
 
     def call(self, op: str, *args, timeout: float = 10.0, **kwargs):
         self.send(op, *args, **kwargs)

@@ -97,6 +97,9 @@ def _req(ioc) -> int:
     return int(ioc) & 0xFFFFFFFF
 
 
+REQ_DQBUF = _req(raw.IOC.DQBUF)  # VIDIOC_DQBUF as /proc/<pid>/syscall shows it
+
+
 def _ioctl(fd: int, ioc, arg, op: str):
     try:
         fcntl.ioctl(fd, _req(ioc), arg)
