@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .data import ExpectedFailure
+from .guest.recorder import unjudged_line
 from .paths import atomic_write
 
 SCHEMA = 1
@@ -87,8 +88,9 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                 cell["scenarios"].append(sc)
                 if sc["status"] == "incomplete":  # its set-up failed (a program missing): it judged nothing
                     unjudged.append(sc)
-                    cell["incomplete"].append(f"scenario {sc['id']} could not judge the module: "
-                                              f"{(sc.get('message') or '').splitlines()[0]}")
+                    line = unjudged_line(sc)
+                    if not any(line in known for known in cell["incomplete"]):  # the runner's says it
+                        cell["incomplete"].append(line)
             if suite.get("incomplete") or unjudged:
                 cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
                 cell["incomplete_suites"].append(suite["name"])

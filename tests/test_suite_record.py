@@ -75,8 +75,10 @@ def test_a_missing_program_makes_the_scenario_and_its_cell_incomplete(tmp_path):
     first = sr["scenarios"][0]
     assert first["status"] == "incomplete"
     assert "loopqual-no-such-browser is not installed" in first["message"]
-    assert sr["incomplete"] is None  # the session itself is whole
-    guest = {"complete": True, "errors": [], "incomplete": [], "suites": [sr],
+    # the suite's record says so, and the cell's incomplete list the runner sends the host
+    # (its progress line) with it
+    assert sr["incomplete"] == f"scenario {first['id']} could not judge the module: {first['message']}"
+    guest = {"complete": True, "errors": [], "incomplete": [sr["incomplete"]], "suites": [sr],
              "health": {"splats": [], "rmmod": "ok", "refcnt": 0}}
     meta = {"id": "001-tiny", "kernel": "debian-6.1", "kernel_release": "6.1.0-57-amd64",
             "module": "patched", "module_version": "0.15.0", "params": {}, "module_params": {},
@@ -84,7 +86,11 @@ def test_a_missing_program_makes_the_scenario_and_its_cell_incomplete(tmp_path):
             "build": {"status": "ok", "log_tail": "", "warnings": []}, "reproduce": ""}
     cell = results.evaluate_cell(meta, guest, None, [])
     assert cell["status"] == "incomplete"
-    assert any("loopqual-no-such-browser" in line for line in cell["incomplete"])
+    assert [line for line in cell["incomplete"] if "loopqual-no-such-browser" in line] == [sr["incomplete"]]
+    # a guest file without the runner's line (judged on the host alone) is incomplete too
+    alone = results.evaluate_cell(meta, {**guest, "incomplete": [], "suites": [{**sr, "incomplete": None}]},
+                                  None, [])
+    assert alone["status"] == "incomplete" and alone["incomplete"] == [sr["incomplete"]]
     assert results.exit_code([cell]) == 2
     _, table = rules.compare({"cells": [cell]}, {"K4": "", "A1": ""})
     assert table["K4"]["patched"]["verdict"] == rules.NOT_JUDGED

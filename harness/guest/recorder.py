@@ -46,6 +46,13 @@ def read_session(results_file: Path) -> dict | None:
     return data
 
 
+def unjudged_line(scenario: dict) -> str:
+    """What a cell's incomplete list says of a scenario that could not judge the module (the
+    runner's and the host's verdicts use this one wording)."""
+    first = (scenario.get("message") or "").splitlines()
+    return f"scenario {scenario['id']} could not judge the module: {first[0] if first else '?'}"
+
+
 class Recorder:
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -435,7 +435,10 @@ def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: 
     if len(scenarios) != session["collected"]:
         return (f"suite {name}: {len(scenarios)} of {session['collected']} collected scenarios "
                 f"were recorded")
-    return None
+    from loopqual.guest.recorder import unjudged_line
+
+    unjudged = [unjudged_line(sc) for sc in scenarios if sc.get("status") == "incomplete"]
+    return "; ".join(unjudged) or None
 
 
 def _running_scenario(progress_log: Path) -> str | None:
