@@ -39,25 +39,6 @@ def open_limit(startup_s: float) -> float:
     return CAPTURE_S + min(OPEN_MARGIN_MAX_S, max(OPEN_MARGIN_MIN_S, 2 * startup_s))
 
 
-# Features a capture test does not need, turned off: Chromium 156 spends minutes under TCG
-# loading its on-device model service (for permission prompts and the optimization guide)
-# before the page gets the camera. Unknown names are ignored by older and newer versions.
-UNNEEDED_FEATURES = ",".join([
-    # the on-device model service (started at launch to classify the machine's performance,
-    # and for the AI APIs and permission predictions that use it)
-    "OptimizationGuideOnDeviceModel", "OptimizationGuideModelExecution",
-    "LogOnDeviceMetricsOnStartup", "TextSafetyClassifier", "OptimizationGuideComposeOnDeviceEval",
-    "AIPromptAPI", "AIPromptAPIForWebPlatform", "AISummarizationAPI", "AIWriterAPI",
-    "AIRewriterAPI", "AIProofreadingAPI", "AILanguageModel", "PermissionsAIv1", "PermissionsAIv3",
-    "PermissionsAIv4", "PermissionsAIP92", "PermissionPredictionsV2",
-    # the optimization guide's model downloads and hints, and other services of a desktop
-    "OptimizationHints", "OptimizationHintsFetching", "OptimizationGuideModelDownloading",
-    "OptimizationTargetPrediction", "OnDeviceModelPerformanceParams", "MediaRouter",
-    "Translate", "InterestFeedContentSuggestions", "AutofillServerCommunication",
-    "CertificateTransparencyComponentUpdater",
-])
-
-
 def chromium_version() -> str:
     """Chromium's version from its Debian package (fast; `chromium --version` starts a wrapper)."""
     out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "chromium"],
@@ -186,9 +167,14 @@ def test_k4_chromium_get_user_media(cell, openers, record_property):
             "--use-fake-ui-for-media-stream", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run",
             "--disable-extensions", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-            "--disable-field-trial-config", "--disable-default-apps", "--disable-breakpad",
-            "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-            f"--disable-features={UNNEEDED_FEATURES}",
+            # no field trials (their testing configuration turns experimental features on)
+            "--disable-field-trial-config",
+            # Chromium 156 classifies the machine's performance for on-device models at each
+            # launch with a fresh profile: a service that tries the GPU through Vulkan and
+            # SwiftShader and, under TCG, holds the only vCPU for minutes before it gives up
+            # (its log: "on_device_model service disconnect ... Error loading backend"). A
+            # given class skips the evaluation; 8 is "GPU blocked", true of a guest without one.
+            "--optimization-guide-performance-class=8",
             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
             f"file://{page}"]
     log_dir = os.path.join(cell.work_dir, "browser")
