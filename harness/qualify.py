@@ -279,15 +279,22 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     if not 1 <= n <= len(cells):
         raise LoopqualError(f"{n} shard(s): the selection has {len(cells)} cell(s); give from 1 "
                             f"to {len(cells)} shards")
-    buckets = balance(cells, n, lambda c: c["expected_s"], group=lambda c: c["kernel"],
-                      group_cost=BOOT_S)
+    weight = lambda c: c["expected_s"]  # noqa: E731
+
+    def expected(buckets):
+        return [round(sum(c["expected_s"] for c in b) + BOOT_S * len({c["kernel"] for c in b}))
+                for b in buckets]
+
+    # Two deals, the better kept (the kernel-wise one on a tie): every cell over every shard,
+    # or each kernel over shards of its own (one boot and one kernel to install per shard).
+    mixed = balance(cells, n, weight, group=lambda c: c["kernel"], group_cost=BOOT_S)
+    own = _shards_per_kernel(cells, n, weight)
+    buckets = own if own and max(expected(own)) <= max(expected(mixed)) else mixed
     for k, b in enumerate(buckets, 1):
         for c in b:
             c["shard"] = k
     for c in cells:
         del c["suites"]
-    expected = [round(sum(c["expected_s"] for c in b) + BOOT_S * len({c["kernel"] for c in b}))
-                for b in buckets]
     identity = {"loopqual": __version__, "n": n, "data": _data_digest(),
                 "selection": {"kernels": [k.name for k in sel.kernels],
                               "modules": [m.name for m in sel.modules],
@@ -295,7 +302,26 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
                               "suites": [s.name for s in sel.suites], "k": sel.k},
                 "cells": [[c["id"], c["shard"]] for c in cells]}
     plan_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return ShardPlan(plan_id, n, cells, [[c["id"] for c in b] for b in buckets], expected)
+    return ShardPlan(plan_id, n, cells, [[c["id"] for c in b] for b in buckets], expected(buckets))
+
+
+def _shards_per_kernel(cells: list[dict], n: int, weight) -> list[list[dict]] | None:
+    """Each kernel's cells over shards of their own: a kernel gets one shard, and each further
+    shard goes to the kernel with the most expected seconds per shard; balance() deals its
+    cells. None when there are fewer shards than kernels."""
+    per_kernel: dict[str, list[dict]] = {}
+    for c in cells:
+        per_kernel.setdefault(c["kernel"], []).append(c)
+    if n < len(per_kernel):
+        return None
+    names = list(per_kernel)
+    load = {k: sum(weight(c) for c in cs) for k, cs in per_kernel.items()}
+    alloc = dict.fromkeys(names, 1)
+    for _ in range(n - len(names)):
+        k = max((k for k in names if alloc[k] < len(per_kernel[k])),
+                key=lambda k: (load[k] / alloc[k], -names.index(k)))
+        alloc[k] += 1
+    return [b for k in names for b in balance(per_kernel[k], alloc[k], weight)]
 
 
 @dataclass
