@@ -15,27 +15,27 @@ SELECTION = ["--kernel", "debian-6.1", "--module", "patched", "--params", "ec1",
              "--suite", "contract", "-k", "test_a1_only_mmap or test_f4_try_fmt"]
 
 
-def loopqual(*args, timeout=600):
+def loopqual(*args, cwd, timeout=600):
     return subprocess.run([sys.executable, "-m", "loopqual.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 def test_two_shards_run_one_after_the_other_merge_into_the_plan(tmp_path):
-    plan = loopqual("plan", *SELECTION, "--shards", "2", "--format", "json")
+    """From a CI workspace outside the repository, with relative --out paths."""
+    plan = loopqual("plan", *SELECTION, "--shards", "2", "--format", "json", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     shards = json.loads(plan.stdout)
     assert [len(s["cells"]) for s in shards] == [1, 1]
-    dirs = []
     for s in shards:
+        proc = loopqual("qualify", *SELECTION, "--shard", s["shard"], "--out", f"shard{s['shard'][0]}",
+                        cwd=tmp_path)
         out = tmp_path / f"shard{s['shard'][0]}"
-        proc = loopqual("qualify", *SELECTION, "--shard", s["shard"], "--out", str(out))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         run = json.loads((out / "results.json").read_text())
         assert [c["id"] for c in run["cells"]] == s["cells"] == run["shard"]["cells"]
         assert run["shard"]["plan_id"] == s["plan_id"] and run["boots"] == 1
-        dirs.append(out)
     merged = tmp_path / "merged"
-    proc = loopqual("merge", *map(str, dirs), "--out", str(merged))
+    proc = loopqual("merge", "shard1", "shard2", "--out", "merged", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = json.loads((merged / "results.json").read_text())
     assert [c["id"] for c in run["cells"]] == sorted(c for s in shards for c in s["cells"])
