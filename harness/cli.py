@@ -177,6 +177,9 @@ def _dispatch(args, argv: list[str]) -> int:
         sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
         if args.shard is not None:
             shard = (qualify.plan_shards(sel, n), k)
+            print(f"shard {k}/{n} of plan {shard[0].plan_id}: {len(shard[0].shards[k - 1])} of "
+                  f"{len(shard[0].cells)} cell(s), ~{shard[0].expected_s[k - 1]} s expected",
+                  file=sys.stderr)
         out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         jobs = args.jobs or _jobs(os.environ.get("LOOPQUAL_JOBS", "1"), "LOOPQUAL_JOBS")
         return qualify.qualify(sel, out, argv, jobs=jobs, shard=shard)

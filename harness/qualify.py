@@ -297,7 +297,9 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
         del c["suites"]
     identity = {"loopqual": __version__, "n": n, "data": _data_digest(),
                 "selection": {"kernels": [k.name for k in sel.kernels],
-                              "modules": [m.name for m in sel.modules],
+                              # a local tree by its directory's name: checkouts differ
+                              "modules": [Path(m.name).name if m.kind == "local" else m.name
+                                          for m in sel.modules],
                               "param_sets": [[p.name, p.all_params] for p in sel.param_sets],
                               "suites": [s.name for s in sel.suites], "k": sel.k},
                 "cells": [[c["id"], c["shard"]] for c in cells]}

@@ -224,7 +224,49 @@ def test_a_missing_shard_makes_the_merge_incomplete_and_its_cells_too(shard_dirs
                            for c in missing)
     assert "--shard 2/3" in missing[0]["reproduce"] and "--out" not in missing[0]["reproduce"]
     junit = (out / "junit.xml").read_text()
-    assert "incomplete: shard 2/3 missing" in junit
+    assert "incomplete: shard 2/3 missing" in junit and "build failed" not in junit
+    assert "not run: shard 2/3 missing" in capsys.readouterr().out + (out / "report.html").read_text()
+
+
+def test_a_cell_its_shard_did_not_report_is_incomplete(shard_dirs, tmp_path, capsys):
+    plan, dirs = shard_dirs
+    run = json.loads((dirs[1] / "results.json").read_text())
+    lost = run["cells"].pop()["id"]
+    (dirs[1] / "results.json").write_text(json.dumps(run))
+    out = tmp_path / "m"
+    assert cli.main(["merge", *map(str, dirs), "--out", str(out)]) == 2
+    assert f"{dirs[1]}: shard 2/3 did not report cell {lost}" in capsys.readouterr().err
+    cell = next(c for c in resultsfile.load(out)["cells"] if c["id"] == lost)
+    assert cell["status"] == "incomplete"
+
+
+def test_a_cell_outside_its_shard_is_left_out(shard_dirs, recorded, tmp_path, capsys):
+    plan, dirs = shard_dirs
+    run = json.loads((dirs[0] / "results.json").read_text())
+    stray = next(c for c in recorded if c["id"] in plan.shards[1])
+    run["cells"].append(stray)
+    (dirs[0] / "results.json").write_text(json.dumps(run))
+    assert cli.main(["merge", *map(str, dirs), "--out", str(tmp_path / "m")]) == 2
+    assert f"{dirs[0]}: reports cell {stray['id']}, which is not in shard 1/3" in capsys.readouterr().err
+
+
+def test_shards_of_different_loopqual_commits_do_not_merge_silently(shard_dirs, tmp_path, capsys):
+    _plan, dirs = shard_dirs
+    run = json.loads((dirs[2] / "results.json").read_text())
+    run["host"]["loopqual_commit"] = "def"
+    (dirs[2] / "results.json").write_text(json.dumps(run))
+    assert cli.main(["merge", *map(str, dirs), "--out", str(tmp_path / "m")]) == 2
+    assert "the shards ran different loopqual commits: abc, def" in capsys.readouterr().err
+
+
+def test_a_local_tree_gives_the_same_plan_wherever_it_is_checked_out(tmp_path):
+    ids = []
+    for where in ("a", "b"):
+        tree = tmp_path / where / "v4l2loopback"
+        tree.mkdir(parents=True)
+        (tree / "v4l2loopback.c").write_text("/* a local tree */\n")
+        ids.append(qualify.plan_shards(qualify.select([], [str(tree)], [], [], None), 2).plan_id)
+    assert ids[0] == ids[1]
 
 
 def test_a_shard_of_another_plan_is_named_and_left_out(shard_dirs, recorded, tmp_path, capsys):
