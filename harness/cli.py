@@ -63,6 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guests to run at once, each with its share of the cells (default: "
                         "$LOOPQUAL_JOBS or 1; under TCG each guest keeps one host core busy)")
 
+    q.add_argument("--shard", metavar="K/N",
+                   help="run only shard K of the selection's N shards (see loopqual plan); "
+                        "results.json says which shard of which plan it is")
+
+    pl = sub.add_parser("plan", help="split the selection's cells into N shards balanced by the "
+                                     "suites' typical times, printed for a CI matrix; builds and "
+                                     "boots nothing")
+    _matrix_args(pl)
+    pl.add_argument("--shards", "-n", required=True, metavar="N", help="number of shards")
+    pl.add_argument("--format", "-f", default="json", choices=["json", "github", "gitlab"],
+                    help="json: each shard with its cells and expected seconds; github: for "
+                         "strategy.matrix via fromJSON; gitlab: for parallel: matrix (default json)")
+
+    mg = sub.add_parser("merge", help="merge shard results directories into one results.json, "
+                                      "junit.xml and report.html; exit code as qualify's",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="the shards' results directories")
+    mg.add_argument("--out", "-o", type=Path, metavar="DIR",
+                    help="merged results directory (default: results/<UTC timestamp>)")
+
     sub.add_parser("list", help="kernels, module sources, parameter sets and suites known")
 
     b = sub.add_parser("build", help="build only (cached); print module paths")
@@ -149,10 +169,34 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "qualify":
         from . import qualify
 
+        shard = None
+        if args.shard is not None:
+            from . import shards
+
+            k, n = shards.parse_shard(args.shard)
         sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
+        if args.shard is not None:
+            shard = (qualify.plan_shards(sel, n), k)
+            print(f"shard {k}/{n} of plan {shard[0].plan_id}: {len(shard[0].shards[k - 1])} of "
+                  f"{len(shard[0].cells)} cell(s), ~{shard[0].expected_s[k - 1]} s expected",
+                  file=sys.stderr)
         out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         jobs = args.jobs or _jobs(os.environ.get("LOOPQUAL_JOBS", "1"), "LOOPQUAL_JOBS")
-        return qualify.qualify(sel, out, argv, jobs=jobs)
+        return qualify.qualify(sel, out, argv, jobs=jobs, shard=shard)
+    if args.command == "plan":
+        from . import qualify, shards
+
+        n = shards.parse_count(args.shards)
+        sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
+        plan = qualify.plan_shards(sel, n)
+        print(shards.render(plan, args.format))
+        print(shards.summary(plan), file=sys.stderr)
+        return 0
+    if args.command == "merge":
+        from . import shards
+
+        out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return shards.merge(args.dirs, out, argv)
     if args.command == "list":
         return _list()
     if args.command == "build":

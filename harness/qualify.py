@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -19,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__, data, kernels, report, results, sources, vm
 from . import build as buildmod
-from . import data, kernels, report, results, sources, vm
 from .errors import LoopqualError
 from .paths import REPO
 
@@ -152,6 +153,7 @@ def cell_outcome(ev: dict) -> str:
 
 
 CELL_OVERHEAD_S = 5  # insmod, controls, rmmod and the health checks of one cell
+BOOT_S = 30  # one guest boot under TCG here (20-45 s): a shard pays it once per kernel it runs
 
 
 def cell_weight(cell: dict, sel: Selection) -> float:
@@ -180,26 +182,148 @@ class Lane:
     wall_s: float = 0.0
 
 
+def balance(cells: list[dict], n: int, weight, group=None, group_cost: float = 0.0) -> list[list[dict]]:
+    """Deal cells into n buckets of about equal expected time, deterministically (LPT): the
+    heaviest first (plan order breaks ties), each to the bucket where it would end soonest
+    (the lowest index breaks ties). group(cell), group_cost: a bucket pays group_cost once for
+    each group it runs (a guest boot per kernel). Cells keep their planned order in a bucket.
+    The one balancing of loopqual: lanes (--jobs) and shards (plan, --shard) alike."""
+    buckets: list[list[dict]] = [[] for _ in range(n)]
+    loads = [0.0] * n
+    groups: list[set] = [set() for _ in range(n)]
+    order = {c["id"]: i for i, c in enumerate(cells)}
+    for c in sorted(cells, key=lambda c: (-weight(c), order[c["id"]])):
+        g = group(c) if group else None
+
+        def ends(i: int, c=c, g=g) -> float:
+            return loads[i] + weight(c) + (group_cost if g is not None and g not in groups[i] else 0.0)
+
+        i = min(range(n), key=lambda i: (ends(i), i))
+        loads[i] = ends(i)
+        buckets[i].append(c)
+        if g is not None:
+            groups[i].add(g)
+    return [sorted(b, key=lambda c: order[c["id"]]) for b in buckets]
+
+
 def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight) -> list[tuple[str, list[dict]]]:
     """Spread each kernel's cells over lanes (guests) so that `jobs` guests can run at once.
     A kernel gets lanes in proportion to its share of the work (at least one, at most one per
-    cell); its cells go to lanes heaviest first, each to the lightest lane so far (LPT), and
-    keep their planned order within a lane. jobs=1: one lane per kernel, as planned."""
+    cell); its cells are dealt over them by balance(). jobs=1: one lane per kernel, as planned."""
     total = sum(weight(c) for _k, cells in per_kernel for c in cells) or 1.0
     lanes = []
     for kname, cells in per_kernel:
         mine = sum(weight(c) for c in cells)
         n = 1 if jobs <= 1 else max(1, min(len(cells), round(jobs * mine / total)))
-        buckets: list[list[dict]] = [[] for _ in range(n)]
-        loads = [0.0] * n
-        order = {c["id"]: i for i, c in enumerate(cells)}
-        for c in sorted(cells, key=lambda c: (-weight(c), order[c["id"]])):
-            i = loads.index(min(loads))
-            buckets[i].append(c)
-            loads[i] += weight(c)
-        for b in buckets:
-            lanes.append((kname, sorted(b, key=lambda c: order[c["id"]])))
+        lanes += [(kname, b) for b in balance(cells, n, weight)]
     return lanes
+
+
+def cell_id(index: int, kernel: str, module: str, param_set: str) -> str:
+    """A cell's id, from its place in the selection and the names alone (never the kernel
+    release): the same selection gives the same ids on every machine."""
+    return f"{index:03d}-" + re.sub(r"[^A-Za-z0-9._-]+", "_",
+                                    f"{kernel}-{Path(module).name}-{param_set}")[:80]
+
+
+def matrix(sel: Selection) -> list[tuple[str, data.Kernel, data.Source, data.ParamSet]]:
+    """Every cell of the selection in plan order (kernel, module source, parameter set)."""
+    out: list[tuple[str, data.Kernel, data.Source, data.ParamSet]] = []
+    for kernel in sel.kernels:
+        for m in sel.modules:
+            for ps in sel.param_sets:
+                out.append((cell_id(len(out) + 1, kernel.name, m.name, ps.name), kernel, m, ps))
+    return out
+
+
+@dataclass
+class ShardPlan:
+    """The selection's cells split into n shards (loopqual plan; qualify --shard K/N)."""
+    plan_id: str
+    n: int
+    cells: list[dict]  # every cell: id, kernel, module, param_set, gated, shard, expected_s
+    shards: list[list[str]]  # cell ids of shard 1..n, in plan order
+    expected_s: list[int]  # per shard: the cells' typical times and a boot per kernel
+
+    def block(self, k: int) -> dict:
+        """What a shard's results.json says about the plan it ran."""
+        return {"plan_id": self.plan_id, "k": k, "n": self.n, "cells": list(self.shards[k - 1]),
+                "expected_s": self.expected_s[k - 1],
+                "plan_cells": [{key: c[key] for key in ("id", "kernel", "module", "param_set",
+                                                        "gated", "shard")} for c in self.cells]}
+
+
+PLAN_DATA_FILES = ("kernel/kernels.toml", "kernel/sources.toml", "kernel/expected-failures.toml",
+                   "kernel/splats.toml", "scenarios/params.toml", "scenarios/suites.toml")
+
+
+def _data_digest() -> str:
+    """The data files that shape a plan and its verdicts (and the patch series), hashed."""
+    h = hashlib.sha256()
+    files = [REPO / f for f in PLAN_DATA_FILES] + sorted((REPO / "kernel" / "patches").glob("*"))
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0")
+        h.update(f.read_bytes() if f.is_file() else b"(missing)")
+    return h.hexdigest()
+
+
+def plan_shards(sel: Selection, n: int) -> ShardPlan:
+    """Split the selection's cells into n shards balanced by the suites' typical times.
+    Reads names and data files only: nothing is built, booted or installed."""
+    cells = []
+    for cid, kernel, m, ps in matrix(sel):
+        c = {"id": cid, "kernel": kernel.name, "module": m.name, "param_set": ps.name,
+             "gated": m.gated, "suites": _cell_suites(ps, sel, {})}
+        c["expected_s"] = cell_weight(c, sel)
+        cells.append(c)
+    if not 1 <= n <= len(cells):
+        raise LoopqualError(f"{n} shard(s): the selection has {len(cells)} cell(s); give from 1 "
+                            f"to {len(cells)} shards")
+    weight = lambda c: c["expected_s"]  # noqa: E731
+
+    def expected(buckets):
+        return [round(sum(c["expected_s"] for c in b) + BOOT_S * len({c["kernel"] for c in b}))
+                for b in buckets]
+
+    # Two deals, the better kept (the kernel-wise one on a tie): every cell over every shard,
+    # or each kernel over shards of its own (one boot and one kernel to install per shard).
+    mixed = balance(cells, n, weight, group=lambda c: c["kernel"], group_cost=BOOT_S)
+    own = _shards_per_kernel(cells, n, weight)
+    buckets = own if own and max(expected(own)) <= max(expected(mixed)) else mixed
+    for k, b in enumerate(buckets, 1):
+        for c in b:
+            c["shard"] = k
+    for c in cells:
+        del c["suites"]
+    identity = {"loopqual": __version__, "n": n, "data": _data_digest(),
+                "selection": {"kernels": [k.name for k in sel.kernels],
+                              # a local tree by its directory's name: checkouts differ
+                              "modules": [Path(m.name).name if m.kind == "local" else m.name
+                                          for m in sel.modules],
+                              "param_sets": [[p.name, p.all_params] for p in sel.param_sets],
+                              "suites": [s.name for s in sel.suites], "k": sel.k},
+                "cells": [[c["id"], c["shard"]] for c in cells]}
+    plan_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return ShardPlan(plan_id, n, cells, [[c["id"] for c in b] for b in buckets], expected(buckets))
+
+
+def _shards_per_kernel(cells: list[dict], n: int, weight) -> list[list[dict]] | None:
+    """Each kernel's cells over shards of their own: a kernel gets one shard, and each further
+    shard goes to the kernel with the most expected seconds per shard; balance() deals its
+    cells. None when there are fewer shards than kernels."""
+    per_kernel: dict[str, list[dict]] = {}
+    for c in cells:
+        per_kernel.setdefault(c["kernel"], []).append(c)
+    if n < len(per_kernel):
+        return None
+    names = list(per_kernel)
+    load = {k: sum(weight(c) for c in cs) for k, cs in per_kernel.items()}
+    alloc = dict.fromkeys(names, 1)
+    for _ in range(n - len(names)):
+        k = max((k for k in names if alloc[k] < len(per_kernel[k])),
+                key=lambda k: (load[k] / alloc[k], -names.index(k)))
+        alloc[k] += 1
+    return [b for k in names for b in balance(per_kernel[k], alloc[k], weight)]
 
 
 @dataclass
@@ -209,14 +333,16 @@ class Plan:
     to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]]
 
 
-def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
-    """plan (build every module) -> lanes -> boot and run them -> judge -> write results."""
+def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
+            shard: tuple[ShardPlan, int] | None = None) -> int:
+    """plan (build every module) -> lanes -> boot and run them -> judge -> write results.
+    shard: (the plan, K): run only shard K's cells, and say so in results.json."""
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
     seed = run_seed()
     env = run_env(seed)
-    plan = plan_cells(sel, env)
+    plan = plan_cells(sel, env, only=set(shard[0].shards[shard[1] - 1]) if shard else None)
     lanes = make_lanes(plan, sel, out, jobs)
     accel = {k.name: vm.detect_accel(ik.vmlinuz) for k, ik, _cs in plan.to_boot}
     with stop_on_signals():
@@ -246,6 +372,8 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1) -> int:
         "expected_failures": [e.__dict__ for e in sel.expected],
         "cells": cells,
     }
+    if shard:
+        run["shard"] = shard[0].block(shard[1])
     if interrupted:
         run["interrupted"] = interrupted
     write_results(out, run)
@@ -270,33 +398,36 @@ def env_prefix(env: dict[str, str]) -> list[str]:
     return [f"{name}={value}" for name, value in sorted(env.items())]
 
 
-def plan_cells(sel: Selection, env: dict[str, str]) -> Plan:
+def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None) -> Plan:
     """Build every module for every kernel (cached) and describe each cell; the cells whose
     build succeeded are planned for a guest. env: run_env(), for the guest and the
-    reproduce lines alike."""
+    reproduce lines alike. only: the ids of the cells to plan (a shard's); a kernel or module
+    source none of them needs is neither installed nor built. Ids are the whole selection's."""
     mirror, all_sources = data.load_sources()
     plan = Plan([], [])
     for kernel in sel.kernels:
+        mine = [(cid, m, ps) for cid, k, m, ps in matrix(sel)
+                if k.name == kernel.name and (only is None or cid in only)]
+        if not mine:
+            continue
         ik = kernels.resolve(kernel)
-        builds = {m.name: _build_module(kernel, ik, m, all_sources, mirror) for m in sel.modules}
+        builds = {m.name: _build_module(kernel, ik, m, all_sources, mirror)
+                  for m in _dedupe([m for _cid, m, _ps in mine])}
         plan_cells_ = []
-        for m in sel.modules:
+        for cid, m, ps in mine:
             b, version, patches = builds[m.name]
-            for ps in sel.param_sets:
-                cid = f"{len(plan.metas) + 1:03d}-" + re.sub(
-                    r"[^A-Za-z0-9._-]+", "_", f"{kernel.name}-{Path(m.name).name}-{ps.name}")[:80]
-                meta = {
-                    "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
-                    "module": m.name, "module_version": version, "params": ps.all_params,
-                    "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
-                    "gated": m.gated, "patches": [p.name for p in patches],
-                    "build": {"status": b.status, "log_tail": b.log_tail,
-                              "warnings": b.warnings, "cached": b.cached, "key": b.key},
-                    "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k, env),
-                }
-                plan.metas.append(meta)
-                if b.status == "ok":
-                    plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env))
+            meta = {
+                "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
+                "module": m.name, "module_version": version, "params": ps.all_params,
+                "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
+                "gated": m.gated, "patches": [p.name for p in patches],
+                "build": {"status": b.status, "log_tail": b.log_tail,
+                          "warnings": b.warnings, "cached": b.cached, "key": b.key},
+                "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k, env),
+            }
+            plan.metas.append(meta)
+            if b.status == "ok":
+                plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env))
         if plan_cells_:
             plan.to_boot.append((kernel, ik, plan_cells_))
     return plan
@@ -416,6 +547,14 @@ def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
     """run_env: the run's LOOPQUAL_* (passthrough_env() and the run's seed); its reproduce
     line carries the same."""
     run_env = passthrough_env() if run_env is None else run_env
+    return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
+            "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
+            "suites": _cell_suites(ps, sel, run_env), "k": sel.k}
+
+
+def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str]) -> list[dict]:
+    """The suites (and compliance profiles) a cell of this parameter set runs, each with the
+    reason it does not apply where it does not."""
     suites = []
     for s in sel.suites:
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
@@ -437,9 +576,7 @@ def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
                     pe["not_applicable"] = why_not
                 entry["profiles"].append(pe)
         suites.append(entry)
-    return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
-            "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
-            "suites": suites, "k": sel.k}
+    return suites
 
 
 GUEST_ENV_SKIP = {"LOOPQUAL_CACHE", "LOOPQUAL_ACCEL", "LOOPQUAL_MIRROR", "LOOPQUAL_GUEST_CPUS",

@@ -14,6 +14,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def _summary(cell: dict) -> str:
+    if cell["build"]["status"] == "not run":
+        return f"not run: {cell['build'].get('log_tail', '')}"
     if cell["build"]["status"] != "ok":
         return "build failed (see the build log tail)"
     c = results.counts(cell)

@@ -96,9 +96,28 @@ class _FullCell(_Cell):
     kmsg_tail: list[str] = []
 
 
+class _PlanCell(_Item):
+    id: str
+    kernel: str
+    module: str
+    param_set: str
+    gated: bool
+    shard: int
+
+
+class _Shard(_Item):
+    """Which shard of which plan a run was (qualify --shard K/N): what merge reads."""
+    plan_id: str
+    k: int
+    n: int
+    cells: list[str]
+    plan_cells: list[_PlanCell]
+
+
 class _Run(_Item):
     schema_: int = Field(alias="schema")
     cells: list[_Cell]
+    shard: _Shard | None = None
 
 
 class _FullRun(_Run):

@@ -219,6 +219,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
     most len(cells) + EXTRA_BOOTS times. A stop request (STOP) ends the lane: its unsettled
     cells are incomplete with the stop's reason."""
     gr = GuestRun(accel=accel)
+    rwdir = rwdir.absolute()  # vng runs in the repository: a relative --out would miss
     cells_dir = rwdir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     by_id = {c["id"]: c for c in plan["cells"]}
