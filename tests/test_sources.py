@@ -3,6 +3,7 @@ loopqual's private apt configuration in a temporary cache: a few seconds, networ
 
 import hashlib
 import json
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from loopqual import data, sources
+from loopqual.paths import cache_lock
 
 
 @pytest.fixture
@@ -149,12 +151,18 @@ print(sources.PrivateApt(mirror, src.suite).fetch(src.package, src.version))
 
 def test_two_runs_use_one_suites_private_apt_at_once(private_cache):
     """The private apt state (lists, archives, debs) of a suite is locked: two processes that
-    update and download at the same moment both get the checked .deb, and one says it waits."""
-    procs = [subprocess.Popen([sys.executable, "-c", FETCHER, "debian-0.12.7"], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    update and download at the same moment both get the checked .deb. The test holds the
+    suite's lock while both start, so that both must wait for it (and say so) whatever the
+    machine's speed, then lets them race for it."""
+    with cache_lock(private_cache / "apt" / "bookworm.lock", "the test's own hold"):
+        procs = [subprocess.Popen([sys.executable, "-c", FETCHER, "debian-0.12.7"], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        waits = []
+        for p in procs:
+            ready, _, _ = select.select([p.stderr], [], [], 120)
+            waits.append(p.stderr.readline() if ready else "(nothing within 120 s)")
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     debs = {o[0].strip() for o in outs}
     assert len(debs) == 1 and Path(debs.pop()).read_bytes()[:7] == b"!<arch>"
-    waits = [line for o in outs for line in o[1].splitlines() if "waiting" in line]
-    assert len(waits) == 1 and "private apt state for bookworm" in waits[0]
+    assert all("waiting" in w and "private apt state for bookworm" in w for w in waits), waits
