@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from loopqual import build
 from loopqual.kernels import InstalledKernel
+from loopqual.paths import cache_lock
 
 
 def kernel(release="6.1.0-56-amd64", headers="6.1.192-2"):
@@ -209,9 +211,19 @@ def test_two_runs_building_the_same_key_at_once(fake, monkeypatch):
     fake.use("ok")
     monkeypatch.setenv("FAKE_SLEEP", "1")
     args = [sys.executable, "-c", RACER, str(fake.kernel.build_dir), str(fake.src)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    # Both start while the test holds the build's lock, so that they meet at it whatever the
+    # machine's speed; released, one builds and the other waits for it and takes its result.
+    key = build.cache_key(fake.src, [], fake.kernel, build.toolchain_id())
+    lock = fake.cache / "build" / fake.kernel.release / f"patched-{key}.lock"
+    with cache_lock(lock, "the test's own hold"):
+        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        said = []
+        for p in procs:
+            ready, _, _ = select.select([p.stderr], [], [], 120)
+            said.append(p.stderr.readline() if ready else "")
     outs = [p.communicate(timeout=120) for p in procs]
+    outs = [(o[0], w + o[1]) for o, w in zip(outs, said, strict=True)]
     assert [p.returncode for p in procs] == [0, 0], outs
     results = [json.loads(o[0]) for o in outs]
     assert [r["status"] for r in results] == ["ok", "ok"]
@@ -220,4 +232,5 @@ def test_two_runs_building_the_same_key_at_once(fake, monkeypatch):
     assert Path(results[0]["ko"]).read_text() == "first half second half"
     assert fake.runs() == 1
     waits = [line for o in outs for line in o[1].splitlines() if "waiting" in line]
-    assert len(waits) == 1 and "the build of patched for 6.1.0-fake" in waits[0]
+    # each waited for the test's hold and said so once (a process announces a lock once)
+    assert len(waits) == 2 and all("the build of patched for 6.1.0-fake" in w for w in waits)

@@ -3,6 +3,7 @@ other's half-written files nor run a locked step at the same time (real files, r
 processes)."""
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -80,10 +81,13 @@ import os, sys, time
 from pathlib import Path
 from loopqual.paths import cache_lock
 lock, log = Path(sys.argv[1]), Path(sys.argv[2])
+release = lock.with_suffix(".release")
 with cache_lock(lock, "the test step"):
     with log.open("a") as fh:
         fh.write(f"start {os.getpid()}\\n"); fh.flush()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # held until the test says the other run waits
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         fh.write(f"end {os.getpid()}\\n")
 """
 
@@ -95,7 +99,13 @@ def test_cache_lock_serialises_processes_and_the_waiter_says_so_once(tmp_path):
     while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     second = _spawn(LOCKER, str(lock), str(log))
+    # the first holds the lock until the second has said that it waits, however slowly the
+    # second starts on a loaded machine
+    ready, _, _ = select.select([second.stderr], [], [], 60)
+    said = second.stderr.readline() if ready else ""
+    (tmp_path / "x.release").touch()
     outs = [p.communicate(timeout=30) for p in (first, second)]
+    outs[1] = (outs[1][0], said + outs[1][1])
     assert [p.returncode for p in (first, second)] == [0, 0], outs
     lines = log.read_text().split()
     # start a, end a, start b, end b: never two starts in a row
