@@ -57,7 +57,8 @@ UNIT_ARGS ?=
 unit: venv
 	@$(call record,unit,$(PY) -m pytest -q -m "not guest" tests $(UNIT_ARGS))
 
-# The harness's own failure paths (panic -> incomplete -> reboot; stray opener) in a real guest.
+# The harness's own paths in real guests: panic -> incomplete -> reboot, a stray opener,
+# SIGTERM/SIGINT stopping every guest and still writing results, two shards merged.
 selftest: venv
 	@$(call record,selftest,$(PY) -m pytest -q -m guest tests)
 
