@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from cli_expect import one_line_exit_2
 
 from loopqual import cli, data, results
 
@@ -37,14 +38,6 @@ def write(tmp_path, run):
 
 
 COMMANDS = ["report", "compare", "expected-failures"]
-
-
-def one_line_exit_2(capsys, argv, pattern):
-    rc = cli.main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert re.search(pattern, err), err
 
 
 @pytest.mark.parametrize("command", COMMANDS)

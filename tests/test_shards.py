@@ -6,11 +6,11 @@ matrix, suite contract, Debian 6.1), dealt into shard results directories as the
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from types import SimpleNamespace
 
 import pytest
+from cli_expect import one_line_exit_2
 
 from loopqual import cli, qualify, results, resultsfile, rules, shards
 
@@ -94,14 +94,6 @@ def test_plan_formats_for_the_ci_engines(capsys):
     assert gh == {"include": [{"shard": "1/3"}, {"shard": "2/3"}, {"shard": "3/3"}]}
     assert cli.main(["plan", "--shards", "3", "--format", "gitlab"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"SHARD": ["1/3", "2/3", "3/3"]}]
-
-
-def one_line_exit_2(capsys, argv, pattern):
-    rc = cli.main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert re.search(pattern, err), err
 
 
 @pytest.mark.parametrize("bad", ["0/3", "4/3", "x", "3/0", "1/", "-1/3"])
