@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .data import ExpectedFailure
-from .guest.recorder import unjudged_line
+from .guest.suite_record import unjudged_line
 from .paths import atomic_write
 
 SCHEMA = 1

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from loopqual.guest.suite_record import finished_path
+
 
 def scenario_id(nodeid: str) -> str:
     """Node ids relative to scenarios/ ("contract/test_x.py::test_y")."""
@@ -27,30 +29,6 @@ def rules_of(item) -> list[str]:
     for mark in item.iter_markers("rules"):
         rules.extend(str(r) for r in mark.args)
     return sorted(set(rules), key=rules.index)
-
-
-def finished_path(results_file: Path) -> Path:
-    return Path(results_file).with_suffix(".finished")
-
-
-def read_session(results_file: Path) -> dict | None:
-    """The session's own account ({"exitstatus", "collected"}), or None if pytest never
-    finished its session (killed, crashed, or hung)."""
-    try:
-        data = json.loads(finished_path(results_file).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("collected"), int) \
-            or not isinstance(data.get("exitstatus"), int):
-        return None
-    return data
-
-
-def unjudged_line(scenario: dict) -> str:
-    """What a cell's incomplete list says of a scenario that could not judge the module (the
-    runner's and the host's verdicts use this one wording)."""
-    first = (scenario.get("message") or "").splitlines()
-    return f"scenario {scenario['id']} could not judge the module: {first[0] if first else '?'}"
 
 
 class Recorder:

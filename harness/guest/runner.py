@@ -402,7 +402,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             if line.strip():
                 scenarios.append(json.loads(line))
     log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    from loopqual.guest.recorder import read_session
+    from loopqual.guest.suite_record import read_session
 
     session = read_session(results_file)
     incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
@@ -435,7 +435,7 @@ def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: 
     if len(scenarios) != session["collected"]:
         return (f"suite {name}: {len(scenarios)} of {session['collected']} collected scenarios "
                 f"were recorded")
-    from loopqual.guest.recorder import unjudged_line
+    from loopqual.guest.suite_record import unjudged_line
 
     unjudged = [unjudged_line(sc) for sc in scenarios if sc.get("status") == "incomplete"]
     return "; ".join(unjudged) or None
