@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results directory (default: results/<UTC timestamp>)")
     q.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
                    help="guests to run at once, each with its share of the cells (default: "
-                        "$LOOPQUAL_JOBS or 1; under TCG each guest keeps one host core busy)")
+                        "$LOOPQUAL_JOBS, else what the machine carries: a guest per core, "
+                        "2 GiB of memory each; --jobs 1 runs one guest at a time)")
 
     q.add_argument("--shard", metavar="K/N",
                    help="run only shard K of the selection's N shards (see loopqual plan); "
@@ -181,7 +182,10 @@ def _dispatch(args, argv: list[str]) -> int:
                   f"{len(shard[0].cells)} cell(s), ~{shard[0].expected_s[k - 1]} s expected",
                   file=sys.stderr)
         out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        jobs = args.jobs or _jobs(os.environ.get("LOOPQUAL_JOBS", "1"), "LOOPQUAL_JOBS")
+        from .vm import machine_jobs
+
+        env_jobs = os.environ.get("LOOPQUAL_JOBS")
+        jobs = args.jobs or (_jobs(env_jobs, "LOOPQUAL_JOBS") if env_jobs else machine_jobs())
         return qualify.qualify(sel, out, argv, jobs=jobs, shard=shard)
     if args.command == "plan":
         from . import qualify, shards

@@ -136,6 +136,31 @@ class GuestRun:
     boot_seconds: list[float] = field(default_factory=list)
 
 
+GUEST_MEMORY_GIB = 2  # each guest's --memory
+
+
+def machine_jobs(cpus: int | None = None, mem_kib: int | None = None) -> int:
+    """How many guests this machine carries at once: one per host core (a guest keeps one
+    core busy under TCG, and uses about one with KVM), and GUEST_MEMORY_GIB of memory each
+    with one guest's worth left for the host."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) or 1
+    if mem_kib is None:
+        mem_kib = _meminfo_kib("MemTotal")
+    by_memory = mem_kib // (GUEST_MEMORY_GIB * 1024 * 1024) - 1 if mem_kib else 1
+    return max(1, min(cpus, by_memory, 16))
+
+
+def _meminfo_kib(key: str) -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def guest_cpus() -> int:
     """vCPUs per guest: 1 unless LOOPQUAL_GUEST_CPUS says otherwise (one boots faster under TCG)."""
     value = os.environ.get("LOOPQUAL_GUEST_CPUS", "1")
@@ -144,7 +169,8 @@ def guest_cpus() -> int:
     return int(value)
 
 
-def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str, memory: str = "2G",
+def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
+                memory: str = f"{GUEST_MEMORY_GIB}G",
                 cpus: int | None = None, exec_cmd: str | None = None,
                 guest_module: str = "loopqual.guest.runner") -> list[str]:
     cpus = cpus or guest_cpus()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.guest
 def test_panic_is_incomplete_then_reboot_and_stray_opener_is_reported(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "loopqual.cli", "qualify", "--module", "debian-0.15.0",
+        [sys.executable, "-m", "loopqual.cli", "qualify", "--jobs", "1", "--module", "debian-0.15.0",
          "--params", "ec1", "--params", "ec0", "--suite", "selftest", "--out", str(out)],
         capture_output=True, text=True, timeout=1200,
     )

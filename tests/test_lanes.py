@@ -74,3 +74,15 @@ def test_bad_jobs_environment_is_refused_before_anything_boots(monkeypatch, caps
     monkeypatch.setenv("LOOPQUAL_JOBS", "many")
     assert cli.main(["qualify"]) == 2
     assert "LOOPQUAL_JOBS='many': give a whole number" in capsys.readouterr().err
+
+
+def test_default_jobs_is_what_the_machine_carries():
+    """issue 11: a guest per host core, 2 GiB each, one guest's worth of memory left over."""
+    from loopqual.vm import machine_jobs
+
+    gib = 1024 * 1024
+    assert machine_jobs(cpus=2, mem_kib=24 * gib) == 2  # this machine
+    assert machine_jobs(cpus=64, mem_kib=8 * gib) == 3  # memory decides
+    assert machine_jobs(cpus=4, mem_kib=3 * gib) == 1  # never fewer than one
+    assert machine_jobs(cpus=1, mem_kib=0) == 1
+    assert machine_jobs() >= 1
