@@ -9,6 +9,7 @@ import jinja2
 from . import results
 from .data import CATEGORIES
 from .paths import atomic_write
+from .profile import bars, time_profile
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -62,7 +63,22 @@ def terminal_table(run: dict) -> str:
             problems.append(f"  {label}: ... and {extra} more (see the report)")
     if problems:
         lines += ["", "Problems:"] + problems
+    lines += ["", profile_summary(time_profile(run))]
     return "\n".join(lines)
+
+
+def profile_summary(p: dict) -> str:
+    """Where the time went, in a few lines for the terminal."""
+    top = ", ".join(f"{k} {v:.0f} s" for k, v in list(p["steps"].items())[:6])
+    out = [f"Time: {p['boots']['count'] or 0} boot(s) {p['boots']['total_s']:.0f} s; {top}"]
+    if p["lanes"]:
+        out.append("  lanes: " + "; ".join(
+            f"{ln['lane']} {ln['kernel']} wall {ln['wall_s']:.0f} s (boots {ln['boot_s']:.0f}, "
+            f"cells {ln['cells_s']:.0f}, other {ln['other_s']:.0f})" for ln in p["lanes"]))
+    if p["slowest_scenarios"]:
+        s = p["slowest_scenarios"][0]
+        out.append(f"  slowest scenario: {s['id']} {s['duration_s']:.0f} s ({s['cell']})")
+    return "\n".join(out)
 
 
 def _env() -> jinja2.Environment:
@@ -115,11 +131,13 @@ def write_html(path: Path, run: dict) -> None:
             rule_cols, rule_table = rules.compare(run, rule_text)
         except Exception as exc:  # the table is an addition: never lose the report for it
             rule_text = {"?": f"rules table unavailable: {exc}"}
+    lane_bars, step_kinds = bars(run)
     html = _env().get_template("report.html.j2").render(
         run=run, rows=rows, param_sets=param_sets, cells=cells,
         rule_cols=rule_cols, rule_table=rule_table, rule_text=rule_text,
         expected_groups=expected_by_category(run.get("expected_failures", [])),
         category_text=CATEGORIES, not_run=not_applicable_by_reason(cells),
+        profile=time_profile(run), lane_bars=lane_bars, step_kinds=step_kinds,
         exit_meaning={0: "all gated results passed", 1: "a gated result failed",
                       2: "incomplete: something did not run to the end"}[run["exit_code"]],
     )
