@@ -24,6 +24,7 @@ from . import __version__, data, kernels, report, results, sources, vm
 from . import build as buildmod
 from .errors import LoopqualError
 from .paths import REPO
+from .profile import time_profile
 
 
 @dataclass
@@ -512,6 +513,7 @@ def judge(plan: Plan, lanes: list[Lane], runs: list[vm.GuestRun], sel: Selection
 
 def write_results(out: Path, run: dict) -> None:
     code = run["exit_code"]
+    run["profile"] = time_profile(run)  # where the time went, from the cells and lanes
     results.write_json(out / "results.json", run)
     results.write_junit(out / "junit.xml", run)
     report.write_html(out / "report.html", run)

@@ -191,11 +191,7 @@ def cell_label(cell: dict) -> str:
 
 # ---------------------------------------------------------------------------- writers
 def write_json(path: Path, run: dict) -> None:
-    """results.json, with the run's time profile (derived from its cells and lanes)."""
-    from .profile import time_profile
-
-    atomic_write(path, json.dumps({"schema": SCHEMA, **run, "profile": time_profile(run)},
-                                  indent=1, default=str))
+    atomic_write(path, json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
 
 
 def write_junit(path: Path, run: dict) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import report, results, resultsfile, rules
 from .errors import LoopqualError
+from .profile import time_profile
 from .qualify import ShardPlan, _git_commit
 
 FORMATS = ("json", "github", "gitlab")
@@ -188,6 +189,7 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
         "cells": cells,
     }
     out.mkdir(parents=True, exist_ok=True)
+    run["profile"] = time_profile(run)
     results.write_json(out / "results.json", run)
     results.write_junit(out / "junit.xml", run)
     report.write_html(out / "report.html", run)

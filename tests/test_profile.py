@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from loopqual import profile, report, results
+from loopqual import profile, qualify, report, results
 
 
 def meta(cid: str, param_set: str) -> dict:
@@ -43,9 +43,9 @@ def test_profile_totals_steps_lanes_and_the_slowest_scenarios(fixtures):
 
 def test_results_json_terminal_and_report_carry_the_profile(fixtures, tmp_path):
     run = recorded_run(fixtures)
-    results.write_json(tmp_path / "results.json", run)
+    qualify.write_results(tmp_path, run)
     written = json.loads((tmp_path / "results.json").read_text())
-    assert written["profile"] == profile.time_profile(run)
+    assert written["profile"] == profile.time_profile(run) and written["profile"]["lanes"]
     text = report.terminal_table(run)
     assert "Time: 1 boot(s) 21 s; suite browser" in text and "slowest scenario: browser/" in text
     report.write_html(tmp_path / "report.html", run)
