@@ -49,7 +49,7 @@ def step_kind(step: str) -> str:
         return "load"
     if step == "rmmod":
         return "health + rmmod"
-    if step.startswith("compliance "):
+    if step.startswith("compliance ") or step == "suite compliance":
         return "v4l2-compliance"
     return step.removeprefix("suite ")
 
