@@ -20,6 +20,16 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+def test_sids_newest_release_is_a_stock_source(private_cache):
+    """issue 9 step: upstream's newest release, as Debian sid ships it, is fetched from sid
+    through the private apt configuration and unpacked as it is (never installed by dkms)."""
+    mirror, all_sources = data.load_sources()
+    src = all_sources["debian-0.15.4"]
+    assert (src.suite, src.version, src.gated) == ("sid", "0.15.4-2", False)
+    tree = sources.unpack_debian(src, mirror)
+    assert (tree / "v4l2loopback.c").is_file() and sources.module_version(tree) == "0.15.4"
+
+
 def test_archive_source_is_fetched_checked_and_unpacked(private_cache):
     mirror, all_sources = data.load_sources()
     tree = sources.unpack_debian(all_sources["debian-0.15.0"], mirror)
