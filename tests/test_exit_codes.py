@@ -15,7 +15,10 @@ from loopqual.paths import REPO
 
 def test_make_keeps_the_step_code_that_make_itself_hides(tmp_path):
     codes = tmp_path / "codes"
-    proc = subprocess.run(["make", "-s", "unit", f"EXIT_CODES={codes}", "UNIT_ARGS=-k zzz_no_such_test"],
+    # -o venv: the step alone, never its install prerequisites (apt must not run while a
+    # guest of another run uses the host's root)
+    proc = subprocess.run(["make", "-s", "-o", "venv", "unit", f"EXIT_CODES={codes}",
+                           "UNIT_ARGS=-k zzz_no_such_test"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2  # make's own answer for any failing recipe
     assert (codes / "unit").read_text().strip() == "5"  # pytest: no test collected
