@@ -1,0 +1,143 @@
+"""K5 with the real browser: Debian's Firefox ESR, headless in the guest, with a fresh profile
+that lets a page open a V4L2 camera directly (no permission prompt, no fake streams, no
+PipeWire), captures the loopback device while a writer streams, stops the rude way (the
+tracks stopped, nothing else), and does it again: three sessions in one browser, each of
+which must see distinct non-blank frames (read through a <video> element into a canvas).
+Start-up, camera open and capture are measured apart (lib/browser.py); a browser that does
+not start in time makes the scenario incomplete, not a K5 failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+from lib.browser import judge_capture, package_version, run_capture_page, scenario_timeout
+from lib.common import need_openers
+from lib.infra import need_program
+
+SESSIONS = 3
+SESSION_S = 4
+
+# A fresh profile's settings: the camera without a prompt, V4L2 directly (no fake streams,
+# no PipeWire portal), the page's dump() on the browser's output, and none of a desktop
+# browser's own network chatter (the guest has no network).
+PREFS = {
+    "media.navigator.permission.disabled": True,
+    "media.navigator.streams.fake": False,
+    "media.webrtc.camera.allow-pipewire": False,
+    "media.autoplay.default": 0,
+    "browser.dom.window.dump.enabled": True,
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "browser.aboutwelcome.enabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "app.update.auto": False,
+    "extensions.update.enabled": False,
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "browser.safebrowsing.update.enabled": False,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+}
+
+PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
+<video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
+const say = (s) => { dump(s + "\n"); };
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, distinct: 0, nonblank: 0, error: null, devices: [],
+               sessions: []};
+  try {
+    const v = document.getElementById("v"), c = document.getElementById("c");
+    const ctx = c.getContext("2d", {willReadFrequently: true});
+    const seenAll = new Set();
+    for (let s = 0; s < %(sessions)d; s++) {
+      let stream = await navigator.mediaDevices.getUserMedia({video: true});
+      const devs = await navigator.mediaDevices.enumerateDevices();
+      out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+      const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+      if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
+        stream.getTracks().forEach(t => t.stop());
+        stream = await navigator.mediaDevices.getUserMedia(
+          {video: {deviceId: {exact: wanted.deviceId}}});
+      }
+      const track = stream.getVideoTracks()[0];
+      out.label = track.label;
+      if (s === 0) say("LOOPQUAL_OPENED");
+      v.srcObject = stream;
+      await v.play();
+      const seen = new Set();
+      let frames = 0, nonblank = 0;
+      const end = performance.now() + %(seconds)d * 1000;
+      while (performance.now() < end) {
+        await sleep(100);
+        if (!v.videoWidth) continue;
+        ctx.drawImage(v, 0, 0, c.width, c.height);
+        const px = ctx.getImageData(0, 0, c.width, c.height).data;
+        let h = 0, nz = 0;
+        for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
+        frames++;
+        if (nz > 0) { nonblank++; seen.add(h); seenAll.add(h); }
+      }
+      out.sessions.push({frames, nonblank, distinct: seen.size});
+      out.frames += frames; out.nonblank += nonblank;
+      // the rude stop: the tracks go, nothing is released in order
+      track.stop();
+      v.srcObject = null;
+    }
+    out.distinct = seenAll.size;
+  } catch (e) { out.error = String(e); }
+  say("LOOPQUAL_RESULT " + JSON.stringify(out));
+})();
+</script></body></html>
+"""
+
+
+@pytest.mark.rules("K5")
+@pytest.mark.timeout(scenario_timeout(SESSIONS * SESSION_S))
+def test_k5_firefox_get_user_media_again_and_again(cell, openers, record_property):
+    if not cell.exclusive_caps:
+        pytest.skip("Firefox lists only CAPTURE-without-OUTPUT nodes: K5 in the browser needs "
+                    "exclusive_caps=1; this cell has exclusive_caps=0")
+    firefox = need_program("firefox-esr")
+    version = f"Firefox ESR {package_version('firefox-esr')}"
+    need_openers(cell, 2)
+    w = openers.proc("writer")
+    w.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
+    with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
+        card = f.read().strip()
+    tmp = tempfile.mkdtemp(prefix="loopqual-firefox-")
+    page = os.path.join(tmp, "page.html")
+    with open(page, "w") as f:
+        f.write(PAGE % {"card": json.dumps(card[:20]), "seconds": SESSION_S, "sessions": SESSIONS})
+    profile = os.path.join(tmp, "profile")
+    os.makedirs(profile)
+    with open(os.path.join(profile, "user.js"), "w") as f:
+        for name, value in PREFS.items():
+            f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
+    log_dir = os.path.join(cell.work_dir, "browser")
+    os.makedirs(log_dir, exist_ok=True)
+    argv = [firefox, "--headless", "--no-remote", "--profile", profile, f"file://{page}"]
+    # the guest's root (and so $HOME) is the host's, read-only; no D-Bus in the guest
+    env = dict(os.environ, HOME=tmp, XDG_CONFIG_HOME=os.path.join(tmp, "config"),
+               XDG_CACHE_HOME=os.path.join(tmp, "cache"), MOZ_HEADLESS="1",
+               DBUS_SESSION_BUS_ADDRESS="disabled:")
+    try:
+        cap = run_capture_page(version, argv, env, os.path.join(log_dir, "firefox.log"),
+                               record_property, capture_s=SESSIONS * SESSION_S)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    judge_capture(cap, cell.device, card)
+    sessions = cap.result["sessions"]
+    assert len(sessions) == SESSIONS and all(s["distinct"] >= 2 for s in sessions), (
+        f"{version}: each of {SESSIONS} capture sessions after a rude stop should see at least 2 "
+        f"distinct non-blank frames in {SESSION_S} s, got {sessions}")
+    st = w.call("pump_status")
+    assert st["error"] is None, f"writer disturbed by Firefox: {st['error']}"

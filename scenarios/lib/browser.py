@@ -1,0 +1,161 @@
+"""Real browsers in the guest: start one on a local page that captures the loopback device,
+read what the page reports, measure start-up and capture apart.
+
+The page prints marks on the browser's output: LOOPQUAL_STARTED when its script runs (the
+browser is up), LOOPQUAL_OPENED when the camera is open, LOOPQUAL_RESULT {json} at the end.
+A browser that does not start within START_LIMIT_S says nothing about the module: the
+scenario is incomplete, naming the browser and its version. Once started, the time it may
+take to open the camera and read is derived from how long it took to start (a machine slow
+at one is slow at the other), with a wide margin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from dataclasses import dataclass
+
+from loopqual import procgroup
+
+from .infra import InfrastructureProblem
+
+CAPTURE_S = 10  # the page reads frames for this long
+# Under TCG here Chromium 156 took 82-117 s to start (4 minutes or a hang before its
+# start-up was trimmed), Firefox ESR 153 71-72 s; a loaded machine is slower by up to 3x.
+START_LIMIT_S = 480
+OPEN_MARGIN_MIN_S, OPEN_MARGIN_MAX_S = 60, 300  # after start: 2x the start-up, within these
+MARKS = (b"LOOPQUAL_STARTED", b"LOOPQUAL_OPENED", b"LOOPQUAL_RESULT ")
+
+
+def open_limit(startup_s: float, capture_s: float = CAPTURE_S) -> float:
+    """Seconds from the page's start to its result: the capture window plus twice what the
+    start-up took (at least OPEN_MARGIN_MIN_S, at most OPEN_MARGIN_MAX_S)."""
+    return capture_s + min(OPEN_MARGIN_MAX_S, max(OPEN_MARGIN_MIN_S, 2 * startup_s))
+
+
+def scenario_timeout(capture_s: float = CAPTURE_S) -> int:
+    """The scenario's own wall-clock limit: the longest start-up and open it may allow."""
+    return int(START_LIMIT_S + open_limit(START_LIMIT_S, capture_s) + 60)
+
+
+def package_version(package: str) -> str:
+    """A program's version from its Debian package (fast: no wrapper script started)."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or "unknown version"
+
+
+class BrowserRun:
+    """A browser in its own session, its output logged to a file (unbuffered: a scenario cut
+    short still leaves it) and read line by line for the page's marks."""
+
+    def __init__(self, argv: list[str], env: dict, log_path: str):
+        self.log = open(log_path, "wb", buffering=0)
+        self.t0 = time.monotonic()
+        self.p = procgroup.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env)
+        self.marks: dict[str, float] = {}  # mark -> seconds since launch
+        self.result: dict | None = None
+        self.tail = b""
+        self._buf = b""
+
+    def wait_for(self, mark: str, limit: float) -> bool:
+        """Read the browser's output until the page printed `mark` (True) or `limit` seconds
+        since launch passed or the browser ended (False)."""
+        while mark not in self.marks and time.monotonic() - self.t0 < limit:
+            r, _, _ = select.select([self.p.stdout], [], [], 1.0)
+            if not r:
+                if self.p.poll() is not None:
+                    return False
+                continue
+            chunk = os.read(self.p.stdout.fileno(), 65536)
+            if not chunk:
+                return False
+            self.log.write(chunk)
+            self.tail = (self.tail + chunk)[-3000:]
+            self._buf += chunk
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                self._scan(line)
+        return mark in self.marks
+
+    def _scan(self, line: bytes) -> None:
+        for mark in MARKS:
+            i = line.find(mark)
+            if i < 0:
+                continue
+            self.marks.setdefault(mark.decode().strip(), round(time.monotonic() - self.t0, 1))
+            if mark == b"LOOPQUAL_RESULT ":
+                js = line[i + len(mark):].decode(errors="replace")
+                self.result = json.loads(js[: js.rfind("}") + 1])
+
+    def stop(self) -> None:
+        procgroup.stop(self.p, grace=5.0)
+        self.log.close()
+
+    def output_tail(self, n: int = 1200) -> str:
+        return self.tail.decode(errors="replace")[-n:]
+
+
+@dataclass
+class Capture:
+    """What a browser's run of the capture page gave: its result (None if it gave none), the
+    seconds from launch to the page's start, to the camera open and to the result."""
+    version: str
+    result: dict | None
+    startup_s: float
+    opened_s: float | None
+    done_s: float | None
+    limit_s: float
+    exit_code: int | None
+    tail: str
+
+
+def run_capture_page(version: str, argv: list[str], env: dict, log_path: str, record_property,
+                     capture_s: float = CAPTURE_S) -> Capture:
+    """Start the browser on the capture page and wait for its result, within the limits
+    above; the start-up, open and capture seconds are recorded as the scenario's
+    measurements. A browser that does not start in time raises InfrastructureProblem."""
+    record_property("browser", version)
+    run = BrowserRun(argv, env, log_path)
+    try:
+        started = run.wait_for("LOOPQUAL_STARTED", START_LIMIT_S)
+        startup_s = run.marks.get("LOOPQUAL_STARTED")
+        record_property("startup_s", startup_s)
+        if not started:
+            raise InfrastructureProblem(
+                f"{version} did not start within {START_LIMIT_S} s of launch (exit "
+                f"{run.p.poll()}): the browser, not the module, is too slow or broken here; "
+                f"its output's tail: {run.output_tail(600)}")
+        limit = startup_s + open_limit(startup_s, capture_s)
+        run.wait_for("LOOPQUAL_RESULT", limit)
+    finally:
+        run.stop()
+    opened = run.marks.get("LOOPQUAL_OPENED")
+    done = run.marks.get("LOOPQUAL_RESULT")
+    record_property("open_s", round(opened - startup_s, 1) if opened else None)
+    record_property("capture_s", round(done - (opened or startup_s), 1) if done else None)
+    return Capture(version, run.result, startup_s, opened, done, limit - startup_s,
+                   run.p.returncode, run.output_tail())
+
+
+def judge_capture(cap: Capture, device: str, card: str, min_distinct: int = 3) -> None:
+    """What every browser scenario asks of a capture: a result, no error, the loopback
+    device (by its label), at least min_distinct distinct non-blank frames."""
+    result = cap.result
+    assert result is not None, (
+        f"{cap.version} started in {cap.startup_s:.0f} s, then gave no result within "
+        f"{cap.limit_s:.0f} s (camera {'opened' if cap.opened_s else 'never opened'}; exit "
+        f"{cap.exit_code}); output tail: {cap.tail}")
+    assert not result.get("error"), (f"{cap.version} getUserMedia on {device} ({card}): "
+                                     f"{result['error']}; video inputs {result.get('devices')}")
+    assert card[:20] in (result.get("label") or ""), (
+        f"{cap.version} opened {result.get('label')!r}, expected the loopback device {card!r}; "
+        f"video inputs: {result.get('devices')}")
+    assert result["distinct"] >= min_distinct, (
+        f"{cap.version} on {result['label']!r}: expected at least {min_distinct} distinct "
+        f"non-blank frames, got {result['frames']} frames, {result['nonblank']} non-blank, "
+        f"{result['distinct']} distinct (started in {cap.startup_s:.0f} s)")
