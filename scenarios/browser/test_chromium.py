@@ -8,14 +8,16 @@ does not start in time makes the scenario incomplete, not a K4 failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 
 import pytest
-from lib.browser import CAPTURE_S, judge_capture, package_version, run_capture_page, scenario_timeout
-from lib.common import need_openers
-from lib.infra import need_program
+from lib.browser import (
+    CAPTURE_S,
+    browser_set_up,
+    judge_capture,
+    judge_writer,
+    run_capture_page,
+    scenario_timeout,
+)
 
 PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
 const report = (o) => { const s = "LOOPQUAL_RESULT " + JSON.stringify(o);
@@ -66,51 +68,29 @@ console.log("LOOPQUAL_STARTED");
 @pytest.mark.rules("K4")
 @pytest.mark.timeout(scenario_timeout())
 def test_k4_chromium_get_user_media(cell, openers, record_property):
-    if not cell.exclusive_caps:
-        pytest.skip("Chromium lists only CAPTURE-without-OUTPUT nodes: K4 in the browser needs "
-                    "exclusive_caps=1; this cell has exclusive_caps=0")
-    chromium = need_program("chromium")
-    version = f"Chromium {package_version('chromium')}"
-    need_openers(cell, 2)
-    w = openers.proc("writer")
-    w.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
-    with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
-        card = f.read().strip()
-    tmp = tempfile.mkdtemp(prefix="loopqual-chromium-")
-    page = os.path.join(tmp, "page.html")
-    with open(page, "w") as f:
-        f.write(PAGE % {"card": json.dumps(card[:20]), "seconds": CAPTURE_S})
-    profile = os.path.join(tmp, "profile")
-    argv = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--use-fake-ui-for-media-stream", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--disable-extensions", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-            # no field trials (their testing configuration turns experimental features on)
-            "--disable-field-trial-config",
-            # Chromium 156 classifies the machine's performance for on-device models at each
-            # launch with a fresh profile: a service that tries the GPU through Vulkan and
-            # SwiftShader and, under TCG, holds the only vCPU for minutes before it gives up
-            # (its log: "on_device_model service disconnect ... Error loading backend"). A
-            # given class skips the evaluation; 8 is "GPU blocked", true of a guest without one.
-            "--optimization-guide-performance-class=8",
-            # Fewer child processes that must connect to the browser within 15 s or end
-            # themselves: under TCG on a busy machine the network service missed that, was
-            # restarted, and the page never loaded (seen twice, 480 s without a start). The
-            # network service and the GPU's work run in the browser process instead.
-            "--enable-features=NetworkServiceInProcess2", "--in-process-gpu",
-            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-            f"file://{page}"]
-    log_dir = os.path.join(cell.work_dir, "browser")
-    os.makedirs(log_dir, exist_ok=True)
-    # the guest's root (and so $HOME) is the host's, read-only: Chromium dies at once (crashpad)
-    # unless HOME and the XDG directories point somewhere writable; no D-Bus in the guest
-    env = dict(os.environ, HOME=tmp, XDG_CONFIG_HOME=os.path.join(tmp, "config"),
-               XDG_CACHE_HOME=os.path.join(tmp, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
-    try:
-        cap = run_capture_page(version, argv, env, os.path.join(log_dir, "chromium.log"),
-                               record_property)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    judge_capture(cap, cell.device, card)
-    st = w.call("pump_status")
-    assert st["error"] is None, f"writer disturbed by Chromium: {st['error']}"
+    def page(card: str) -> str:
+        return PAGE % {"card": json.dumps(card[:20]), "seconds": CAPTURE_S}
+
+    with browser_set_up(cell, openers, "Chromium", "chromium", page) as s:
+        argv = [s.program, "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--use-fake-ui-for-media-stream", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-extensions", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
+                # no field trials (their testing configuration turns experimental features on)
+                "--disable-field-trial-config",
+                # Chromium 156 classifies the machine's performance for on-device models at each
+                # launch with a fresh profile: a service that tries the GPU through Vulkan and
+                # SwiftShader and, under TCG, holds the only vCPU for minutes before it gives up
+                # (its log: "on_device_model service disconnect ... Error loading backend"). A
+                # given class skips the evaluation; 8 is "GPU blocked", true of a guest without one.
+                "--optimization-guide-performance-class=8",
+                # Fewer child processes that must connect to the browser within 15 s or end
+                # themselves: under TCG on a busy machine the network service missed that, was
+                # restarted, and the page never loaded (seen twice, 480 s without a start). The
+                # network service and the GPU's work run in the browser process instead.
+                "--enable-features=NetworkServiceInProcess2", "--in-process-gpu",
+                f"--user-data-dir={s.home}/profile", "--enable-logging=stderr", "--v=0",
+                s.page_url]
+        cap = run_capture_page(s.version, argv, s.env, s.log_path, record_property)
+    judge_capture(cap, cell.device, s.card)
+    judge_writer(s)

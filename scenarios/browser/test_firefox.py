@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
-from lib.browser import judge_capture, package_version, run_capture_page, scenario_timeout
-from lib.common import need_openers
-from lib.infra import need_program
+from lib.browser import browser_set_up, judge_capture, judge_writer, run_capture_page, scenario_timeout
 
 SESSIONS = 3
 SESSION_S = 4
@@ -103,41 +99,21 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 @pytest.mark.rules("K5")
 @pytest.mark.timeout(scenario_timeout(SESSIONS * SESSION_S))
 def test_k5_firefox_get_user_media_again_and_again(cell, openers, record_property):
-    if not cell.exclusive_caps:
-        pytest.skip("Firefox lists only CAPTURE-without-OUTPUT nodes: K5 in the browser needs "
-                    "exclusive_caps=1; this cell has exclusive_caps=0")
-    firefox = need_program("firefox-esr")
-    version = f"Firefox ESR {package_version('firefox-esr')}"
-    need_openers(cell, 2)
-    w = openers.proc("writer")
-    w.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
-    with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
-        card = f.read().strip()
-    tmp = tempfile.mkdtemp(prefix="loopqual-firefox-")
-    page = os.path.join(tmp, "page.html")
-    with open(page, "w") as f:
-        f.write(PAGE % {"card": json.dumps(card[:20]), "seconds": SESSION_S, "sessions": SESSIONS})
-    profile = os.path.join(tmp, "profile")
-    os.makedirs(profile)
-    with open(os.path.join(profile, "user.js"), "w") as f:
-        for name, value in PREFS.items():
-            f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
-    log_dir = os.path.join(cell.work_dir, "browser")
-    os.makedirs(log_dir, exist_ok=True)
-    argv = [firefox, "--headless", "--no-remote", "--profile", profile, f"file://{page}"]
-    # the guest's root (and so $HOME) is the host's, read-only; no D-Bus in the guest
-    env = dict(os.environ, HOME=tmp, XDG_CONFIG_HOME=os.path.join(tmp, "config"),
-               XDG_CACHE_HOME=os.path.join(tmp, "cache"), MOZ_HEADLESS="1",
-               DBUS_SESSION_BUS_ADDRESS="disabled:")
-    try:
-        cap = run_capture_page(version, argv, env, os.path.join(log_dir, "firefox.log"),
+    def page(card: str) -> str:
+        return PAGE % {"card": json.dumps(card[:20]), "seconds": SESSION_S, "sessions": SESSIONS}
+
+    with browser_set_up(cell, openers, "Firefox ESR", "firefox-esr", page) as s:
+        profile = os.path.join(s.home, "profile")
+        os.makedirs(profile)
+        with open(os.path.join(profile, "user.js"), "w") as f:
+            for name, value in PREFS.items():
+                f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
+        argv = [s.program, "--headless", "--no-remote", "--profile", profile, s.page_url]
+        cap = run_capture_page(s.version, argv, {**s.env, "MOZ_HEADLESS": "1"}, s.log_path,
                                record_property, capture_s=SESSIONS * SESSION_S)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    judge_capture(cap, cell.device, card)
+    judge_capture(cap, cell.device, s.card)
     sessions = cap.result["sessions"]
-    assert len(sessions) == SESSIONS and all(s["distinct"] >= 2 for s in sessions), (
-        f"{version}: each of {SESSIONS} capture sessions after a rude stop should see at least 2 "
-        f"distinct non-blank frames in {SESSION_S} s, got {sessions}")
-    st = w.call("pump_status")
-    assert st["error"] is None, f"writer disturbed by Firefox: {st['error']}"
+    assert len(sessions) == SESSIONS and all(x["distinct"] >= 2 for x in sessions), (
+        f"{s.version}: each of {SESSIONS} capture sessions after a rude stop should see at least "
+        f"2 distinct non-blank frames in {SESSION_S} s, got {sessions}")
+    judge_writer(s)

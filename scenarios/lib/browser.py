@@ -11,16 +11,23 @@ at one is slow at the other), with a wide margin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import pytest
 
 from loopqual import procgroup
 
-from .infra import InfrastructureProblem
+from .common import need_openers
+from .infra import InfrastructureProblem, need_program
 
 CAPTURE_S = 10  # the page reads frames for this long
 # Under TCG here Chromium 156 took 82-117 s to start (4 minutes or a hang before its
@@ -159,3 +166,56 @@ def judge_capture(cap: Capture, device: str, card: str, min_distinct: int = 3) -
         f"{cap.version} on {result['label']!r}: expected at least {min_distinct} distinct "
         f"non-blank frames, got {result['frames']} frames, {result['nonblank']} non-blank, "
         f"{result['distinct']} distinct (started in {cap.startup_s:.0f} s)")
+
+
+@dataclass
+class BrowserSetUp:
+    """What a browser scenario starts from: the program and its version, a writer streaming
+    into the device, the device's card name, a writable home holding the page, where the
+    browser's log goes, and the browser's environment."""
+    program: str
+    version: str
+    writer: object
+    card: str
+    home: str
+    page_url: str
+    log_path: str
+    env: dict
+
+
+@contextlib.contextmanager
+def browser_set_up(cell, openers, name: str, package: str,
+                   page: Callable[[str], str]) -> Iterator[BrowserSetUp]:
+    """Skip unless the cell has exclusive_caps=1 (browsers list only CAPTURE-without-OUTPUT
+    nodes), need the program (missing: incomplete), start a writer, write page(card) into a
+    fresh home, removed afterwards. The guest's root (and so $HOME) is the host's, read-only:
+    browsers die at once unless HOME and the XDG directories point somewhere writable; there
+    is no D-Bus in the guest."""
+    if not cell.exclusive_caps:
+        pytest.skip(f"{name} lists only CAPTURE-without-OUTPUT nodes: it needs exclusive_caps=1; "
+                    f"this cell has exclusive_caps=0")
+    program = need_program(package)
+    version = f"{name} {package_version(package)}"
+    need_openers(cell, 2)
+    writer = openers.proc("writer")
+    writer.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
+    with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
+        card = f.read().strip()
+    home = tempfile.mkdtemp(prefix=f"loopqual-{package}-")
+    log_dir = os.path.join(cell.work_dir, "browser")
+    os.makedirs(log_dir, exist_ok=True)
+    try:
+        page_path = os.path.join(home, "page.html")
+        with open(page_path, "w") as f:
+            f.write(page(card))
+        env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=os.path.join(home, "config"),
+                   XDG_CACHE_HOME=os.path.join(home, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
+        yield BrowserSetUp(program, version, writer, card, home, f"file://{page_path}",
+                           os.path.join(log_dir, f"{package}.log"), env)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def judge_writer(setup: BrowserSetUp) -> None:
+    st = setup.writer.call("pump_status")
+    assert st["error"] is None, f"writer disturbed by {setup.version}: {st['error']}"
