@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 from loopqual import procgroup
+from loopqual.guest.suite_record import finished_path, read_session, unjudged_line
 from loopqual.kmsg import KmsgReader
 
 EVENT_PREFIX = "@@LQ "
@@ -365,7 +366,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
     """Fork a child that runs pytest on the suite's paths; results come back as JSON lines."""
     results_file = out_dir / f"{cell['id']}-{suite['name']}-scenarios.jsonl"
     log_file = out_dir / f"{cell['id']}-{suite['name']}-pytest.log"
-    finished_file = results_file.with_suffix(".finished")
+    finished_file = finished_path(results_file)
     results_file.unlink(missing_ok=True)
     finished_file.unlink(missing_ok=True)
     pid = os.fork()
@@ -402,8 +403,6 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             if line.strip():
                 scenarios.append(json.loads(line))
     log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    from loopqual.guest.suite_record import read_session
-
     session = read_session(results_file)
     incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
                                   _running_scenario(out_dir / "scenario-progress.log"))
@@ -435,8 +434,6 @@ def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: 
     if len(scenarios) != session["collected"]:
         return (f"suite {name}: {len(scenarios)} of {session['collected']} collected scenarios "
                 f"were recorded")
-    from loopqual.guest.suite_record import unjudged_line
-
     unjudged = [unjudged_line(sc) for sc in scenarios if sc.get("status") == "incomplete"]
     return "; ".join(unjudged) or None
 
