@@ -1,4 +1,4 @@
-"""loopqual bench: stock debian-0.15.0 and patched side by side in one guest boot.
+"""loopqual bench: patched and its stock base (debian-0.15.4 today) side by side in one guest boot.
 
 Frames per second and bytes per second through the device, for 640x480, 1280x720 and
 1920x1080 YUYV, with write() and mmap producers, 1 reader (both) and N readers (patched
@@ -28,12 +28,14 @@ PRODUCERS = ["write", "mmap"]
 
 
 def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int,
-        stock: str = "debian-0.15.0", patched: str = "patched", pace_fps: float = 30.0,
+        stock: str | None = None, patched: str = "patched", pace_fps: float = 30.0,
         repeat: int = 1) -> int:
     if repeat < 1:
         raise LoopqualError(f"--repeat {repeat}: give 1 or more rounds")
     all_kernels = data.load_kernels()
     mirror, all_sources = data.load_sources()
+    if stock is None:  # the stock source the series is built on
+        stock = all_sources[patched].base or "debian-0.15.4"
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
         next(k for k in all_kernels.values() if k.default)
     ik = kernels.resolve(kernel)

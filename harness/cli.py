@@ -36,7 +36,7 @@ def _matrix_args(p: argparse.ArgumentParser, with_suites: bool = True) -> None:
                    help="kernel name from kernel/kernels.toml (repeatable; default: the default kernels)")
     p.add_argument("--module", "-m", action="append", default=[], metavar="M",
                    help="module source from kernel/sources.toml, or a path to a local tree "
-                        "(repeatable; default: debian-0.15.0 and patched)")
+                        "(repeatable; default: patched and its stock base, see kernel/sources.toml)")
     if with_suites:
         p.add_argument("--params", "-p", action="append", default=[], metavar="P",
                        help="parameter set from scenarios/params.toml, or inline "
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
 
-    be = sub.add_parser("bench", help="stock debian-0.15.0 vs patched throughput, one boot; "
+    be = sub.add_parser("bench", help="patched vs its stock base (kernel/sources.toml) throughput, one boot; "
                                       "prints a table and writes bench.json")
     be.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
     be.add_argument("--out", "-o", type=Path, metavar="DIR", help="results directory")
@@ -284,7 +284,7 @@ def _series(args) -> int:
         print(f"{tree}: base = pristine {patched.base}, one commit per patch. Edit the commits, "
               f"then `loopqual series export`.")
     else:
-        written = series.export(work, patched.patches.parent)
+        written = series.export(work, patched.patches.parent, patched.base or "its base source")
         print(f"wrote {len(written)} patch(es) and {patched.patches}")
     return 0
 
@@ -323,7 +323,7 @@ def _build(args) -> int:
     ks = [data.resolve_kernel(n, all_kernels) for n in args.kernel] or \
         [k for k in all_kernels.values() if k.default]
     ms = [data.resolve_source(n, all_sources) for n in args.module] or \
-        [all_sources["debian-0.15.0"], all_sources["patched"]]
+        data.default_modules(all_sources)
     failed = False
     for k in ks:
         ik = kernels.resolve(k)

@@ -208,6 +208,12 @@ def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
     return mirror, out
 
 
+def default_modules(sources: dict[str, Source]) -> list[Source]:
+    """What qualify and build run without --module: the series' stock base, then patched."""
+    patched = sources["patched"]
+    return [sources[patched.base], patched] if patched.base else [patched]
+
+
 def resolve_source(name: str, sources: dict[str, Source]) -> Source:
     """A named source, or a local tree given as a path (must hold v4l2loopback.c)."""
     if name in sources:

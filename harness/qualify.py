@@ -50,7 +50,7 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
     ks = [data.resolve_kernel(n, all_kernels) for n in kernel_names] or \
         [k_ for k_ in all_kernels.values() if k_.default]
     ms = [data.resolve_source(n, all_sources) for n in module_names] or \
-        [all_sources["debian-0.15.0"], all_sources["patched"]]
+        data.default_modules(all_sources)
     ps = [data.resolve_params(n, all_params) for n in param_names] or \
         [p for p in all_params.values() if p.default]
     ss = []

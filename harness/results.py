@@ -115,8 +115,8 @@ def failures(cell: dict) -> list[str]:
     """One line per thing that fails this cell (expected failures excluded)."""
     out = []
     if cell["gated"] and cell["build"].get("warnings"):
-        # Stock 0.15.0 builds without a warning on every kernel of the matrix: any warning
-        # in the gated build is one the patch series added (issue 4).
+        # The series' stock base builds without a warning on every kernel of the matrix:
+        # any warning in the gated build is one the patch series added (issue 4).
         warns = cell["build"]["warnings"]
         out.append(f"build: {len(warns)} compiler warning(s) in the gated source "
                    f"(the series must build warning-free): {warns[0]}")
