@@ -17,8 +17,8 @@ def test_real_data_files_load():
     assert {"debian-6.1", "debian-6.12"} <= set(kernels)
     assert [k for k in kernels.values() if k.default] == [kernels["debian-6.1"]]
     _mirror, sources = data.load_sources()
-    assert {"debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "patched"} <= set(sources)
-    assert sources["patched"].gated and sources["patched"].base == "debian-0.15.0"
+    assert {"debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "debian-0.15.4", "patched"} <= set(sources)
+    assert sources["patched"].gated and sources["patched"].base == "debian-0.15.4"
     assert not sources["debian-0.15.0"].gated
     params = data.load_params()
     defaults = [p for p in params.values() if p.default]

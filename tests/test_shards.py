@@ -19,7 +19,8 @@ FOUR = ["debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "patched"]
 
 
 def contract_sel():
-    return qualify.select([], [], [], ["contract"], None)
+    # The recorded run (RECORDED) ran the then-default modules: stock 0.15.0 and patched.
+    return qualify.select([], ["debian-0.15.0", "patched"], [], ["contract"], None)
 
 
 def big_sel():
