@@ -510,6 +510,7 @@ class ExpectedFailure:
     param_sets: tuple[str, ...] = ()  # globs; empty = every set
     kernels: tuple[str, ...] = ()
     detail: str = ""  # regex the failure's text must contain (its fail: lines, or message)
+    tool_versions: tuple[str, ...] = ()  # compliance: globs over v4l2-compliance's version
 
     @property
     def inherent(self) -> bool:
@@ -517,15 +518,20 @@ class ExpectedFailure:
         return self.category == "inherent"
 
     def matches(self, kind: str, item_id: str, param_set: str, kernel: str,
-                text: str | None = None) -> bool:
+                text: str | None = None, tool_version: str | None = None) -> bool:
         """Does the entry cover this item? text: the failure's text, checked against detail;
-        None for an item that passes (it is listed whatever its detail would have been)."""
+        None for an item that passes (it is listed whatever its detail would have been).
+        tool_version: the v4l2-compliance version that ran (an entry scoped to versions
+        never covers a run whose version is unknown)."""
         # An exact id first: parametrized scenario ids hold brackets, which globs read as sets.
         if kind != self.kind or not (item_id == self.id or fnmatch.fnmatchcase(item_id, self.id)):
             return False
         if self.param_sets and not any(fnmatch.fnmatchcase(param_set, p) for p in self.param_sets):
             return False
         if self.kernels and kernel not in self.kernels:
+            return False
+        if self.tool_versions and not (
+                tool_version and any(fnmatch.fnmatchcase(tool_version, v) for v in self.tool_versions)):
             return False
         return text is None or not self.detail or re.search(self.detail, text) is not None
 
@@ -541,6 +547,8 @@ class _FailureEntry(_Entry):
     reason: str = Field(description="a string: why the failure is expected")
     param_sets: list[str] = Field(default=[], description='a list of parameter set globs, e.g. ["ec0*"]')
     kernels: list[str] = Field(default=[], description='a list of kernel names, e.g. ["debian-6.1"]')
+    tool_versions: list[str] = Field(
+        default=[], description='compliance only: v4l2-compliance version globs, e.g. ["1.22.*"]')
 
 
 _GLOB_SET = re.compile(r"\[[^]]*\]")
@@ -609,10 +617,14 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
         f = _validate(path, where, _FailureEntry, e)
         where = f"failure #{i}, id {f.id!r}"
         _check_id(path, where, f.kind, f.id)
+        if f.tool_versions and f.kind != "compliance":
+            raise DataError(f"{path}: [{where}] tool_versions scopes v4l2-compliance results: "
+                            f"a scenario entry cannot have it")
         out.append(ExpectedFailure(
             kind=f.kind, id=f.id, reason=_check_reason(path, where, f.reason), rule=f.rule,
             issue=f.issue, category=f.category, param_sets=tuple(f.param_sets),
             kernels=tuple(f.kernels), detail=_check_detail(path, where, f.detail),
+            tool_versions=tuple(f.tool_versions),
         ))
     return out
 

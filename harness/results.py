@@ -35,12 +35,13 @@ def _failure_text(item: dict) -> str:
 
 
 def _apply_expectations(item: dict, kind: str, item_id: str, cell: dict,
-                        expected: list[ExpectedFailure]) -> None:
+                        expected: list[ExpectedFailure], tool_version: str | None = None) -> None:
     if not cell["gated"] or item["status"] not in (*FAILING, "pass"):
         return
     text = None if item["status"] == "pass" else _failure_text(item)
     e = next((x for x in expected
-              if x.matches(kind, item_id, cell["param_set"], cell["kernel"], text)), None)
+              if x.matches(kind, item_id, cell["param_set"], cell["kernel"], text,
+                           tool_version)), None)
     if e is None:
         return
     item["status"] = "xpass" if item["status"] == "pass" else "xfail"
@@ -105,7 +106,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                 for t in run.get("tests", []):
                     _apply_expectations(t, "compliance",
                                         f"{run['profile']}::{t['section']}/{t['name']}",
-                                        cell, expected)
+                                        cell, expected, run.get("version"))
                 cell["compliance"].append(run)
     cell["status"] = cell_status(cell)
     return cell
