@@ -100,14 +100,16 @@ class Kernel:
     headers_package: str
     build_needs: tuple[str, ...] = ()
     default: bool = False
+    kind: str = "debian"  # "debug": built by loopqual (harness/debugkernel.py)
 
 
 class _KernelEntry(_Entry):
     description: str = ""
-    image_package: str = Field(description="a Debian package name (a string)")
-    headers_package: str = Field(description="a Debian package name (a string)")
+    image_package: str = Field(default="", description="a Debian package name (a string)")
+    headers_package: str = Field(default="", description="a Debian package name (a string)")
     build_needs: list[str] = Field(default=[], description='a list of Debian packages, e.g. ["dwarves"]')
     default: bool = False
+    kind: Literal["debian", "debug"] = Field(default="debian", description='"debian" or "debug"')
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
@@ -115,9 +117,12 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
     out = {}
     for name, e in _table(path, data, "kernel").items():
         k = _validate(path, f"kernel.{name}", _KernelEntry, e)
+        if k.kind == "debian" and not (k.image_package and k.headers_package):
+            raise DataError(f"{path}: [kernel.{name}] needs image_package and headers_package "
+                            '(or kind = "debug", described in kernel/debug-kernels.toml)')
         out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
                            headers_package=k.headers_package, build_needs=tuple(k.build_needs),
-                           default=k.default)
+                           default=k.default, kind=k.kind)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out

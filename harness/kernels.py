@@ -79,6 +79,9 @@ def _dependency(package: str, prefix: str) -> str:
 
 
 def resolve(kernel: Kernel, install: bool = True) -> InstalledKernel:
+    if kernel.kind == "debug":  # built by loopqual from Debian's kernel source
+        from . import debugkernel
+        return debugkernel.resolve(kernel, build_it=install)
     packages = [kernel.image_package, kernel.headers_package, *kernel.build_needs]
     if install:
         apt_install(packages, f"kernel {kernel.name}")
