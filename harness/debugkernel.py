@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
+from . import procgroup
 from .data import Kernel, Mirror
 from .errors import LoopqualError
 from .kernels import InstalledKernel
@@ -431,10 +432,9 @@ def build(p: Plan, out=None) -> dict:
         t0 = time.monotonic()
         with (bd / "build.log").open("a") as log:
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-            try:
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                        env={**os.environ, "KCONFIG_NOSILENTUPDATE": "1"})
+            try:  # a session of its own: on Ctrl-C or SIGTERM, the whole of make is stopped
+                proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, text=True, errors="replace")
             except FileNotFoundError as exc:
                 raise DebugKernelError("make or nice is not installed (`make deps`)") from exc
             assert proc.stdout is not None
@@ -444,8 +444,7 @@ def build(p: Plan, out=None) -> dict:
                     prog.feed(line)
                 rc = proc.wait()
             except BaseException:
-                proc.terminate()  # kbuild deletes the targets it was writing
-                proc.wait()
+                procgroup.stop(proc, grace=15)  # SIGTERM: kbuild deletes the targets it was writing
                 raise
         prog.finish()
         elapsed = time.monotonic() - t0
