@@ -117,9 +117,11 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
     out = {}
     for name, e in _table(path, data, "kernel").items():
         k = _validate(path, f"kernel.{name}", _KernelEntry, e)
-        if k.kind == "debian" and not (k.image_package and k.headers_package):
-            raise DataError(f"{path}: [kernel.{name}] needs image_package and headers_package "
-                            '(or kind = "debug", described in kernel/debug-kernels.toml)')
+        for key in ("image_package", "headers_package"):
+            if k.kind == "debian" and not getattr(k, key):
+                raise DataError(f"{path}: [kernel.{name}] {key}: missing; expected a Debian "
+                                'package name (a string), or kind = "debug" (a kernel loopqual '
+                                "builds, described in kernel/debug-kernels.toml)")
         out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
                            headers_package=k.headers_package, build_needs=tuple(k.build_needs),
                            default=k.default, kind=k.kind)

@@ -97,7 +97,9 @@ def load_specs(path: Path = DEBUG_KERNELS_FILE) -> dict[str, DebugSpec]:
         try:
             e = _DebugEntry.model_validate(entry)
         except ValidationError as exc:
-            raise DebugKernelError(f"{path}: [debug.{name}]: {_explain(exc)}") from None
+            key, problem = _explain(_DebugEntry, entry, exc)
+            sep = " " if problem.startswith("=") else ": "
+            raise DebugKernelError(f"{path}: [debug.{name}] {key}{sep}{problem}") from None
         frags = tuple(path.parent / f for f in e.fragments)
         for f in frags:
             if not f.is_file():
@@ -362,8 +364,9 @@ class Plan:
         return _root() / f"{_safe(self.name)}-{self.key}"
 
 
-def plan(spec: DebugSpec, tree: Path | None = None) -> Plan:
-    """The .config this spec gives (cached by a hash of the inputs) and the build key."""
+def plan(spec: DebugSpec, tree: Path | None = None, make_allowed: bool = True) -> Plan:
+    """The .config this spec gives (cached by a hash of the inputs) and the build key.
+    make_allowed=False: only a cached plan (no download, no make), else DebugKernelError."""
     want = wanted(spec.fragments)  # a malformed fragment stops here, before any download
     lines = virtme_lines()
     appended = compose(lines, spec.fragments)
@@ -375,6 +378,9 @@ def plan(spec: DebugSpec, tree: Path | None = None) -> Plan:
     cached = _root() / "plans" / f"{_safe(spec.name)}-{h.hexdigest()[:16]}.config"
     if cached.exists():
         config = cached.read_text()
+    elif not make_allowed:
+        raise DebugKernelError(f"debug kernel {spec.name} is not built yet (its configuration "
+                               f"was never made here): run `loopqual build --kernel {spec.name}`")
     else:
         tree = tree or source_tree(spec)
         config = make_config(tree, appended)
@@ -487,7 +493,7 @@ def resolve(kernel: Kernel, build_it: bool = True) -> InstalledKernel:
     """The debug kernel as loopqual boots and builds against it; built first if needed
     (build_it), else a clear error if it is not built."""
     spec = spec_for(kernel)
-    p = plan(spec)
+    p = plan(spec, make_allowed=build_it)
     record = finished(p.build_dir)
     if record is None:
         if not build_it:

@@ -90,9 +90,11 @@ def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[s
 
 def kernel_config(release: str, boot: Path = Path("/boot")) -> set[str] | None:
     """The options a kernel has built in or as modules (CONFIG_X=y|m), from its
-    /boot/config-<release>; None if that file is not there."""
+    /boot/config-<release> (release ".config" with boot = a build tree: that tree's .config);
+    None if that file is not there."""
+    name = ".config" if release == ".config" else f"config-{release}"
     try:
-        text = (boot / f"config-{release}").read_text()
+        text = (boot / name).read_text()
     except OSError:
         return None
     return {ln.split("=", 1)[0] for ln in text.splitlines() if ln.endswith(("=y", "=m"))}
@@ -106,7 +108,10 @@ def kernel_configs(kernels) -> dict[str, set[str] | None]:
     out: dict[str, set[str] | None] = {}
     for k in kernels.values():
         try:
-            out[k.name] = kernel_config(resolve(k, install=False).release)
+            ik = resolve(k, install=False)
+            # a kernel loopqual built (debug) has its .config in its build tree, not in /boot
+            out[k.name] = (kernel_config(".config", ik.build_dir) if k.kind == "debug"
+                           else kernel_config(ik.release))
         except LoopqualError:
             out[k.name] = None
     return out
