@@ -25,6 +25,7 @@ version and suite, and the configuration fragments (kernel/*.config). The steps:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ from . import procgroup
 from .data import Kernel, Mirror
 from .errors import LoopqualError
 from .kernels import InstalledKernel
-from .paths import KERNEL_DIR, atomic_dir, atomic_write, cache_dir, cache_lock
+from .paths import KERNEL_DIR, atomic_dir, atomic_write, cache_dir, cache_lock, remove_tree
 from .schema import Entry
 from .schema import explain as _explain
 
@@ -424,6 +425,7 @@ def build(p: Plan, out=None) -> dict:
             return done
         check_host_tools()
         tree = source_tree(p.spec)
+        prune_unfinished(p.name, keep=bd)
         bd.mkdir(parents=True, exist_ok=True)
         config = bd / ".config"
         if not config.exists() or config.read_text() != p.config:
@@ -472,6 +474,34 @@ def build(p: Plan, out=None) -> dict:
             atomic_write(_root() / f"{_safe(p.name)}.objects", f"{prog.done}\n")
         atomic_write(bd / FINISHED, json.dumps(record, indent=1) + "\n")  # last: it is done
         return record
+
+
+def prune_unfinished(name: str, keep: Path) -> list[Path]:
+    """Remove the unfinished build trees of this kernel under other keys (a configuration or
+    compiler that changed before its build finished): each is a few GB nobody will resume.
+    A tree whose lock another run holds (it is being built) is left alone; finished trees
+    of other keys stay (another clone may still use them)."""
+    removed = []
+    for other in sorted(_root().glob(f"{_safe(name)}-*")):
+        if other == keep or not other.is_dir() or finished(other) is not None:
+            continue
+        lock = _root() / f"{other.name}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being built by another run right now
+            print(f"loopqual: removing the unfinished build {other} (another configuration)",
+                  file=sys.stderr, flush=True)
+            remove_tree(other)
+            removed.append(other)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _counted_objects(name: str) -> int:

@@ -250,3 +250,22 @@ def test_suite_mirror_from_apt_and_override(monkeypatch):
         debugkernel.suite_mirror("trixie-security")
     monkeypatch.setenv("LOOPQUAL_SECURITY_MIRROR", "http://m/debian-security/")
     assert debugkernel.suite_mirror("trixie-security").url == "http://m/debian-security"
+
+
+def test_unfinished_trees_of_other_keys_are_pruned_finished_ones_kept(tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "debug-kernels"
+    keep, stale, done, busy = (root / f"k-{n}" for n in ("aaaa", "bbbb", "cccc", "dddd"))
+    for d in (keep, stale, done, busy):
+        (d / "kernel").mkdir(parents=True)
+    (done / ".finished").write_text("{}")
+    fd = os.open(root / "k-dddd.lock", os.O_RDWR | os.O_CREAT)  # another run is building it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert debugkernel.prune_unfinished("k", keep=keep) == [stale]
+    finally:
+        os.close(fd)
+    assert keep.exists() and done.exists() and busy.exists() and not stale.exists()
+    assert not [p for p in root.iterdir() if ".old-" in p.name]  # nothing left half-removed
