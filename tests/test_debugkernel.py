@@ -269,3 +269,19 @@ def test_unfinished_trees_of_other_keys_are_pruned_finished_ones_kept(tmp_path, 
         os.close(fd)
     assert keep.exists() and done.exists() and busy.exists() and not stale.exists()
     assert not [p for p in root.iterdir() if ".old-" in p.name]  # nothing left half-removed
+
+
+def test_recorded_progress_output_of_a_real_build():
+    """What `loopqual build --kernel debian-6.12-debug` printed on a pipe (not a terminal):
+    a line at most every 30 s, counts that only grow, elapsed time that only grows."""
+    import re
+
+    text = (FIX / "recorded-loopqual-build-progress.txt").read_text()
+    rows = [tuple(map(int, m.groups())) for m in
+            re.finditer(r"^  (\d+)/(\d+) files compiled \(\d+%\), (\d+):(\d\d) elapsed$", text, re.M)]
+    assert len(rows) > 10
+    done = [r[0] for r in rows]
+    secs = [r[2] * 60 + r[3] for r in rows]
+    assert done == sorted(done) and secs == sorted(secs)
+    assert all(b - a >= 29 for a, b in zip(secs, secs[1:-1]))  # the last one is the summary
+    assert done[-1] == 1704  # the .finished record's objects_compiled of that build
