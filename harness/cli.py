@@ -298,7 +298,8 @@ def _list() -> int:
     suites, profiles = data.load_suites()
     print("Kernels (kernel/kernels.toml):")
     for k in kernels.values():
-        print(f"  {k.name:14} {'default ' if k.default else '        '}{k.description}")
+        print(f"  {k.name:{max(14, *map(len, kernels))}} "
+              f"{'default ' if k.default else '        '}{k.description}")
     print("Module sources (kernel/sources.toml; or a path to a local tree):")
     for s in sources.values():
         what = f"{s.package} {s.version} ({s.suite})" if s.kind == "debian" else \
