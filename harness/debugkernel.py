@@ -295,7 +295,7 @@ def suite_mirror(suite: str) -> Mirror:
 
 def source_tree(spec: DebugSpec) -> Path:
     """The unpacked kernel source (downloaded and unpacked once)."""
-    from .sources import PrivateApt
+    from .sources import PrivateApt, SourceError
 
     dest = _root() / "src" / _safe(f"{spec.source_package}_{spec.version}")
     tree = _unpacked(dest)
@@ -305,8 +305,12 @@ def source_tree(spec: DebugSpec) -> Path:
         tree = _unpacked(dest)
         if tree:
             return tree
-        deb = PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(spec.source_package,
-                                                                     spec.version)
+        try:
+            deb = PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(spec.source_package,
+                                                                         spec.version)
+        except SourceError as exc:  # its advice names sources.toml: here the file is ours
+            raise DebugKernelError(str(exc).replace("kernel/sources.toml",
+                                                    f"{DEBUG_KERNELS_FILE.name}")) from None
         print(f"loopqual: unpacking {deb.name}", file=sys.stderr, flush=True)
         with atomic_dir(dest) as tmp:
             _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")

@@ -285,3 +285,29 @@ def test_recorded_progress_output_of_a_real_build():
     assert done == sorted(done) and secs == sorted(secs)
     assert all(b - a >= 29 for a, b in zip(secs[:-2], secs[1:-1], strict=True))  # last: the summary
     assert done[-1] == 1704  # the .finished record's objects_compiled of that build
+
+
+def test_a_version_the_mirror_no_longer_serves_is_one_line_and_leaves_nothing(tmp_path,
+                                                                              monkeypatch):
+    from loopqual import sources
+
+    monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOOPQUAL_SECURITY_MIRROR", "http://mirror.invalid/debian-security")
+
+    class FakeApt:
+        def __init__(self, mirror, suite):
+            self.suite = suite
+
+        def fetch(self, package, version):
+            raise sources.SourceError(
+                f"{package} {version} is not served by http://mirror.invalid {self.suite} (it "
+                "serves: 6.12.117-1~deb12u1); update the version in kernel/sources.toml")
+
+    monkeypatch.setattr(sources, "PrivateApt", FakeApt)
+    spec = debugkernel.DebugSpec("k", "linux-source-6.12", "6.12.1-1", "bookworm-security",
+                                 (), 1)
+    with pytest.raises(debugkernel.DebugKernelError) as err:
+        debugkernel.source_tree(spec)
+    assert "6.12.1-1 is not served" in str(err.value) and "debug-kernels.toml" in str(err.value)
+    src = tmp_path / "cache" / "debug-kernels" / "src"
+    assert [p.name for p in src.iterdir()] == ["linux-source-6.12_6.12.1-1.lock"]
