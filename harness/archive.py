@@ -247,3 +247,15 @@ def describe(kernel: Kernel) -> dict:
             "compiler": (meta or {}).get("compiler") or plan.compiler,
             "root": plan.path, "root_cached": bool(meta),
             "image_cached": (tree_path(r) / MARK).exists()}
+
+
+def cached_config(kernel: Kernel) -> Path | None:
+    """The configuration of the kernel the entry means, if its image is already in the cache
+    (nothing is downloaded), else None."""
+    mirror, _sources = data.load_sources()
+    try:
+        r = lookup(kernel, _apt(kernel, mirror, refresh=False))
+    except (KernelError, SourceError):
+        return None
+    config = tree_path(r) / "usr" / "lib" / "modules" / r.release / "config"
+    return config if (tree_path(r) / MARK).exists() and config.is_file() else None
