@@ -28,7 +28,8 @@ from .paths import atomic_dir, atomic_write, cache_dir, cache_lock
 from .sources import PrivateApt, apt_error
 
 SCHEMA = 1  # of root.json and of what a root holds; a new one gives every root a new key
-ALWAYS = ("make",)  # beyond the headers (which pull the compiler and kbuild)
+ALWAYS = ("make", "binutils")  # beyond the headers (which pull the compiler and kbuild;
+# trixie's gcc-14-for-host does not pull an assembler)
 META = "root.json"  # written last: a root without it was never finished
 BUILD_MOUNT = "/build"  # where a build binds its module tree inside the root
 ENTER_FAILED = "loopqual: cannot enter the build root"

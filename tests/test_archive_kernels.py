@@ -163,7 +163,7 @@ def test_a_root_that_cannot_be_planned_names_the_package():
         buildroot.plan(SimApt("apt-simulate-unknown-package.txt"), ["make"], "kernel k")
     p = buildroot.plan(SimApt("apt-simulate-sid-7.2.13.txt"),
                        ["linux-headers-7.2.13+deb14-amd64=7.2.13-1"], "kernel k")
-    assert p.include == ("linux-headers-7.2.13+deb14-amd64=7.2.13-1", "make")
+    assert p.include == ("linux-headers-7.2.13+deb14-amd64=7.2.13-1", "make", "binutils")
     assert p.compiler == "gcc-16 16.2.0-4" and p.path.name == f"sid-{p.key}"
 
 
