@@ -199,21 +199,19 @@ def resolve_archive(kernel: Kernel, install: bool = True) -> InstalledKernel:
     mirror, _sources = data.load_sources()
     apt = _apt(kernel, mirror, refresh=install)
     r = lookup(kernel, apt)
-    tree = boot_tree(r, apt, install)
     try:
-        plan = root_plan(r, apt)
-        if install and not buildroot.info(plan.path):
+        plan = root_plan(r, apt)  # first: a root that cannot be had costs no download
+        if install and not buildroot.info(plan.path) and (apt.index_age_s() or 1e9) > 600:
             # the root will be made from the mirror as it is now: plan it from a fresh index
-            age = apt.index_age_s()
-            if age is None or age > 600:
-                with apt.locked():
-                    apt.update(force=True)
+            with apt.locked():
+                apt.update(force=True)
             r = lookup(kernel, apt)
             plan = root_plan(r, apt)
         if not install and not buildroot.info(plan.path):
             raise KernelError(f"kernel {kernel.name}: its build root {plan.path.name} is not made yet")
+        tree = boot_tree(r, apt, install)
         root, made_s = buildroot.ensure(plan, say=lambda m: print(m, file=sys.stderr, flush=True))
-    except buildroot.RootError as exc:
+    except (buildroot.RootError, SourceError) as exc:
         raise KernelError(f"kernel {kernel.name}: {exc}") from None
     meta = buildroot.info(root) or {}
     if made_s is not None:

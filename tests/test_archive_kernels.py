@@ -257,3 +257,17 @@ def test_a_suites_kernel_resolves_from_its_index_alone(tmp_path, monkeypatch):
     assert r.release.endswith("-amd64") and r.version
     assert set(r.packages()) == {"image", "modules", "base", "headers"}
     assert not (tmp_path / "cache" / "kernels").exists()
+
+
+def test_a_root_that_cannot_be_had_costs_no_kernel_download(monkeypatch):
+    downloads = []
+    monkeypatch.setattr(archive, "_apt", lambda k, m, refresh: FakeApt("sid"))
+    monkeypatch.setattr(archive, "boot_tree", lambda *a: downloads.append(a))
+
+    def no_root(r, apt):
+        raise buildroot.RootError("the build root for kernel k cannot be made: apt could not get x")
+
+    monkeypatch.setattr(archive, "root_plan", no_root)
+    with pytest.raises(kernels.KernelError, match="kernel k: the build root .* apt could not get x"):
+        archive.resolve_archive(kernel())
+    assert downloads == []
