@@ -8,11 +8,14 @@ LOOPQUAL := $(VENV)/bin/loopqual
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Debian packages the harness needs on the host (the guest shares the host's root).
+# mmdebstrap makes the build roots of kernels from newer suites (kernel/kernels.toml entries
+# with a suite: sid, trixie-backports), which are never installed on the host.
 APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 	build-essential kmod dwarves v4l-utils ffmpeg \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	python3-venv python3-dev busybox-static zstd udev chromium firefox-esr
+	python3-venv python3-dev busybox-static zstd udev chromium firefox-esr \
+	mmdebstrap
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 

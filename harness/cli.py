@@ -299,6 +299,7 @@ def _list() -> int:
     print("Kernels (kernel/kernels.toml):")
     for k in kernels.values():
         print(f"  {k.name:14} {'default ' if k.default else '        '}{k.description}")
+        print(f"  {'':14}         {_kernel_state(k)}")
     print("Module sources (kernel/sources.toml; or a path to a local tree):")
     for s in sources.values():
         what = f"{s.package} {s.version} ({s.suite})" if s.kind == "debian" else \
@@ -313,6 +314,26 @@ def _list() -> int:
         extra = f" profiles: {', '.join(s.profiles)}" if s.profiles else ""
         print(f"  {s.name:14} {'default ' if s.default else '        '}{s.description}{extra}")
     return 0
+
+
+def _kernel_state(k) -> str:
+    """Where a kernel comes from, the exact version it resolves to now, the compiler its
+    modules are built with and where they are built (an archive kernel's build root, cached
+    or not). Downloads a suite's index at most; a problem is shown in place of the row."""
+    from . import archive, kernels
+
+    try:
+        if k.kind == "host":
+            ik = kernels.resolve(k, install=False)
+            return (f"suite: host (apt)  version: {ik.release} {ik.version}  compiler: "
+                    f"{ik.compiler}  build: on the host")
+        d = archive.describe(k)
+    except LoopqualError as exc:
+        return f"({exc})"
+    root = f"{d['root'].name} {'cached' if d['root_cached'] else 'not made yet'}"
+    return (f"suite: {d['suite']}  version: {d['release']} {d['version']}"
+            f"{' (pinned)' if d['pinned'] else ' (newest)'}  compiler: {d['compiler']}  "
+            f"build root: {root}  image: {'cached' if d['image_cached'] else 'not downloaded'}")
 
 
 def _build(args) -> int:

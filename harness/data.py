@@ -8,7 +8,7 @@ import fnmatch
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -100,24 +100,63 @@ class Kernel:
     headers_package: str
     build_needs: tuple[str, ...] = ()
     default: bool = False
+    suite: str | None = None  # an archive kernel: the suite serving it (None: installed on the host)
+    base_suite: str | None = None  # the suite its build root is made of (default: suite)
+    version: str | None = None  # a pin: the image package's Debian version (None: the newest)
+
+    @property
+    def kind(self) -> str:
+        """host: installed on this machine with apt, built for on it; archive: downloaded
+        from its suite into the cache, built for in a build root of that suite."""
+        return "archive" if self.suite else "host"
+
+    @property
+    def arg(self) -> str:
+        """How --kernel names exactly this kernel: NAME, or NAME@VERSION for a pinned one."""
+        return f"{self.name}@{self.version}" if self.version else self.name
 
 
 class _KernelEntry(_Entry):
     description: str = ""
     image_package: str = Field(description="a Debian package name (a string)")
-    headers_package: str = Field(description="a Debian package name (a string)")
+    headers_package: str | None = Field(default=None, description="a Debian package name (a string)")
     build_needs: list[str] = Field(default=[], description='a list of Debian packages, e.g. ["dwarves"]')
     default: bool = False
+    suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "sid"')
+    base_suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "trixie"')
+    version: str | None = Field(default=None, description='a Debian version (a string), e.g. "7.3.4-1~bpo13+1"')
+
+
+_SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
+_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~-]*$")
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
     data = _load(path, {"kernel"})
     out = {}
     for name, e in _table(path, data, "kernel").items():
-        k = _validate(path, f"kernel.{name}", _KernelEntry, e)
+        where = f"kernel.{name}"
+        k = _validate(path, where, _KernelEntry, e)
+        if k.suite is None:
+            stray = [f for f in ("base_suite", "version") if f in e]
+            if stray:
+                raise DataError(f"{path}: [{where}] {stray[0]} belongs to a kernel from an archive "
+                                f"suite: add suite = \"...\" or remove {stray[0]}")
+            if k.headers_package is None:
+                raise DataError(f"{path}: [{where}] headers_package: missing; expected a Debian "
+                                "package name (a string)")
+        else:
+            for f, value in (("suite", k.suite), ("base_suite", k.base_suite)):
+                if value is not None and not _SUITE.match(value):
+                    raise DataError(f"{path}: [{where}] {f} = {_shown(value)}: expected a Debian "
+                                    "suite name, e.g. \"sid\" or \"trixie-backports\"")
+            if k.version is not None and not _VERSION.match(k.version):
+                raise DataError(f"{path}: [{where}] version = {_shown(k.version)}: expected a "
+                                "Debian version, e.g. \"7.3.4-1~bpo13+1\"")
         out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
-                           headers_package=k.headers_package, build_needs=tuple(k.build_needs),
-                           default=k.default)
+                           headers_package=k.headers_package or "linux-headers-amd64",
+                           build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
+                           base_suite=k.base_suite, version=k.version)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out
@@ -654,6 +693,18 @@ def check_splats(path: Path = SPLATS_FILE) -> int:
 
 
 def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:
+    """A named kernel; NAME@VERSION pins an archive kernel to one Debian version of its
+    image package (what every reproduce line of such a kernel says)."""
     if name in kernels:
         return kernels[name]
-    raise _unknown("kernel", name, list(kernels), KERNELS_FILE)
+    base, sep, version = name.partition("@")
+    if sep and base in kernels:
+        k = kernels[base]
+        if k.kind != "archive":
+            raise DataError(f"kernel '{base}' is installed on this machine with apt: it has no "
+                            f"version to pin (give --kernel {base})")
+        if not _VERSION.match(version):
+            raise DataError(f"kernel '{name}': {version!r} is not a Debian version "
+                            f"(e.g. {base}@7.2.13-1)")
+        return replace(k, version=version)
+    raise _unknown("kernel", base, list(kernels), KERNELS_FILE)

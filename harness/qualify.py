@@ -297,7 +297,7 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     for c in cells:
         del c["suites"]
     identity = {"loopqual": __version__, "n": n, "data": _data_digest(),
-                "selection": {"kernels": [k.name for k in sel.kernels],
+                "selection": {"kernels": [k.arg for k in sel.kernels],
                               # a local tree by its directory's name: checkouts differ
                               "modules": [Path(m.name).name if m.kind == "local" else m.name
                                           for m in sel.modules],
@@ -367,7 +367,7 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
         "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": _git_commit()},
-        "selection": {"kernels": [k.name for k in sel.kernels],
+        "selection": {"kernels": [k.arg for k in sel.kernels],
                       "modules": [m.name for m in sel.modules],
                       "param_sets": [p.name for p in sel.param_sets],
                       "suites": [s.name for s in sel.suites], "k": sel.k},
@@ -420,12 +420,15 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
             b, version, patches = builds[m.name]
             meta = {
                 "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
+                "kernel_version": ik.version, "kernel_suite": ik.suite, "compiler": ik.compiler,
                 "module": m.name, "module_version": version, "params": ps.all_params,
                 "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
                 "gated": m.gated, "patches": [p.name for p in patches],
                 "build": {"status": b.status, "log_tail": b.log_tail,
                           "warnings": b.warnings, "cached": b.cached, "key": b.key},
-                "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k, env),
+                # an archive kernel as NAME@VERSION: the exact kernel that ran, even once
+                # its suite has moved on
+                "reproduce": reproduce_line(ik.arg or kernel.name, m.name, ps, sel.suites, sel.k, env),
             }
             plan.metas.append(meta)
             if b.status == "ok":
