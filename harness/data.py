@@ -404,6 +404,17 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A v4l2-compliance other than the host's: it runs from a Debian root of its suite
+    (made with mmdebstrap, cached), chrooted in the guest."""
+    name: str
+    description: str
+    suite: str  # the Debian suite the root is made of
+    packages: tuple[str, ...]  # what the root holds beyond the essential set
+    program: str = "v4l2-compliance"
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     kind: str  # pytest | compliance
@@ -418,6 +429,7 @@ class Suite:
     env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
     typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
     not_applicable: tuple[NotApplicable, ...] = ()
+    tool: str | None = None  # compliance: a [tool.NAME] instead of the host's v4l2-compliance
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -465,6 +477,25 @@ class _SuiteEntry(_Entry):
     env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
     typical_s: _Seconds = 60
     not_applicable: _NotApplicableList = []
+    tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
+
+
+class _ToolEntry(_Entry):
+    description: str = ""
+    suite: str = Field(description='a Debian suite (a string), e.g. "sid"')
+    packages: list[str] = Field(description='a list of Debian packages, e.g. ["v4l-utils"]',
+                                min_length=1)
+
+
+def load_tools(path: Path | None = None) -> dict[str, Tool]:
+    """The [tool.NAME] tables of scenarios/suites.toml: other v4l2-compliance builds."""
+    path = path or SUITES_FILE
+    data = _load(path, {"suite", "profile", "tool"})
+    tools = {}
+    for name, e in _table(path, data, "tool").items():
+        t = _validate(path, f"tool.{name}", _ToolEntry, e)
+        tools[name] = Tool(name, t.description, t.suite, tuple(t.packages))
+    return tools
 
 
 def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
@@ -492,7 +523,8 @@ def _known_conditions(path: Path, where: str, key: str, conditions: dict, known:
 
 def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 ) -> tuple[dict[str, Suite], dict[str, Profile]]:
-    data = _load(path, {"suite", "profile"})
+    data = _load(path, {"suite", "profile", "tool"})
+    tools = load_tools(path)
     mod_known, ctl_known = known_param_names(params_path)
     known = mod_known | ctl_known
     profiles = {}
@@ -504,8 +536,16 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
             p.idle_s if p.idle_s is not None else p.timeout_s,
             _exclusions(path, where, p.not_applicable, known), p.typical_s)
     suites = {}
-    for name, e in _table(path, data, "suite").items():
+    raw = _table(path, data, "suite")
+    for name, e in raw.items():
         where = f"suite.{name}"
+        if isinstance(e, dict) and "like" in e:
+            like = e["like"]
+            base = raw.get(like) if isinstance(like, str) else None
+            if not isinstance(base, dict) or "like" in base:
+                raise DataError(f"{path}: [{where}] like = {like!r}: name a suite of this file "
+                                f"that is not itself like another (known: {', '.join(raw)})")
+            e = {**base, **{k: v for k, v in e.items() if k != "like"}}
         s = _validate(path, where, _SuiteEntry, e)
         for prof in s.profiles:
             if prof not in profiles:
@@ -517,13 +557,19 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
         if s.kind == "compliance" and (not s.profiles or s.paths):
             raise DataError(f"{path}: [{where}] kind = \"compliance\" runs v4l2-compliance: give "
                             f"profiles = [...] and no paths")
+        if s.tool is not None and s.kind != "compliance":
+            raise DataError(f"{path}: [{where}] tool = {s.tool!r}: only a compliance suite runs a "
+                            f"tool")
+        if s.tool is not None and s.tool not in tools:
+            raise DataError(f"{path}: [{where}] names unknown tool '{s.tool}'; known: "
+                            f"{', '.join(tools) or 'none ([tool.NAME] tables)'}")
         _known_conditions(path, where, "requires", s.requires, known)
         suites[name] = Suite(
             name=name, kind=s.kind, description=s.description, paths=tuple(s.paths),
             profiles=tuple(s.profiles), default=s.default, timeout_s=s.timeout_s,
             requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
             env=dict(s.env), typical_s=s.typical_s,
-            not_applicable=_exclusions(path, where, s.not_applicable, known),
+            not_applicable=_exclusions(path, where, s.not_applicable, known), tool=s.tool,
         )
     return suites, profiles
 

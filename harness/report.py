@@ -20,14 +20,14 @@ def _summary(cell: dict) -> str:
     if cell["build"]["status"] != "ok":
         return "build failed: " + results.first_error(cell["build"].get("log_tail", ""))[:120]
     c = results.counts(cell)
-    sc, comp = c["scenarios"], c["compliance"]
+    sc = c["scenarios"]
     parts = []
     if cell["scenarios"]:
         parts.append(f"scen {sc['pass']}P/{sc['fail'] + sc['error']}F/{sc['skip']}S"
                      + (f"/{sc['xfail']}xf" if sc["xfail"] else "")
                      + (f"/{sc['xpass']}XP" if sc["xpass"] else ""))
-    if cell["compliance"]:
-        parts.append(f"v4l2c {comp['total']}T/{comp['failed']}F"
+    for version, comp in sorted(c["compliance_by_version"].items()):
+        parts.append(f"v4l2c {version} {comp['total']}T/{comp['failed']}F"
                      + (f"/{comp['xfail']}xf" if comp["xfail"] else ""))
     if cell["health"].get("splats"):
         parts.append(f"{len(cell['health']['splats'])} splat(s)")

@@ -185,12 +185,16 @@ def counts(cell: dict) -> dict:
     for sc in cell["scenarios"]:
         c[sc["status"]] = c.get(sc["status"], 0) + 1
     comp = {"total": 0, "failed": 0, "xfail": 0, "warnings": 0}
+    by_version: dict[str, dict] = {}  # v4l2-compliance version -> the same counts
     for run in cell["compliance"]:
-        comp["total"] += run.get("total") or 0
-        comp["warnings"] += run.get("warnings") or 0
-        comp["failed"] += sum(t["status"] == "fail" for t in run.get("tests", []))
-        comp["xfail"] += sum(t["status"] == "xfail" for t in run.get("tests", []))
-    return {"scenarios": c, "compliance": comp}
+        v = by_version.setdefault(run.get("version") or "unknown version",
+                                  {"total": 0, "failed": 0, "xfail": 0, "warnings": 0})
+        for d in (comp, v):
+            d["total"] += run.get("total") or 0
+            d["warnings"] += run.get("warnings") or 0
+            d["failed"] += sum(t["status"] == "fail" for t in run.get("tests", []))
+            d["xfail"] += sum(t["status"] == "xfail" for t in run.get("tests", []))
+    return {"scenarios": c, "compliance": comp, "compliance_by_version": by_version}
 
 
 def exit_code(cells: list[dict]) -> int:
