@@ -375,9 +375,12 @@ class NotApplicable:
     because: str
     when: dict = field(default_factory=dict)
     param_sets: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()  # compliance profiles: only when run by these tools
 
-    def matches(self, params: ParamSet) -> bool:
+    def matches(self, params: ParamSet, tool: str | None = None) -> bool:
         if self.param_sets and not any(fnmatch.fnmatchcase(params.name, g) for g in self.param_sets):
+            return False
+        if self.tools and tool not in self.tools:
             return False
         return all(params.all_params.get(k, 0) == v for k, v in self.when.items())
 
@@ -385,6 +388,8 @@ class NotApplicable:
         where = [f"{k}={v}" for k, v in self.when.items()]
         if self.param_sets:
             where.append(f"parameter set {'/'.join(self.param_sets)}")
+        if self.tools:
+            where.append(f"tool {'/'.join(self.tools)}")
         return f"not applicable with {', '.join(where)}: {self.because}"
 
 
@@ -399,8 +404,9 @@ class Profile:
     not_applicable: tuple[NotApplicable, ...] = ()
     typical_s: float = 15  # usual duration under TCG: only balances parallel guests (--jobs)
 
-    def applies_to(self, params: ParamSet) -> str | None:
-        return next((x.reason() for x in self.not_applicable if x.matches(params)), None)
+    def applies_to(self, params: ParamSet, tool: str | None = None) -> str | None:
+        """None if the profile applies (run by the host's v4l2-compliance, or by tool)."""
+        return next((x.reason() for x in self.not_applicable if x.matches(params, tool)), None)
 
 
 @dataclass(frozen=True)
@@ -446,6 +452,7 @@ class Suite:
 class _NotApplicableEntry(_Entry):
     when: _Conditions = {}
     param_sets: _Strings = []
+    tools: _Strings = []
     because: str = Field(description="a string: why the suite or profile cannot apply there")
 
 
@@ -510,7 +517,7 @@ def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
             raise DataError(f"{path}: [{where}] not_applicable[{i}] needs when = {{ PARAMETER = "
                             f"VALUE }} or param_sets = [...]: where it does not apply")
         _known_conditions(path, where, f"not_applicable[{i}].when", x.when, known)
-        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets)))
+        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets), tuple(x.tools)))
     return tuple(out)
 
 
@@ -535,6 +542,12 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
             name, p.description, tuple(p.args), p.producer, p.timeout_s,
             p.idle_s if p.idle_s is not None else p.timeout_s,
             _exclusions(path, where, p.not_applicable, known), p.typical_s)
+    for prof in profiles.values():
+        for x in prof.not_applicable:
+            unknown = [t for t in x.tools if t not in tools]
+            if unknown:
+                raise DataError(f"{path}: [profile.{prof.name}] not_applicable names unknown tool "
+                                f"'{unknown[0]}'; known: {', '.join(tools) or 'none'}")
     suites = {}
     raw = _table(path, data, "suite")
     for name, e in raw.items():

@@ -587,7 +587,7 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
                 prof = sel.profiles[name]
                 pe = {"name": name, "args": list(prof.args), "producer": prof.producer,
                       "timeout_s": prof.timeout_s, "idle_s": prof.idle_s}
-                why_not = None if s.strict else prof.applies_to(ps)
+                why_not = None if s.strict else prof.applies_to(ps, s.tool)
                 if why_not:
                     pe["not_applicable"] = why_not
                 entry["profiles"].append(pe)
