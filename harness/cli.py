@@ -312,8 +312,30 @@ def _list() -> int:
     print("Suites (scenarios/suites.toml):")
     for s in suites.values():
         extra = f" profiles: {', '.join(s.profiles)}" if s.profiles else ""
+        extra += f" (tool {s.tool})" if s.tool else ""
         print(f"  {s.name:14} {'default ' if s.default else '        '}{s.description}{extra}")
+    print("Tools (scenarios/suites.toml [tool.NAME]; a Debian root each, made before a guest boots):")
+    for t in data.load_tools().values():
+        print(f"  {t.name:14}         {' '.join(t.packages)} from {t.suite}: {t.description}")
+        print(f"  {'':14}         {_tool_state(t)}")
     return 0
+
+
+def _tool_state(t) -> str:
+    """The newest cached root of the tool's suite holding its packages, and what it holds."""
+    from . import buildroot
+    from .paths import cache_dir
+
+    held = []
+    for root in sorted((cache_dir() / "roots").glob(f"{t.suite}-*"), key=lambda r: r.stat().st_mtime):
+        meta = buildroot.info(root)
+        if meta and all(p in meta.get("packages", {}) for p in t.packages):
+            held.append((root, meta))
+    if not held:
+        return "root: not made yet (the first run that needs it makes it)"
+    root, meta = held[-1]
+    versions = ", ".join(f"{p} {meta['packages'][p]}" for p in t.packages)
+    return f"root: cached ({versions}; {root})"
 
 
 def _kernel_state(k) -> str:
