@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import buildroot
 from .errors import LoopqualError
 from .kernels import InstalledKernel
 from .paths import atomic_write, cache_dir, cache_lock, remove_tree
@@ -44,6 +45,9 @@ _TRANSIENT = [
                 r"^make(?:\[\d+\])?: \*\*\* \[.*\] Error 1(?:29|30|37|43)$|"
                 # make itself signalled while it waits for a job:
                 r"^make(?:\[\d+\])?: \*\*\* wait: ", re.M)),
+    ("the build root could not be entered", "check that the cache's disk allows mounts and "
+     "chroot (loopqual runs as root), then run again",
+     re.compile(re.escape(buildroot.ENTER_FAILED) + r".*$", re.M)),
     ("a tool is missing", "install it (`make deps`; 6.12 kernels need dwarves for pahole), "
      "then run again",
      re.compile(r"^(?:\S+: (?:line )?\d+: )?\S+: (?:command )?not found$|"
@@ -112,8 +116,11 @@ def cache_key(tree: Path, patches: list[Path], kernel: InstalledKernel, compiler
 
 def build(module: str, tree: Path, patches: list[Path], kernel: InstalledKernel,
           jobs: int = 2) -> BuildResult:
+    """Build module for kernel (cached): on the host, or in the kernel's build root when it
+    has one (its root key, which hashes every package version in it, stands for the tools)."""
     try:
-        key = cache_key(tree, patches, kernel, toolchain_id())
+        tools = f"build root {kernel.root_key}" if kernel.root else toolchain_id()
+        key = cache_key(tree, patches, kernel, tools)
     except OSError as exc:
         raise BuildError(f"cannot read the source of {module} ({exc}): check that "
                          f"{tree} is readable") from exc
@@ -207,14 +214,17 @@ def _build(module: str, tree: Path, kernel: InstalledKernel, key: str, out: Path
         raise BuildError(f"cannot copy {tree} into the cache {out} ({exc.strerror or exc}): free "
                          f"space there or set LOOPQUAL_CACHE to a writable disk") from exc
     t0 = time.monotonic()
+    if kernel.root:  # in the kernel's build root, the tree bound on /build
+        cmd = buildroot.enter_command(kernel.root, work, [
+            "make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={buildroot.BUILD_MOUNT}",
+            "modules"])
+    else:
+        cmd = ["make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={work}", "modules"]
     try:
-        proc = subprocess.run(
-            ["make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={work}", "modules"],
-            capture_output=True, text=True, errors="replace",
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     except FileNotFoundError as exc:
-        raise BuildError("make is not installed: install build-essential (`make deps`), "
-                         "then run again") from exc
+        raise BuildError(f"{cmd[0]} is not installed: install build-essential and util-linux "
+                         "(`make deps`), then run again") from exc
     log = proc.stdout + proc.stderr
     atomic_write(out / "build.log", log)
     ko = work / "v4l2loopback.ko"

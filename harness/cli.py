@@ -298,8 +298,9 @@ def _list() -> int:
     suites, profiles = data.load_suites()
     print("Kernels (kernel/kernels.toml):")
     for k in kernels.values():
-        print(f"  {k.name:{max(14, *map(len, kernels))}} "
-              f"{'default ' if k.default else '        '}{k.description}")
+        width = max(14, *map(len, kernels))
+        print(f"  {k.name:{width}} {'default ' if k.default else '        '}{k.description}")
+        print(f"  {'':{width}}         {_kernel_state(k)}")
     print("Module sources (kernel/sources.toml; or a path to a local tree):")
     for s in sources.values():
         what = f"{s.package} {s.version} ({s.suite})" if s.kind == "debian" else \
@@ -312,8 +313,54 @@ def _list() -> int:
     print("Suites (scenarios/suites.toml):")
     for s in suites.values():
         extra = f" profiles: {', '.join(s.profiles)}" if s.profiles else ""
+        extra += f" (tool {s.tool})" if s.tool else ""
         print(f"  {s.name:14} {'default ' if s.default else '        '}{s.description}{extra}")
+    print("Tools (scenarios/suites.toml [tool.NAME]; a Debian root each, made before a guest boots):")
+    for t in data.load_tools().values():
+        print(f"  {t.name:14}         {' '.join(t.packages)} from {t.suite}: {t.description}")
+        print(f"  {'':14}         {_tool_state(t)}")
     return 0
+
+
+def _tool_state(t) -> str:
+    """The newest cached root of the tool's suite holding its packages, and what it holds."""
+    from . import buildroot
+    from .paths import cache_dir
+
+    held = []
+    for root in sorted((cache_dir() / "roots").glob(f"{t.suite}-*"), key=lambda r: r.stat().st_mtime):
+        meta = buildroot.info(root)
+        if meta and all(p in meta.get("packages", {}) for p in t.packages):
+            held.append((root, meta))
+    if not held:
+        return "root: not made yet (the first run that needs it makes it)"
+    root, meta = held[-1]
+    versions = ", ".join(f"{p} {meta['packages'][p]}" for p in t.packages)
+    return f"root: cached ({versions}; {root})"
+
+
+def _kernel_state(k) -> str:
+    """Where a kernel comes from, the exact version it resolves to now, the compiler its
+    modules are built with and where they are built (an archive kernel's build root, cached
+    or not). Downloads a suite's index at most; a problem is shown in place of the row."""
+    from . import archive, kernels
+
+    try:
+        if k.kind == "host":
+            ik = kernels.resolve(k, install=False)
+            return (f"suite: host (apt)  version: {ik.release} {ik.version}  compiler: "
+                    f"{ik.compiler}  build: on the host")
+        if k.kind == "debug":
+            ik = kernels.resolve(k, install=False)
+            return (f"debug kernel built by loopqual from {ik.suite}  version: {ik.release} "
+                    f"{ik.version}  compiler: {ik.compiler}  tree: {ik.build_dir}")
+        d = archive.describe(k)
+    except LoopqualError as exc:
+        return f"({exc})"
+    root = f"{d['root'].name} {'cached' if d['root_cached'] else 'not made yet'}"
+    return (f"suite: {d['suite']}  version: {d['release']} {d['version']}"
+            f"{' (pinned)' if d['pinned'] else ' (newest)'}  compiler: {d['compiler']}  "
+            f"build root: {root}  image: {'cached' if d['image_cached'] else 'not downloaded'}")
 
 
 def _build(args) -> int:

@@ -8,7 +8,7 @@ import fnmatch
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -100,31 +100,79 @@ class Kernel:
     headers_package: str
     build_needs: tuple[str, ...] = ()
     default: bool = False
-    kind: str = "debian"  # "debug": built by loopqual (harness/debugkernel.py)
+    suite: str | None = None  # an archive kernel: the suite serving it (None: installed on the host)
+    base_suite: str | None = None  # the suite its build root is made of (default: suite)
+    version: str | None = None  # a pin: the image package's Debian version (None: the newest)
+    debug: bool = False  # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py)
+
+    @property
+    def kind(self) -> str:
+        """host: installed on this machine with apt, built for on it; archive: downloaded
+        from its suite into the cache, built for in a build root of that suite; debug: built
+        by loopqual from Debian's kernel source (kernel/debug-kernels.toml)."""
+        return "debug" if self.debug else "archive" if self.suite else "host"
+
+    @property
+    def arg(self) -> str:
+        """How --kernel names exactly this kernel: NAME, or NAME@VERSION for a pinned one."""
+        return f"{self.name}@{self.version}" if self.version else self.name
 
 
 class _KernelEntry(_Entry):
     description: str = ""
-    image_package: str = Field(default="", description="a Debian package name (a string)")
-    headers_package: str = Field(default="", description="a Debian package name (a string)")
+    image_package: str | None = Field(default=None, description="a Debian package name (a string)")
+    headers_package: str | None = Field(default=None, description="a Debian package name (a string)")
     build_needs: list[str] = Field(default=[], description='a list of Debian packages, e.g. ["dwarves"]')
     default: bool = False
-    kind: Literal["debian", "debug"] = Field(default="debian", description='"debian" or "debug"')
+    suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "sid"')
+    base_suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "trixie"')
+    version: str | None = Field(default=None, description='a Debian version (a string), e.g. "7.3.4-1~bpo13+1"')
+    kind: Literal["debug"] | None = Field(default=None, description='"debug" (a kernel loopqual '
+                                          "builds, described in kernel/debug-kernels.toml)")
+
+
+_SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
+_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~-]*$")
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
     data = _load(path, {"kernel"})
     out = {}
     for name, e in _table(path, data, "kernel").items():
-        k = _validate(path, f"kernel.{name}", _KernelEntry, e)
-        for key in ("image_package", "headers_package"):
-            if k.kind == "debian" and not getattr(k, key):
-                raise DataError(f"{path}: [kernel.{name}] {key}: missing; expected a Debian "
-                                'package name (a string), or kind = "debug" (a kernel loopqual '
-                                "builds, described in kernel/debug-kernels.toml)")
+        where = f"kernel.{name}"
+        k = _validate(path, where, _KernelEntry, e)
+        if k.kind == "debug":
+            stray = [f for f in ("image_package", "headers_package", "build_needs", "suite",
+                                 "base_suite", "version") if f in e]
+            if stray:
+                raise DataError(f"{path}: [{where}] {stray[0]} belongs to a Debian kernel; a "
+                                "debug kernel is described in kernel/debug-kernels.toml")
+            out[name] = Kernel(name=name, description=k.description, image_package="",
+                               headers_package="", default=k.default, debug=True)
+            continue
+        if k.image_package is None:
+            raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
+                            'package name (a string), or kind = "debug"')
+        if k.suite is None:
+            stray = [f for f in ("base_suite", "version") if f in e]
+            if stray:
+                raise DataError(f"{path}: [{where}] {stray[0]} belongs to a kernel from an archive "
+                                f"suite: add suite = \"...\" or remove {stray[0]}")
+            if k.headers_package is None:
+                raise DataError(f"{path}: [{where}] headers_package: missing; expected a Debian "
+                                "package name (a string)")
+        else:
+            for f, value in (("suite", k.suite), ("base_suite", k.base_suite)):
+                if value is not None and not _SUITE.match(value):
+                    raise DataError(f"{path}: [{where}] {f} = {_shown(value)}: expected a Debian "
+                                    "suite name, e.g. \"sid\" or \"trixie-backports\"")
+            if k.version is not None and not _VERSION.match(k.version):
+                raise DataError(f"{path}: [{where}] version = {_shown(k.version)}: expected a "
+                                "Debian version, e.g. \"7.3.4-1~bpo13+1\"")
         out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
-                           headers_package=k.headers_package, build_needs=tuple(k.build_needs),
-                           default=k.default, kind=k.kind)
+                           headers_package=k.headers_package or "linux-headers-amd64",
+                           build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
+                           base_suite=k.base_suite, version=k.version)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out
@@ -343,9 +391,12 @@ class NotApplicable:
     because: str
     when: dict = field(default_factory=dict)
     param_sets: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()  # compliance profiles: only when run by these tools
 
-    def matches(self, params: ParamSet) -> bool:
+    def matches(self, params: ParamSet, tool: str | None = None) -> bool:
         if self.param_sets and not any(fnmatch.fnmatchcase(params.name, g) for g in self.param_sets):
+            return False
+        if self.tools and tool not in self.tools:
             return False
         return all(params.all_params.get(k, 0) == v for k, v in self.when.items())
 
@@ -353,6 +404,8 @@ class NotApplicable:
         where = [f"{k}={v}" for k, v in self.when.items()]
         if self.param_sets:
             where.append(f"parameter set {'/'.join(self.param_sets)}")
+        if self.tools:
+            where.append(f"tool {'/'.join(self.tools)}")
         return f"not applicable with {', '.join(where)}: {self.because}"
 
 
@@ -367,8 +420,20 @@ class Profile:
     not_applicable: tuple[NotApplicable, ...] = ()
     typical_s: float = 15  # usual duration under TCG: only balances parallel guests (--jobs)
 
-    def applies_to(self, params: ParamSet) -> str | None:
-        return next((x.reason() for x in self.not_applicable if x.matches(params)), None)
+    def applies_to(self, params: ParamSet, tool: str | None = None) -> str | None:
+        """None if the profile applies (run by the host's v4l2-compliance, or by tool)."""
+        return next((x.reason() for x in self.not_applicable if x.matches(params, tool)), None)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A v4l2-compliance other than the host's: it runs from a Debian root of its suite
+    (made with mmdebstrap, cached), chrooted in the guest."""
+    name: str
+    description: str
+    suite: str  # the Debian suite the root is made of
+    packages: tuple[str, ...]  # what the root holds beyond the essential set
+    program: str = "v4l2-compliance"
 
 
 @dataclass(frozen=True)
@@ -386,6 +451,7 @@ class Suite:
     env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
     typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
     not_applicable: tuple[NotApplicable, ...] = ()
+    tool: str | None = None  # compliance: a [tool.NAME] instead of the host's v4l2-compliance
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -402,6 +468,7 @@ class Suite:
 class _NotApplicableEntry(_Entry):
     when: _Conditions = {}
     param_sets: _Strings = []
+    tools: _Strings = []
     because: str = Field(description="a string: why the suite or profile cannot apply there")
 
 
@@ -433,6 +500,25 @@ class _SuiteEntry(_Entry):
     env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
     typical_s: _Seconds = 60
     not_applicable: _NotApplicableList = []
+    tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
+
+
+class _ToolEntry(_Entry):
+    description: str = ""
+    suite: str = Field(description='a Debian suite (a string), e.g. "sid"')
+    packages: list[str] = Field(description='a list of Debian packages, e.g. ["v4l-utils"]',
+                                min_length=1)
+
+
+def load_tools(path: Path | None = None) -> dict[str, Tool]:
+    """The [tool.NAME] tables of scenarios/suites.toml: other v4l2-compliance builds."""
+    path = path or SUITES_FILE
+    data = _load(path, {"suite", "profile", "tool"})
+    tools = {}
+    for name, e in _table(path, data, "tool").items():
+        t = _validate(path, f"tool.{name}", _ToolEntry, e)
+        tools[name] = Tool(name, t.description, t.suite, tuple(t.packages))
+    return tools
 
 
 def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
@@ -447,7 +533,7 @@ def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
             raise DataError(f"{path}: [{where}] not_applicable[{i}] needs when = {{ PARAMETER = "
                             f"VALUE }} or param_sets = [...]: where it does not apply")
         _known_conditions(path, where, f"not_applicable[{i}].when", x.when, known)
-        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets)))
+        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets), tuple(x.tools)))
     return tuple(out)
 
 
@@ -460,7 +546,8 @@ def _known_conditions(path: Path, where: str, key: str, conditions: dict, known:
 
 def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 ) -> tuple[dict[str, Suite], dict[str, Profile]]:
-    data = _load(path, {"suite", "profile"})
+    data = _load(path, {"suite", "profile", "tool"})
+    tools = load_tools(path)
     mod_known, ctl_known = known_param_names(params_path)
     known = mod_known | ctl_known
     profiles = {}
@@ -471,9 +558,23 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
             name, p.description, tuple(p.args), p.producer, p.timeout_s,
             p.idle_s if p.idle_s is not None else p.timeout_s,
             _exclusions(path, where, p.not_applicable, known), p.typical_s)
+    for prof in profiles.values():
+        for x in prof.not_applicable:
+            unknown = [t for t in x.tools if t not in tools]
+            if unknown:
+                raise DataError(f"{path}: [profile.{prof.name}] not_applicable names unknown tool "
+                                f"'{unknown[0]}'; known: {', '.join(tools) or 'none'}")
     suites = {}
-    for name, e in _table(path, data, "suite").items():
+    raw = _table(path, data, "suite")
+    for name, e in raw.items():
         where = f"suite.{name}"
+        if isinstance(e, dict) and "like" in e:
+            like = e["like"]
+            base = raw.get(like) if isinstance(like, str) else None
+            if not isinstance(base, dict) or "like" in base:
+                raise DataError(f"{path}: [{where}] like = {like!r}: name a suite of this file "
+                                f"that is not itself like another (known: {', '.join(raw)})")
+            e = {**base, **{k: v for k, v in e.items() if k != "like"}}
         s = _validate(path, where, _SuiteEntry, e)
         for prof in s.profiles:
             if prof not in profiles:
@@ -485,13 +586,19 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
         if s.kind == "compliance" and (not s.profiles or s.paths):
             raise DataError(f"{path}: [{where}] kind = \"compliance\" runs v4l2-compliance: give "
                             f"profiles = [...] and no paths")
+        if s.tool is not None and s.kind != "compliance":
+            raise DataError(f"{path}: [{where}] tool = {s.tool!r}: only a compliance suite runs a "
+                            f"tool")
+        if s.tool is not None and s.tool not in tools:
+            raise DataError(f"{path}: [{where}] names unknown tool '{s.tool}'; known: "
+                            f"{', '.join(tools) or 'none ([tool.NAME] tables)'}")
         _known_conditions(path, where, "requires", s.requires, known)
         suites[name] = Suite(
             name=name, kind=s.kind, description=s.description, paths=tuple(s.paths),
             profiles=tuple(s.profiles), default=s.default, timeout_s=s.timeout_s,
             requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
             env=dict(s.env), typical_s=s.typical_s,
-            not_applicable=_exclusions(path, where, s.not_applicable, known),
+            not_applicable=_exclusions(path, where, s.not_applicable, known), tool=s.tool,
         )
     return suites, profiles
 
@@ -661,6 +768,18 @@ def check_splats(path: Path = SPLATS_FILE) -> int:
 
 
 def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:
+    """A named kernel; NAME@VERSION pins an archive kernel to one Debian version of its
+    image package (what every reproduce line of such a kernel says)."""
     if name in kernels:
         return kernels[name]
-    raise _unknown("kernel", name, list(kernels), KERNELS_FILE)
+    base, sep, version = name.partition("@")
+    if sep and base in kernels:
+        k = kernels[base]
+        if k.kind != "archive":
+            raise DataError(f"kernel '{base}' is installed on this machine with apt: it has no "
+                            f"version to pin (give --kernel {base})")
+        if not _VERSION.match(version):
+            raise DataError(f"kernel '{name}': {version!r} is not a Debian version "
+                            f"(e.g. {base}@7.2.13-1)")
+        return replace(k, version=version)
+    raise _unknown("kernel", base, list(kernels), KERNELS_FILE)

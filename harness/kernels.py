@@ -21,15 +21,28 @@ class KernelError(LoopqualError):
 
 @dataclass(frozen=True)
 class InstalledKernel:
+    """A kernel ready to build for and boot. Host kernels: /boot/vmlinuz-<release> and the
+    host's kbuild tree. Archive kernels: the image and modules extracted into the cache
+    (vmlinuz beside its modules, so virtme-ng finds them), and a build root of their suite
+    (build_dir is then a path inside root)."""
     name: str
     release: str
     vmlinuz: Path
     build_dir: Path
     headers_version: str
+    suite: str = "host"  # where it comes from: "host" (installed with apt) or a Debian suite
+    version: str = ""  # the Debian version of its image package (host: of its headers)
+    root: Path | None = None  # the build root to build in (None: build on the host)
+    root_key: str = ""  # what the root holds, hashed (goes into the build's cache key)
+    compiler: str = ""  # the compiler its modules are built with, e.g. "gcc-16 16.2.0-4"
+    config: Path | None = None  # its kernel configuration
+    arg: str = ""  # how --kernel names exactly this kernel (NAME@VERSION for archive kernels)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "release": self.release, "vmlinuz": str(self.vmlinuz),
-                "build_dir": str(self.build_dir), "headers_version": self.headers_version}
+                "build_dir": str(self.build_dir), "headers_version": self.headers_version,
+                "suite": self.suite, "version": self.version,
+                "root": str(self.root) if self.root else None, "compiler": self.compiler}
 
 
 def _query(package: str, fmt: str) -> str | None:
@@ -78,10 +91,28 @@ def _dependency(package: str, prefix: str) -> str:
                       f"(Depends: {deps or 'none'}); check kernel/kernels.toml")
 
 
+def host_compiler() -> str:
+    """The host's gcc, as its --version's first line says (e.g. "gcc (Debian 12.2.0-14) 12.2.0")."""
+    try:
+        proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "no gcc"
+    lines = proc.stdout.splitlines()
+    return lines[0].strip() if proc.returncode == 0 and lines else "no gcc"
+
+
 def resolve(kernel: Kernel, install: bool = True) -> InstalledKernel:
+    """The kernel ready to build for and boot. install=False: only what is already here
+    (installed packages; for archive kernels the cached index, image and build root): a
+    KernelError says what is missing, nothing is downloaded or installed."""
     if kernel.kind == "debug":  # built by loopqual from Debian's kernel source
-        from . import debugkernel
-        return debugkernel.resolve(kernel, build_it=install)
+        from .debugkernel import resolve as resolve_debug
+
+        return resolve_debug(kernel, build_it=install)
+    if kernel.kind == "archive":
+        from .archive import resolve_archive
+
+        return resolve_archive(kernel, install)
     packages = [kernel.image_package, kernel.headers_package, *kernel.build_needs]
     if install:
         apt_install(packages, f"kernel {kernel.name}")
@@ -104,5 +135,7 @@ def resolve(kernel: Kernel, install: bool = True) -> InstalledKernel:
     if not (build_dir / "Makefile").is_file():
         raise KernelError(f"kernel {kernel.name}: no kbuild tree at {build_dir}; reinstall "
                           f"linux-headers-{release}")
-    return InstalledKernel(kernel.name, release, vmlinuz, build_dir,
-                           _query(f"linux-headers-{release}", "${Version}") or "")
+    version = _query(f"linux-headers-{release}", "${Version}") or ""
+    return InstalledKernel(kernel.name, release, vmlinuz, build_dir, version, suite="host",
+                           version=version, compiler=host_compiler(),
+                           config=Path(f"/boot/config-{release}"), arg=kernel.name)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, data, kernels, report, results, sources, vm
+from . import __version__, data, kernels, report, results, sources, tools, vm
 from . import build as buildmod
 from .errors import LoopqualError
 from .paths import REPO
@@ -297,7 +297,7 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     for c in cells:
         del c["suites"]
     identity = {"loopqual": __version__, "n": n, "data": _data_digest(),
-                "selection": {"kernels": [k.name for k in sel.kernels],
+                "selection": {"kernels": [k.arg for k in sel.kernels],
                               # a local tree by its directory's name: checkouts differ
                               "modules": [Path(m.name).name if m.kind == "local" else m.name
                                           for m in sel.modules],
@@ -332,6 +332,7 @@ class Plan:
     """What will run: every cell's metadata (built or not), and per kernel the cells to boot."""
     metas: list[dict]
     to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]]
+    tools: dict = field(default_factory=dict)  # name -> tools.PreparedTool
 
 
 def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
@@ -367,11 +368,13 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
         "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": _git_commit()},
-        "selection": {"kernels": [k.name for k in sel.kernels],
+        "selection": {"kernels": [k.arg for k in sel.kernels],
                       "modules": [m.name for m in sel.modules],
                       "param_sets": [p.name for p in sel.param_sets],
                       "suites": [s.name for s in sel.suites], "k": sel.k},
         "expected_failures": [e.__dict__ for e in sel.expected],
+        "tools": {name: {"suite": t.suite, "version": t.version, "root": str(t.root),
+                         "made_s": t.made_s} for name, t in plan.tools.items()},
         "cells": cells,
     }
     if shard:
@@ -407,6 +410,8 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
     source none of them needs is neither installed nor built. Ids are the whole selection's."""
     mirror, all_sources = data.load_sources()
     plan = Plan([], [])
+    # Roots of the tools the suites name (a newer v4l2-compliance), made before any guest boots.
+    plan.tools = tools.prepare_for(sel.suites, mirror, say=lambda m: print(m, file=sys.stderr))
     for kernel in sel.kernels:
         mine = [(cid, m, ps) for cid, k, m, ps in matrix(sel)
                 if k.name == kernel.name and (only is None or cid in only)]
@@ -420,16 +425,19 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
             b, version, patches = builds[m.name]
             meta = {
                 "id": cid, "kernel": kernel.name, "kernel_release": ik.release,
+                "kernel_version": ik.version, "kernel_suite": ik.suite, "compiler": ik.compiler,
                 "module": m.name, "module_version": version, "params": ps.all_params,
                 "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
                 "gated": m.gated, "patches": [p.name for p in patches],
                 "build": {"status": b.status, "log_tail": b.log_tail,
                           "warnings": b.warnings, "cached": b.cached, "key": b.key},
-                "reproduce": reproduce_line(kernel.name, m.name, ps, sel.suites, sel.k, env),
+                # an archive kernel as NAME@VERSION: the exact kernel that ran, even once
+                # its suite has moved on
+                "reproduce": reproduce_line(ik.arg or kernel.name, m.name, ps, sel.suites, sel.k, env),
             }
             plan.metas.append(meta)
             if b.status == "ok":
-                plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env))
+                plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env, plan.tools))
         if plan_cells_:
             plan.to_boot.append((kernel, ik, plan_cells_))
     return plan
@@ -546,18 +554,20 @@ def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)):
 
 
 def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
-               run_env: dict[str, str] | None = None) -> dict:
+               run_env: dict[str, str] | None = None, prepared: dict | None = None) -> dict:
     """run_env: the run's LOOPQUAL_* (passthrough_env() and the run's seed); its reproduce
     line carries the same."""
     run_env = passthrough_env() if run_env is None else run_env
     return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
             "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
-            "suites": _cell_suites(ps, sel, run_env), "k": sel.k}
+            "suites": _cell_suites(ps, sel, run_env, prepared), "k": sel.k}
 
 
-def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str]) -> list[dict]:
+def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
+                 prepared: dict | None = None) -> list[dict]:
     """The suites (and compliance profiles) a cell of this parameter set runs, each with the
-    reason it does not apply where it does not."""
+    reason it does not apply where it does not. prepared: the tools' roots (tools.prepare_for);
+    without them (planning only) a suite's tool is named but cannot run."""
     suites = []
     for s in sel.suites:
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
@@ -568,13 +578,16 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str]) -> 
         why = s.applies_to(ps)
         if why:
             entry["not_applicable"] = why
+        if s.tool:
+            t = (prepared or {}).get(s.tool)
+            entry["tool"] = t.to_plan() if t else {"name": s.tool}
         if s.kind == "compliance":
             entry["profiles"] = []
             for name in s.profiles:
                 prof = sel.profiles[name]
                 pe = {"name": name, "args": list(prof.args), "producer": prof.producer,
                       "timeout_s": prof.timeout_s, "idle_s": prof.idle_s}
-                why_not = None if s.strict else prof.applies_to(ps)
+                why_not = None if s.strict else prof.applies_to(ps, s.tool)
                 if why_not:
                     pe["not_applicable"] = why_not
                 entry["profiles"].append(pe)

@@ -18,16 +18,16 @@ def _summary(cell: dict) -> str:
     if cell["build"]["status"] == "not run":
         return f"not run: {cell['build'].get('log_tail', '')}"
     if cell["build"]["status"] != "ok":
-        return "build failed (see the build log tail)"
+        return "build failed: " + results.first_error(cell["build"].get("log_tail", ""))[:120]
     c = results.counts(cell)
-    sc, comp = c["scenarios"], c["compliance"]
+    sc = c["scenarios"]
     parts = []
     if cell["scenarios"]:
         parts.append(f"scen {sc['pass']}P/{sc['fail'] + sc['error']}F/{sc['skip']}S"
                      + (f"/{sc['xfail']}xf" if sc["xfail"] else "")
                      + (f"/{sc['xpass']}XP" if sc["xpass"] else ""))
-    if cell["compliance"]:
-        parts.append(f"v4l2c {comp['total']}T/{comp['failed']}F"
+    for version, comp in sorted(c["compliance_by_version"].items()):
+        parts.append(f"v4l2c {version} {comp['total']}T/{comp['failed']}F"
                      + (f"/{comp['xfail']}xf" if comp["xfail"] else ""))
     if cell["health"].get("splats"):
         parts.append(f"{len(cell['health']['splats'])} splat(s)")
@@ -39,7 +39,7 @@ def _summary(cell: dict) -> str:
 def terminal_table(run: dict) -> str:
     rows = [("kernel", "module", "params", "gated", "status", "summary")]
     for cell in run["cells"]:
-        rows.append((cell["kernel"], cell["module"], cell["param_set"],
+        rows.append((results.kernel_label(cell), cell["module"], cell["param_set"],
                      "gate" if cell["gated"] else "info", cell["status"].upper(), _summary(cell)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
@@ -119,7 +119,7 @@ def write_html(path: Path, run: dict) -> None:
     rows: dict[tuple, dict] = {}
     param_sets: list[str] = []
     for c in cells:
-        rows.setdefault((c["kernel"], c["module"]), {})[c["param_set"]] = c
+        rows.setdefault((results.kernel_label(c), c["module"]), {})[c["param_set"]] = c
         if c["param_set"] not in param_sets:
             param_sets.append(c["param_set"])
     rule_cols, rule_table, rule_text = [], {}, {}

@@ -49,6 +49,21 @@ def _apply_expectations(item: dict, kind: str, item_id: str, cell: dict,
                         "category": e.category, "inherent": e.inherent}
 
 
+def first_error(log_tail: str) -> str:
+    """The compiler's first error in a build log tail (what a reader needs first), else its
+    last line."""
+    lines = log_tail.splitlines()
+    return next((ln.strip() for ln in lines if "error:" in ln), lines[-1] if lines else "?")
+
+
+def kernel_label(cell: dict) -> str:
+    """The kernel as --kernel names exactly the one that ran: NAME@VERSION for a kernel from
+    an archive suite (which moves on), NAME for one installed on the host."""
+    if cell.get("kernel_suite") not in (None, "", "host") and cell.get("kernel_version"):
+        return f"{cell['kernel']}@{cell['kernel_version']}"
+    return cell["kernel"]
+
+
 def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                   expected: list[ExpectedFailure]) -> dict:
     """meta: kernel, kernel_release, module, module_version, params, param_set, gated,
@@ -60,7 +75,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
             "duration_s": None, "steps": [], "loaded_params": {}}
     if meta["build"]["status"] != "ok":
         cell["status"] = "error"
-        cell["errors"].append("build failed: " + (meta["build"]["log_tail"].splitlines() or ["?"])[-1])
+        cell["errors"].append("build failed: " + first_error(meta["build"]["log_tail"]))
         return cell
     if guest is None:
         cell["incomplete"].append((host_incomplete or {}).get("reason", "the cell never ran"))
@@ -170,12 +185,16 @@ def counts(cell: dict) -> dict:
     for sc in cell["scenarios"]:
         c[sc["status"]] = c.get(sc["status"], 0) + 1
     comp = {"total": 0, "failed": 0, "xfail": 0, "warnings": 0}
+    by_version: dict[str, dict] = {}  # v4l2-compliance version -> the same counts
     for run in cell["compliance"]:
-        comp["total"] += run.get("total") or 0
-        comp["warnings"] += run.get("warnings") or 0
-        comp["failed"] += sum(t["status"] == "fail" for t in run.get("tests", []))
-        comp["xfail"] += sum(t["status"] == "xfail" for t in run.get("tests", []))
-    return {"scenarios": c, "compliance": comp}
+        v = by_version.setdefault(run.get("version") or "unknown version",
+                                  {"total": 0, "failed": 0, "xfail": 0, "warnings": 0})
+        for d in (comp, v):
+            d["total"] += run.get("total") or 0
+            d["warnings"] += run.get("warnings") or 0
+            d["failed"] += sum(t["status"] == "fail" for t in run.get("tests", []))
+            d["xfail"] += sum(t["status"] == "xfail" for t in run.get("tests", []))
+    return {"scenarios": c, "compliance": comp, "compliance_by_version": by_version}
 
 
 def exit_code(cells: list[dict]) -> int:

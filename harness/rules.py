@@ -90,31 +90,38 @@ def coverage(rules: dict[str, str], items: list[dict]) -> tuple[dict[str, list[s
 
 def kernel_config(release: str, boot: Path = Path("/boot")) -> set[str] | None:
     """The options a kernel has built in or as modules (CONFIG_X=y|m), from its
-    /boot/config-<release> (release ".config" with boot = a build tree: that tree's .config);
-    None if that file is not there."""
-    name = ".config" if release == ".config" else f"config-{release}"
-    try:
-        text = (boot / name).read_text()
-    except OSError:
-        return None
-    return {ln.split("=", 1)[0] for ln in text.splitlines() if ln.endswith(("=y", "=m"))}
+    /boot/config-<release>; None if that file is not there."""
+    return _read_config(boot / f"config-{release}")
 
 
 def kernel_configs(kernels) -> dict[str, set[str] | None]:
     """Each configured kernel's options; None for a kernel that is not installed here (its
     configuration is unknown, so nothing is counted as runnable on it)."""
+    from .archive import cached_config
     from .kernels import resolve
 
     out: dict[str, set[str] | None] = {}
     for k in kernels.values():
         try:
-            ik = resolve(k, install=False)
-            # a kernel loopqual built (debug) has its .config in its build tree, not in /boot
-            out[k.name] = (kernel_config(".config", ik.build_dir) if k.kind == "debug"
-                           else kernel_config(ik.release))
+            if k.kind == "archive":  # its configuration, if its image is in the cache
+                out[k.name] = _read_config(cached_config(k))
+            elif k.kind == "debug":  # loopqual's own build: the .config of its build tree
+                out[k.name] = _read_config(resolve(k, install=False).config)
+            else:
+                out[k.name] = kernel_config(resolve(k, install=False).release)
         except LoopqualError:
             out[k.name] = None
     return out
+
+
+def _read_config(path: Path | None) -> set[str] | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return {ln.split("=", 1)[0] for ln in text.splitlines() if ln.endswith(("=y", "=m"))}
 
 
 def runnable_nowhere(items: list[dict], configs: dict[str, set[str] | None]) -> dict[str, str]:

@@ -95,7 +95,10 @@ def detect_accel(vmlinuz: Path, timeout: float = 20) -> str:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-    stamp = cache_dir() / "accel" / f"{vmlinuz.name}-{int(Path(qemu).stat().st_mtime)}"
+    # an archive kernel's image is .../modules/<release>/vmlinuz.unsigned: name it by release
+    name = vmlinuz.name if vmlinuz.name.startswith("vmlinuz-") else \
+        f"vmlinuz-{vmlinuz.parent.name}-{hashlib.sha256(str(vmlinuz).encode()).hexdigest()[:8]}"
+    stamp = cache_dir() / "accel" / f"{name}-{int(Path(qemu).stat().st_mtime)}"
     try:
         known = stamp.read_text().strip()
     except OSError:

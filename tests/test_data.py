@@ -281,7 +281,7 @@ BAD_TYPES = [
      r"x.toml: unknown top-level key\(s\) suites; this file holds \[profile\], \[suite\]"),
     ("suites", SUITE + 'path = ["x"]\n', r"\[suite.contract\]: unknown key path; allowed: .*paths"),
     ("suites", PROFILE + 'not_applicable = [{ wen = { exclusive_caps = 0 }, because = "x" }]\n',
-     r"\[profile.output\]: unknown key not_applicable\[0\].wen; allowed: because, param_sets, when$"),
+     r"\[profile.output\]: unknown key not_applicable\[0\].wen; allowed: because, param_sets, tools, when$"),
     ("suites", PROFILE + 'not_applicable = [{ when = { exclusive_caps = 0 } }]\n',
      r"\[profile.output\] not_applicable\[0\].because: missing; expected a string: why the"),
     ("suites", PROFILE + "requires = { exclusive_caps = 1 }\n",
@@ -439,3 +439,39 @@ def test_no_entry_excuses_newer_compliance_for_the_nv12_wording(version):
     # ... while 1.22 is still excused by the entry that says why
     assert any(e.matches("compliance", item, "ec1", "debian-6.1", NV12_FAIL, "1.22.1")
                for e in data.load_expected_failures())
+
+
+def test_a_suite_like_another_takes_its_settings_and_a_tool():
+    suites, _profiles = data.load_suites()
+    sid, host = suites["compliance-sid"], suites["compliance"]
+    assert (sid.kind, sid.profiles, sid.not_applicable, sid.default) == \
+        (host.kind, host.profiles, host.not_applicable, host.default)
+    assert (sid.tool, host.tool) == ("sid", None)
+    assert data.load_tools()["sid"].packages == ("v4l-utils",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[suite.a]\nkind="compliance"\nprofiles=["p"]\ntool="nope"\n',
+     r"\[suite.a\] names unknown tool 'nope'; known: none"),
+    ('[suite.a]\nkind="pytest"\npaths=["x"]\ntool="t"\n[tool.t]\nsuite="sid"\npackages=["v4l-utils"]\n',
+     r"\[suite.a\] tool = 't': only a compliance suite runs a tool"),
+    ('[suite.a]\nlike="b"\n', r"\[suite.a\] like = 'b': name a suite of this file"),
+    ('[suite.a]\nkind="compliance"\nprofiles=["p"]\ntool="t"\n[tool.t]\nsuite="sid"\npackages=[]\n',
+     r"\[tool.t\] packages"),
+])
+def test_bad_tools_and_likes_are_one_clear_error(tmp_path, text, message):
+    p = write(tmp_path, '[profile.p]\ntimeout_s=1\n' + text)
+    with pytest.raises(DataError, match=message):
+        data.load_suites(p, data.PARAMS_FILE)
+
+
+def test_a_profile_exclusion_can_hold_for_one_tool_only(tmp_path):
+    _suites, profiles = data.load_suites()
+    params = data.load_params()
+    assert "tool sid" in profiles["capture"].applies_to(params["ec0"], "sid")
+    assert profiles["capture"].applies_to(params["ec0"]) is None  # bookworm's 1.22 runs it
+    assert profiles["capture"].applies_to(params["ec1"], "sid") is None
+    p = write(tmp_path, '[profile.p]\ntimeout_s=1\nnot_applicable=[{ when={exclusive_caps=0}, '
+                        'tools=["nope"], because="a reason here" }]\n')
+    with pytest.raises(DataError, match=r"\[profile.p\] not_applicable names unknown tool 'nope'"):
+        data.load_suites(p, data.PARAMS_FILE)

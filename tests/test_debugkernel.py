@@ -29,7 +29,7 @@ def test_shipped_debug_kernel_is_described_and_not_default():
     ks = data.load_kernels()
     k = ks["debian-6.12-debug"]
     assert k.kind == "debug" and not k.default
-    assert all(x.kind == "debian" for n, x in ks.items() if n != "debian-6.12-debug")
+    assert all(x.kind in ("host", "archive") for n, x in ks.items() if n != "debian-6.12-debug")
     spec = debugkernel.spec_for(k)
     assert spec.source_package == "linux-source-6.12" and spec.suite == "bookworm-security"
     assert [f.name for f in spec.fragments] == ["guest-6.12.config", "debug-6.12.config"]
@@ -62,6 +62,9 @@ def test_kind_debug_needs_no_packages_but_debian_does(tmp_path):
     p = write(tmp_path, "kernels.toml", '[kernel.k]\nkind = "custom"\n')
     with pytest.raises(LoopqualError, match=r"kind"):
         data.load_kernels(p)
+    p = write(tmp_path, "kernels.toml", '[kernel.d]\nkind = "debug"\nsuite = "sid"\n')
+    with pytest.raises(LoopqualError, match=r"suite belongs to a Debian kernel"):
+        data.load_kernels(p)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -84,7 +87,7 @@ def test_bad_debug_kernels_file_is_one_clear_error(tmp_path, text, message):
 
 def test_debug_kernel_without_an_entry_names_the_file(tmp_path):
     p = write(tmp_path, "debug-kernels.toml", "")
-    k = data.Kernel("nope", "", "", "", kind="debug")
+    k = data.Kernel("nope", "", "", "", debug=True)
     with pytest.raises(debugkernel.DebugKernelError, match=r'no \[debug."nope"\] entry'):
         debugkernel.spec_for(k, p)
 

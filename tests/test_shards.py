@@ -124,7 +124,8 @@ def test_a_shard_plans_exactly_its_cells_and_only_its_kernel(monkeypatch, tmp_pa
 
     def resolve(kernel):
         resolved.append(kernel.name)
-        return SimpleNamespace(name=kernel.name, release=f"{kernel.name}-release", vmlinuz=None)
+        return SimpleNamespace(name=kernel.name, release=f"{kernel.name}-release", vmlinuz=None,
+                               version="", suite="host", compiler="", arg=kernel.name)
 
     def build_module(kernel, ik, m, _all, _mirror):
         built.append((kernel.name, m.name))

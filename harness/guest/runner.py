@@ -452,8 +452,27 @@ def _running_scenario(progress_log: Path) -> str | None:
     return started
 
 
-def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: str) -> dict:
+TOOL_ENTER_FAILED = "loopqual: cannot enter the tool's root"
+
+
+def tool_command(tool: dict, argv: list[str]) -> list[str]:
+    """argv run chrooted in a tool's root (a Debian root of another suite, on the host's
+    filesystem that the guest shares), with the guest's /dev, /proc and /sys bound in, in a
+    mount namespace of its own (the mounts vanish with the process, however it ends)."""
+    script = ('r=$1; shift; mount --rbind /dev "$r/dev" && mount -t proc proc "$r/proc" && '
+              'mount --rbind /sys "$r/sys" || '
+              f'{{ echo "{TOOL_ENTER_FAILED} $r" >&2; exit 125; }}; exec chroot "$r" "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+            tool["root"], "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
+            *argv]
+
+
+def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: str,
+                           tool: dict | None = None) -> dict:
+    """One v4l2-compliance profile: the host's, or a tool's from its own root (tool)."""
     from loopqual import compliance
+
+    label = f"{profile['name']}@{tool['name']}" if tool else profile["name"]
 
     producer_pid, note = None, ""
     if profile["producer"]:
@@ -462,20 +481,27 @@ def run_compliance_profile(profile: dict, device: str, out_dir: Path, cell_id: s
         os.close(rfd)
         if note:
             wait_child(producer_pid, 0)
-            return {"profile": profile["name"], "status": "error", "error": note, "tests": [],
+            return {"profile": label, "status": "error", "error": note, "tests": [],
                     "total": None, "succeeded": None, "failed": None, "warnings": None,
                     "log_tail": ""}
     # Line-buffered: a run killed in a hang must still leave every line it printed.
-    cmd = ["stdbuf", "-oL", "-eL", "v4l2-compliance", "-P", *profile["args"], "-d", device]
+    argv = ["v4l2-compliance", "-P", *profile["args"], "-d", device]
+    cmd = ["stdbuf", "-oL", "-eL", *argv]
+    if tool:
+        cmd = tool_command(tool, cmd)
     code, out, killed = run_watched(cmd, profile["timeout_s"], profile["idle_s"])
     timed_out = bool(killed)
     if producer_pid:
         wait_child(producer_pid, 0)  # kills it
-    (out_dir / f"{cell_id}-compliance-{profile['name']}.txt").write_text(out)
-    run = compliance.parse(out, profile["name"])
+    (out_dir / f"{cell_id}-compliance-{label}.txt").write_text(out)
+    run = compliance.parse(out, label)
     run.exit_code, run.timed_out = code, timed_out
     d = run.to_dict()
-    d["command"] = " ".join(cmd[3:])
+    d["command"] = " ".join(argv) + (f"  (chrooted in {tool['root']})" if tool else "")
+    d["tool"] = ({"name": tool["name"], "package_version": tool.get("version", "")} if tool
+                 else {"name": "host"})
+    if tool and code == 125 and TOOL_ENTER_FAILED in out:
+        d["error"] = next(ln for ln in out.splitlines() if TOOL_ENTER_FAILED in ln)
     d["log_tail"] = "\n".join(out.splitlines()[-25:])
     if killed:
         last = run.tests[-1].name if run.tests else "none"
@@ -562,23 +588,29 @@ def compliance_stage(run: CellRun, suite: dict, devices: list[str], out_dir: Pat
     next profile sees. Returns the suite's record and the device nodes now loaded."""
     cell, res = run.cell, run.res
     runs = []
+    tool = suite.get("tool")
+    if tool and not tool.get("root"):
+        res["incomplete"].append(f"suite {suite['name']}: tool {tool['name']} has no root "
+                                 f"(the host did not prepare it)")
+        return {"name": suite["name"], "kind": "compliance", "runs": runs}, devices
     for prof in suite["profiles"]:
+        label = f"{prof['name']}@{tool['name']}" if tool else prof["name"]
         if prof.get("not_applicable"):
-            runs.append({"profile": prof["name"], "status": "not-applicable",
+            runs.append({"profile": label, "status": "not-applicable",
                          "not_applicable": prof["not_applicable"], "tests": []})
             continue
-        run.step(f"compliance {prof['name']}")
+        run.step(f"compliance {label}")
         devices, why = reload_module(cell, devices)
         if why:
             res["errors"].append(why)
             res["needs_reboot"] = why.startswith("rmmod")  # a stuck module
             break
         res["devices"] = devices
-        r = run_compliance_profile(prof, devices[0], out_dir, cell["id"])
+        r = run_compliance_profile(prof, devices[0], out_dir, cell["id"], tool)
         runs.append(r)
         if r["status"] == "incomplete":
             res["incomplete"].append(
-                f"compliance {prof['name']}: "
+                f"compliance {label}: "
                 + (r.get("error") or "no Total line (v4l2-compliance did not finish)"))
     return {"name": suite["name"], "kind": "compliance", "runs": runs}, devices
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import time
 
 import pytest
 from lib.common import (
@@ -286,3 +288,57 @@ def test_l2_counts_clamped(cell, openers):
                     f"got {ename(exc.errno)}")
     assert 1 <= n <= mx, (f"REQBUFS(CAPTURE, 1000) {how}: expected a count in 1..{mx}, "
                           f"got {n}")
+
+
+
+QUERYCAP_RACE_S = 2.0
+BOTH = CAP_VIDEO_CAPTURE | CAP_VIDEO_OUTPUT
+
+
+def _ask_querycap(dev, seconds: float) -> int:
+    """In a child process: QUERYCAP on `dev` again and again; exit 0 if every answer showed
+    exactly one of CAPTURE and OUTPUT, 3 if one did not, 1 on an error."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            caps = dev.device_caps() & BOTH
+            if caps not in (CAP_VIDEO_CAPTURE, CAP_VIDEO_OUTPUT):
+                code = 3
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+@pytest.mark.rules("X1", "H1")
+def test_x1_querycap_while_the_caps_flip(cell, openers):
+    """With exclusive_caps=1 the caps flip with the write token (X1). Two openers asking
+    QUERYCAP from two processes while a writer takes and gives back the token again and again
+    must each get one direction, and the V4L2 core's check after vidioc_querycap() (the
+    device_caps handed out equal vdev->device_caps, which vidioc_querycap() sets) must never
+    warn: the H1 fixture fails the scenario on any kernel log splat. Seen on Debian sid's 7.2
+    in the random walk (WARNING in v4l_querycap) before the series serialised QUERYCAP."""
+    need_ec(cell, True, "X1")
+    skip_if_keep(cell, "X1 (the caps flip with the write token)",
+                 "keep_format=1 with a format set keeps CAPTURE (checked by F5)")
+    need_openers(cell, 3)
+    w = openers.fd()
+    Writer(w, count=2, streamon=False)
+    askers = [openers.fd(), openers.fd()]
+    pids = [_ask_querycap(dev, QUERYCAP_RACE_S) for dev in askers]
+    flips = 0
+    end = time.monotonic() + QUERYCAP_RACE_S
+    try:
+        while time.monotonic() < end:
+            w.streamon(OUT)
+            w.streamoff(OUT)
+            flips += 2
+    finally:
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert 3 not in codes, ("QUERYCAP while the write token came and went: an answer showed "
+                            "both CAPTURE and OUTPUT, or neither")
+    assert codes == [0, 0], f"QUERYCAP in the child processes failed (exits {codes})"
+    assert flips >= 20, f"the writer flipped the caps only {flips} times in {QUERYCAP_RACE_S} s"
