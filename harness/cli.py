@@ -352,8 +352,8 @@ def _kernel_state(k) -> str:
                     f"{ik.compiler}  build: on the host")
         if k.kind == "debug":
             ik = kernels.resolve(k, install=False)
-            return (f"debug kernel built by loopqual from {ik.suite}  version: {ik.release} "
-                    f"{ik.version}  compiler: {ik.compiler}  tree: {ik.build_dir}")
+            return (f"suite: debug (built by loopqual)  version: {ik.release} {ik.version}  "
+                    f"compiler: {ik.compiler}  tree: {ik.build_dir}")
         d = archive.describe(k)
     except LoopqualError as exc:
         return f"({exc})"

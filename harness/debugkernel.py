@@ -535,6 +535,6 @@ def resolve(kernel: Kernel, build_it: bool = True) -> InstalledKernel:
                                    f"`loopqual build --kernel {kernel.name}`")
         record = build(p)
     return InstalledKernel(kernel.name, record["release"], Path(record["bzimage"]),
-                           p.build_dir, f"{spec.version}+{p.key}", suite=spec.suite,
+                           p.build_dir, f"{spec.version}+{p.key}", suite="debug",
                            version=spec.version, compiler=p.tools.get("gcc", ""),
                            config=p.build_dir / ".config", arg=kernel.name)

@@ -30,7 +30,8 @@ class InstalledKernel:
     vmlinuz: Path
     build_dir: Path
     headers_version: str
-    suite: str = "host"  # where it comes from: "host" (installed with apt) or a Debian suite
+    suite: str = "host"  # where it comes from: "host" (installed with apt), a Debian suite, or
+    # "debug" (built by loopqual from a Debian kernel source package: harness/debugkernel.py)
     version: str = ""  # the Debian version of its image package (host: of its headers)
     root: Path | None = None  # the build root to build in (None: build on the host)
     root_key: str = ""  # what the root holds, hashed (goes into the build's cache key)

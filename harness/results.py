@@ -58,8 +58,9 @@ def first_error(log_tail: str) -> str:
 
 def kernel_label(cell: dict) -> str:
     """The kernel as --kernel names exactly the one that ran: NAME@VERSION for a kernel from
-    an archive suite (which moves on), NAME for one installed on the host."""
-    if cell.get("kernel_suite") not in (None, "", "host") and cell.get("kernel_version"):
+    an archive suite (which moves on), NAME for one installed on the host or built by loopqual
+    (a debug kernel: what it is made of is pinned in kernel/debug-kernels.toml)."""
+    if cell.get("kernel_suite") not in (None, "", "host", "debug") and cell.get("kernel_version"):
         return f"{cell['kernel']}@{cell['kernel_version']}"
     return cell["kernel"]
 

@@ -314,3 +314,13 @@ def test_a_version_the_mirror_no_longer_serves_is_one_line_and_leaves_nothing(tm
     assert "6.12.1-1 is not served" in str(err.value) and "debug-kernels.toml" in str(err.value)
     src = tmp_path / "cache" / "debug-kernels" / "src"
     assert [p.name for p in src.iterdir()] == ["linux-source-6.12_6.12.1-1.lock"]
+
+
+def test_a_debug_kernel_is_labelled_by_its_name_in_results():
+    from loopqual.results import kernel_label
+
+    cell = {"kernel": "debian-6.12-debug", "kernel_suite": "debug",
+            "kernel_version": "6.12.117-1~deb12u1"}
+    assert kernel_label(cell) == "debian-6.12-debug"  # --kernel takes exactly this back
+    assert kernel_label({**cell, "kernel": "debian-sid", "kernel_suite": "sid",
+                         "kernel_version": "7.2.13-1"}) == "debian-sid@7.2.13-1"
