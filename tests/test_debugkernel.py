@@ -324,3 +324,16 @@ def test_a_debug_kernel_is_labelled_by_its_name_in_results():
     assert kernel_label(cell) == "debian-6.12-debug"  # --kernel takes exactly this back
     assert kernel_label({**cell, "kernel": "debian-sid", "kernel_suite": "sid",
                          "kernel_version": "7.2.13-1"}) == "debian-sid@7.2.13-1"
+
+
+def test_recorded_kasan_report_is_a_splat():
+    """The report the first debug kernel (5-level paging) printed at boot under TCG, 1 boot
+    in 3: kernel/splats.toml's deny list catches it (why the fragment turns 5-level off)."""
+    from loopqual import health
+
+    lines = (FIX / "recorded-kasan-boot-report-5level-tcg.log").read_text().splitlines()
+    found = health.find_splats(lines)
+    assert found and "KASAN: wild-memory-access in do_raw_spin_lock" in found[0]["line"]
+    assert any("Write of size 4 at addr ff11" in ln for ln in found[0]["context"])
+    assert any("handle_edge_irq" in ln for ln in lines)
+    assert lines[-1].endswith("Disabling lock debugging due to kernel taint")
