@@ -104,6 +104,7 @@ class Kernel:
     base_suite: str | None = None  # the suite its build root is made of (default: suite)
     version: str | None = None  # a pin: the image package's Debian version (None: the newest)
     debug: bool = False  # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py)
+    boot_timeout_s: int = 240  # to the guest runner's first sign of life (kernels.toml)
 
     @property
     def kind(self) -> str:
@@ -129,6 +130,8 @@ class _KernelEntry(_Entry):
     version: str | None = Field(default=None, description='a Debian version (a string), e.g. "7.3.4-1~bpo13+1"')
     kind: Literal["debug"] | None = Field(default=None, description='"debug" (a kernel loopqual '
                                           "builds, described in kernel/debug-kernels.toml)")
+    boot_timeout_s: int = Field(default=Kernel.boot_timeout_s, ge=30, le=3600,
+                                description="seconds, a whole number from 30 to 3600")
 
 
 _SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -148,7 +151,8 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                 raise DataError(f"{path}: [{where}] {stray[0]} belongs to a Debian kernel; a "
                                 "debug kernel is described in kernel/debug-kernels.toml")
             out[name] = Kernel(name=name, description=k.description, image_package="",
-                               headers_package="", default=k.default, debug=True)
+                               headers_package="", default=k.default, debug=True,
+                               boot_timeout_s=k.boot_timeout_s)
             continue
         if k.image_package is None:
             raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
@@ -172,7 +176,8 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
         out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
                            headers_package=k.headers_package or "linux-headers-amd64",
                            build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
-                           base_suite=k.base_suite, version=k.version)
+                           base_suite=k.base_suite, version=k.version,
+                           boot_timeout_s=k.boot_timeout_s)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out

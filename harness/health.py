@@ -68,3 +68,74 @@ def find_splats(lines: list[str], path: Path = SPLATS_FILE) -> list[dict]:
                 found.append({"pattern": pat.name, "line": line, "context": ctx})
                 break
     return found
+
+
+# ---------------------------------------------------------------------------- kmemleak
+# /sys/kernel/debug/kmemleak lists the unreferenced objects found by the scans so far, each
+#   unreferenced object 0xffff888004f1a000 (size 64):
+#     comm "insmod", pid 201, jiffies 4294893712
+#     hex dump (first 32 bytes): ...
+#     backtrace (crc 0):
+#       [<ffffffff81234567>] __kmalloc_cache_noprof+0x2b1/0x3f0      (form varies by kernel)
+#       [<ffffffffc0a3c0aa>] some_function+0x1a/0x40 [v4l2loopback]
+# A frame in a module carries the module's name in brackets; a frame in a module that has
+# been unloaded since is printed as a bare address (no symbol is left to resolve it).
+KMEMLEAK_FILE = "/sys/kernel/debug/kmemleak"
+_OBJECT = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):")
+_FRAME_ADDR = re.compile(r"^\[<[0-9a-fx]+>\]\s*")
+_MODULE_FRAME = re.compile(r"\[(\w+)\]\s*$")
+_BARE_ADDRESS = re.compile(r"^(0x)?[0-9a-f]{8,16}$")
+
+
+def parse_kmemleak(text: str) -> list[dict]:
+    """Each object of a kmemleak report as {"object", "size", "lines", "frames"}: lines is
+    the object's whole record, frames its backtrace (address prefixes dropped)."""
+    objects: list[dict] = []
+    in_trace = False
+    for raw in text.splitlines():
+        m = _OBJECT.match(raw.strip())
+        if m:
+            objects.append({"object": m.group(1), "size": int(m.group(2)), "lines": [raw.rstrip()],
+                            "frames": []})
+            in_trace = False
+            continue
+        if not objects:
+            continue
+        objects[-1]["lines"].append(raw.rstrip())
+        stripped = raw.strip()
+        if stripped.startswith("backtrace"):
+            in_trace = True
+        elif in_trace and stripped:
+            objects[-1]["frames"].append(_FRAME_ADDR.sub("", stripped))
+    return objects
+
+
+def module_of_frame(frame: str) -> str | None:
+    """The module a backtrace frame runs in: its bracketed name, "an unloaded module" for a
+    bare address (the module was removed before the report was read), None for the kernel."""
+    m = _MODULE_FRAME.search(frame)
+    if m:
+        return m.group(1)
+    if _BARE_ADDRESS.match(frame):
+        return "an unloaded module"
+    return None
+
+
+def kmemleak_splats(text: str) -> tuple[list[dict], int]:
+    """The leaks of a kmemleak report whose allocation went through a module (v4l2loopback,
+    or any other module a cell loads), as health splats of pattern "kmemleak", and how many
+    suspects the report held in all (the others were allocated by the kernel alone: not the
+    module's doing, reported as a count only)."""
+    objects = parse_kmemleak(text)
+    found = []
+    for obj in objects:
+        modules = [m for m in (module_of_frame(f) for f in obj["frames"]) if m]
+        if not modules:
+            continue
+        through = ", ".join(dict.fromkeys(modules))
+        first = next(f for f in obj["frames"] if module_of_frame(f))
+        found.append({"pattern": "kmemleak",
+                      "line": f"unreferenced object {obj['object']} (size {obj['size']}) allocated "
+                              f"through {through}: {first}",
+                      "context": obj["lines"][:24]})
+    return found, len(objects)

@@ -165,7 +165,8 @@ def health_failures(cell: dict) -> list[str]:
     exit, rmmod): one line each. results.json's verdict and junit.xml's health case both
     read this list, so the two cannot disagree."""
     health = cell["health"]
-    out = [f"kernel log: {s['pattern']}: {s['line']}" for s in health.get("splats", [])]
+    out = [f"kmemleak after the cell: {s['line']}" if s["pattern"] == "kmemleak"
+           else f"kernel log: {s['pattern']}: {s['line']}" for s in health.get("splats", [])]
     if health.get("rmmod") not in (None, "ok"):
         out.append(f"rmmod after the cell: {health['rmmod']}")
     out += [f"close all: {line}" for line in health.get("left_open", [])]

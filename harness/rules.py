@@ -187,6 +187,11 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
         # compliance runs included; rmmod once everything is closed) judge H1 and H2 too.
         health = c.get("health") or {}
         for sp in health.get("splats", []):
+            if sp["pattern"] == "kmemleak":  # the runner's kmemleak scan after the cell
+                acc[("H3", col)]["failing"].append(
+                    {"cell": c["id"], "param_set": c["param_set"], "id": "health: kmemleak after the cell",
+                     "message": f"expected no leak through a module, got {sp['line']}"})
+                continue
             acc[("H1", col)]["failing"].append(
                 {"cell": c["id"], "param_set": c["param_set"], "id": "health: kernel log of the cell",
                  "message": f"expected a clean kernel log, got {sp['pattern']}: {sp['line']}"})

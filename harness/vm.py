@@ -28,7 +28,9 @@ from .errors import LoopqualError
 from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
 from .paths import REPO, atomic_write, cache_dir
 
-BOOT_TIMEOUT_S = 240  # to the runner's first event; TCG boots in ~20 s on a quiet machine
+# to the runner's first event; TCG boots in ~20 s on a quiet machine. A kernel that boots slower
+# (a debug kernel) says how long it may take in kernels.toml (boot_timeout_s).
+BOOT_TIMEOUT_S = 240
 CELL_MARGIN_S = 180  # beyond the sum of a cell's step timeouts
 CONSOLE_TAIL = 60
 # Boots one lane may use beyond one per cell. A boot that reaches a cell settles at least that
@@ -238,7 +240,8 @@ def cell_budget(cell: dict) -> float:
     return total
 
 
-def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None) -> GuestRun:
+def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None,
+             boot_timeout_s: float = BOOT_TIMEOUT_S) -> GuestRun:
     """Boot as often as needed to give every cell a result file (or a host-side verdict).
 
     boot(plan_path) -> (cell in progress when the guest ended or None, reason, console tail)
@@ -246,7 +249,8 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
     A boot that settles no cell (too slow to come up, died before its first cell) is
     retried once; the second in a row marks the remaining cells incomplete. A lane boots at
     most len(cells) + EXTRA_BOOTS times. A stop request (STOP) ends the lane: its unsettled
-    cells are incomplete with the stop's reason."""
+    cells are incomplete with the stop's reason. boot_timeout_s: the kernel's own limit to the
+    runner's first event (kernels.toml boot_timeout_s)."""
     gr = GuestRun(accel=accel)
     rwdir = rwdir.absolute()  # vng runs in the repository: a relative --out would miss
     cells_dir = rwdir / "cells"
@@ -256,7 +260,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
     if boot is None:
         def boot(plan_path: Path):
             return _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
-                              lambda cid: cell_budget(by_id[cid]), on_event)
+                              lambda cid: cell_budget(by_id[cid]), on_event, boot_timeout_s)
 
     def pending() -> list[dict]:
         return [c for c in plan["cells"]
@@ -316,12 +320,14 @@ def _with_cell_outcome(on_event, cells_dir: Path):
     return handler
 
 
-def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
-    """One boot. budget(cell id) is how long that cell may go without ending.
+def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event,
+               boot_timeout_s: float = BOOT_TIMEOUT_S):
+    """One boot. budget(cell id) is how long that cell may go without ending; boot_timeout_s
+    how long the boot (and the runner between cells) may.
     Returns (cell in progress when it ended or None, reason, console tail)."""
     console: deque[str] = deque(maxlen=4000)
     t0 = time.monotonic()
-    deadline = t0 + BOOT_TIMEOUT_S
+    deadline = t0 + boot_timeout_s
     current, reason, booted, finished = None, "", False, False
     if STOP.is_set():
         return None, STOP.reason, []
@@ -356,15 +362,15 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event):
                     if name == "boot" and not booted:
                         booted = True
                         gr.boot_seconds.append(round(time.monotonic() - t0, 1))
-                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                        deadline = time.monotonic() + boot_timeout_s
                     elif name == "ready":
-                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                        deadline = time.monotonic() + boot_timeout_s
                     elif name == "cell-start":
                         current = ev["cell"]
                         deadline = time.monotonic() + budget(current)
                     elif name == "cell-end":
                         current = None
-                        deadline = time.monotonic() + BOOT_TIMEOUT_S
+                        deadline = time.monotonic() + boot_timeout_s
                     elif name == "done":
                         finished = True
                     on_event(ev)

@@ -51,6 +51,16 @@ def test_unknown_key_is_refused(tmp_path):
         data.load_kernels(p)
 
 
+def test_boot_timeout_is_per_kernel_and_checked(tmp_path):
+    """A slow kernel (the debug kernel boots in 70-100 s under TCG) gets its own boot limit;
+    the others keep the default; a limit that is not a sane number of seconds is refused."""
+    kernels = data.load_kernels()
+    assert kernels["debian-6.12-debug"].boot_timeout_s > kernels["debian-6.1"].boot_timeout_s == 240
+    p = write(tmp_path, '[kernel.a]\nimage_package="x"\nheaders_package="y"\nboot_timeout_s=5\n')
+    with pytest.raises(DataError, match=r"kernel\.a.*boot_timeout_s.*30 to 3600"):
+        data.load_kernels(p)
+
+
 PARAMS_HEAD = '[known]\nmodule_parameters=["exclusive_caps","max_buffers"]\ncontrols=["keep_format"]\n'
 
 
