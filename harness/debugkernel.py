@@ -35,20 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from . import procgroup
+from . import data, procgroup
 from .data import Kernel, Mirror
-from .errors import LoopqualError
+from .errors import DataError, LoopqualError
 from .kernels import InstalledKernel
 from .paths import KERNEL_DIR, atomic_dir, atomic_write, cache_dir, cache_lock, remove_tree
 from .schema import Entry
-from .schema import explain as _explain
 
 DEBUG_KERNELS_FILE = KERNEL_DIR / "debug-kernels.toml"
 FINISHED = ".finished"
@@ -80,32 +78,17 @@ class _DebugEntry(Entry):
 
 
 def load_specs(path: Path = DEBUG_KERNELS_FILE) -> dict[str, DebugSpec]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise DebugKernelError(f"{path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DebugKernelError(f"{path}: not valid TOML ({exc})") from exc
-    extra = set(data) - {"debug"}
-    if extra:
-        raise DebugKernelError(f"{path}: unknown top-level key(s) {', '.join(sorted(extra))}; "
-                               "entries are [debug.NAME]")
+    """Every [debug.NAME] entry; a malformed file or entry is a DataError naming it, as for
+    every other data file (data._load, _table, _validate)."""
+    raw = data._load(path, {"debug"})
     out = {}
-    for name, entry in (data.get("debug") or {}).items():
-        if not isinstance(entry, dict):
-            raise DebugKernelError(f"{path}: [debug.{name}] must be a table")
-        try:
-            e = _DebugEntry.model_validate(entry)
-        except ValidationError as exc:
-            key, problem = _explain(_DebugEntry, entry, exc)
-            sep = " " if problem.startswith("=") else ": "
-            raise DebugKernelError(f"{path}: [debug.{name}] {key}{sep}{problem}") from None
+    for name, entry in data._table(path, raw, "debug").items():
+        e = data._validate(path, f"debug.{name}", _DebugEntry, entry)
         frags = tuple(path.parent / f for f in e.fragments)
         for f in frags:
             if not f.is_file():
-                raise DebugKernelError(f"{path}: [debug.{name}]: fragment {f.name} not found "
-                                       f"in {path.parent}")
+                raise DataError(f"{path}: [debug.{name}]: fragment {f.name} not found "
+                                f"in {path.parent}")
         out[name] = DebugSpec(name, e.source_package, e.version, e.suite, frags,
                               e.expected_objects)
     return out

@@ -32,6 +32,11 @@ def test_list_names_what_it_knows():
     assert proc.returncode == 0
     for name in ("debian-6.1", "debian-6.12", "debian-0.12.7", "patched", "ec1-open2", "compliance"):
         assert name in proc.stdout
+    # the tools: each with its packages and suite, and what its root holds (or that none is made)
+    tools = proc.stdout.split("\nTools (", 1)[1].splitlines()[1:]
+    assert tools[0].split()[:4] == ["sid", "v4l-utils", "from", "sid:"]
+    assert tools[1].strip().startswith(("root: cached (v4l-utils ", "root: not made yet"))
+    assert "compliance-sid " in proc.stdout and "(tool sid)" in proc.stdout
 
 
 def test_sigterm_outside_the_guest_stage_is_one_line_and_exit_2():

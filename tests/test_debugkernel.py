@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loopqual import data, debugkernel, kernels
-from loopqual.errors import LoopqualError
+from loopqual.errors import DataError, LoopqualError
 
 FIX = Path(__file__).parent / "fixtures" / "debugkernel"
 RECORDED_CONFIG = FIX / "recorded-debian-6.12-debug.config"
@@ -76,12 +76,12 @@ def test_kind_debug_needs_no_packages_but_debian_does(tmp_path):
     ('[debug.x]\nsource_package = "p"\nversion = "1"\nsuite = "s"\nfragments = ["f.config"]\n'
      "expected_objects = 0\n", r"expected_objects"),
     ("[debugs.x]\n", r"unknown top-level key"),
-    ("[debug.x\n", r"not valid TOML"),
+    ("[debug.x\n", r"malformed TOML"),
 ])
 def test_bad_debug_kernels_file_is_one_clear_error(tmp_path, text, message):
     write(tmp_path, "f.config", "CONFIG_A=y\n")
     p = write(tmp_path, "debug-kernels.toml", text)
-    with pytest.raises(debugkernel.DebugKernelError, match=message):
+    with pytest.raises(DataError, match=message):
         debugkernel.load_specs(p)
 
 

@@ -238,3 +238,21 @@ def test_junit_is_never_greener_than_the_cell_verdict(fixtures, tmp_path):
     failing = _junit_failing({"cells": cells}, tmp_path)
     for c in cells:
         assert bool(failing[results.cell_label(c)]) == (c["status"] != "pass"), results.cell_label(c)
+
+
+def test_compliance_counts_are_split_by_version(fixtures):
+    """A gate cell judged by two v4l2-compliance versions (recorded: patched, debian-6.1, ec0,
+    bookworm's 1.22.1 on two profiles and sid's 1.32.0 on one): the per-version counts are the
+    runs' own, and together they make the cell's totals."""
+    cell = json.loads((fixtures / "results" / "recorded-gate-6.1-patched-ec0-cell.json").read_text())
+    c = results.counts(cell)
+    by = c["compliance_by_version"]
+    assert set(by) == {"1.22.1", "1.32.0"}
+    assert (by["1.22.1"]["total"], by["1.22.1"]["xfail"], by["1.22.1"]["failed"]) == (90, 10, 0)
+    assert (by["1.32.0"]["total"], by["1.32.0"]["xfail"], by["1.32.0"]["failed"]) == (48, 3, 0)
+    for key in ("total", "failed", "xfail", "warnings"):
+        assert c["compliance"][key] == sum(v[key] for v in by.values())
+    unversioned = copy.deepcopy(cell)
+    for run in unversioned["compliance"]:
+        run.pop("version", None)
+    assert set(results.counts(unversioned)["compliance_by_version"]) == {"unknown version"}
