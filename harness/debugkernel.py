@@ -45,7 +45,7 @@ from . import data, procgroup
 from .data import Kernel, Mirror
 from .errors import DataError, LoopqualError
 from .kernels import InstalledKernel
-from .paths import KERNEL_DIR, atomic_dir, atomic_write, cache_dir, cache_lock, remove_tree
+from .paths import KERNEL_DIR, atomic_write, cache_dir, cache_lock, remove_tree
 from .schema import Entry
 
 DEBUG_KERNELS_FILE = KERNEL_DIR / "debug-kernels.toml"
@@ -278,42 +278,31 @@ def suite_mirror(suite: str) -> Mirror:
 
 def source_tree(spec: DebugSpec) -> Path:
     """The unpacked kernel source (downloaded and unpacked once)."""
-    from .sources import PrivateApt, SourceError
+    from .sources import PrivateApt, SourceError, unpack_once
 
-    dest = _root() / "src" / _safe(f"{spec.source_package}_{spec.version}")
-    tree = _unpacked(dest)
-    if tree:
-        return tree
-    with cache_lock(dest.parent / f"{dest.name}.lock", f"the kernel source {spec.version}"):
-        tree = _unpacked(dest)
-        if tree:
-            return tree
+    def fetch() -> Path:
         try:
-            deb = PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(spec.source_package,
-                                                                         spec.version)
+            return PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(spec.source_package,
+                                                                          spec.version)
         except SourceError as exc:  # its advice names sources.toml: here the file is ours
             raise DebugKernelError(str(exc).replace("kernel/sources.toml",
                                                     f"{DEBUG_KERNELS_FILE.name}")) from None
+
+    def extract(deb: Path, tmp: Path) -> None:
         print(f"loopqual: unpacking {deb.name}", file=sys.stderr, flush=True)
-        with atomic_dir(dest) as tmp:
-            _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
-            tarballs = sorted((tmp / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
-            if len(tarballs) != 1:
-                raise DebugKernelError(f"{deb.name}: expected one usr/src/linux-source-*.tar.* "
-                                       f"inside, found {len(tarballs)}")
-            _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)], f"unpacking {tarballs[0].name}")
-            shutil.rmtree(tmp / "deb")
-            if not _find_tree(tmp):
-                raise DebugKernelError(f"{deb.name}: no kernel tree (Makefile, Kconfig) inside")
-            (tmp / ".unpacked").write_text(f"{deb.name}\n")
-    tree = _unpacked(dest)
-    if not tree:
-        raise DebugKernelError(f"{dest}: the unpacked tree vanished; run again")
-    return tree
+        _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
+        tarballs = sorted((tmp / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
+        if len(tarballs) != 1:
+            raise DebugKernelError(f"{deb.name}: expected one usr/src/linux-source-*.tar.* "
+                                   f"inside, found {len(tarballs)}")
+        _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)], f"unpacking {tarballs[0].name}")
+        shutil.rmtree(tmp / "deb")
+        if not _find_tree(tmp):
+            raise DebugKernelError(f"{deb.name}: no kernel tree (Makefile, Kconfig) inside")
 
-
-def _unpacked(dest: Path) -> Path | None:
-    return _find_tree(dest) if (dest / ".unpacked").exists() else None
+    return unpack_once(_root() / "src" / _safe(f"{spec.source_package}_{spec.version}"),
+                       f"the kernel source {spec.version}", fetch, extract, _find_tree,
+                       DebugKernelError)
 
 
 def _find_tree(dest: Path) -> Path | None:

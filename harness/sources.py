@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .data import Mirror, Source
@@ -289,29 +290,42 @@ def _sha256(path: Path) -> str:
 def unpack_debian(src: Source, mirror: Mirror) -> Path:
     """The pristine tree of an archive source (downloaded and unpacked once)."""
     assert src.package and src.version and src.suite
-    dest = cache_dir() / "src" / src.name / src.version
-    tree = _unpacked(dest)
+
+    def extract(deb: Path, tmp: Path) -> None:
+        _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
+        if not _find_tree(tmp):
+            raise SourceError(f"{deb.name}: no usr/src/v4l2loopback-*/v4l2loopback.c inside")
+
+    return unpack_once(cache_dir() / "src" / src.name / src.version, f"the unpacked source {src.name}",
+                       lambda: PrivateApt(mirror, src.suite).fetch(src.package, src.version),
+                       extract, _find_tree, SourceError)
+
+
+def unpack_once(dest: Path, what: str, fetch: Callable[[], Path],
+                extract: Callable[[Path, Path], None], find: Callable[[Path], Path | None],
+                error: type[LoopqualError]) -> Path:
+    """The tree unpacked in dest, made once: fetch() gives the .deb, extract(deb, tmp) unpacks
+    it into a temporary directory that is renamed into place whole, find(dir) locates the
+    tree in such a directory. Runs that want it at once wait for each other (a lock); a
+    directory whose unpacking did not finish is never used."""
+    def unpacked() -> Path | None:
+        return find(dest) if (dest / ".unpacked").exists() else None
+
+    tree = unpacked()
     if tree:
         return tree
-    with cache_lock(dest.parent / f"{src.version}.lock", f"the unpacked source {src.name}"):
-        tree = _unpacked(dest)  # another run may have unpacked it while this one waited
+    with cache_lock(dest.parent / f"{dest.name}.lock", what):
+        tree = unpacked()  # another run may have unpacked it while this one waited
         if tree:
             return tree
-        deb = PrivateApt(mirror, src.suite).fetch(src.package, src.version)
+        deb = fetch()
         with atomic_dir(dest) as tmp:
-            _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
-            if not _find_tree(tmp):
-                raise SourceError(f"{deb.name}: no usr/src/v4l2loopback-*/v4l2loopback.c inside")
+            extract(deb, tmp)
             (tmp / ".unpacked").write_text(f"{deb.name}\n")
-    tree = _unpacked(dest)
+    tree = unpacked()
     if not tree:
-        raise SourceError(f"{dest}: the unpacked tree vanished; run again")
+        raise error(f"{dest}: the unpacked tree vanished; run again")
     return tree
-
-
-def _unpacked(dest: Path) -> Path | None:
-    """The tree in dest if its unpacking finished (a tree is renamed into place whole)."""
-    return _find_tree(dest) if (dest / ".unpacked").exists() else None
 
 
 def _find_tree(dest: Path) -> Path | None:
