@@ -57,7 +57,9 @@ def test_each_detector_reports_its_own_class(tmp_path):
          "--out", str(out)],
         capture_output=True, text=True, timeout=1500, env=env,
     )
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # a failed result
+    # 0: the debug kernel's cells are not gated, so a failed cell does not fail the run
+    # (1 would say a gated one failed, 2 that a result is incomplete)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     run = json.loads((out / "results.json").read_text())
     assert run["boots"] == 1
     (cell,) = run["cells"]
@@ -67,8 +69,9 @@ def test_each_detector_reports_its_own_class(tmp_path):
     keep = os.environ.get("LOOPQUAL_RECORD_DETECTORS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        for p in logs.values():
-            shutil.copy(p, Path(keep) / p.name)
+        for p in logs.values():  # detectors-kasan.log -> recorded-kasan-debian-6.12-debug.log
+            name = p.name.removeprefix("detectors-").rsplit(".", 1)[0]
+            shutil.copy(p, Path(keep) / f"recorded-{name}-{KERNEL}.log")
 
     clean = _scenario(cell, "none")
     assert clean["status"] == "pass", clean
@@ -76,9 +79,10 @@ def test_each_detector_reports_its_own_class(tmp_path):
 
     for trigger, cls in EXPECTED.items():
         sc = _scenario(cell, trigger)
-        # the scenario's kernel-log check (scenarios/conftest.py kernel_health) names the class
-        assert sc["status"] == "fail", (trigger, sc)
-        assert sc["message"].startswith(f"H1: kernel log splat during the scenario ({cls})"), (
+        # the scenario's kernel-log check (scenarios/conftest.py kernel_health) names the
+        # class; it runs in the fixture's teardown, so the scenario is recorded as an error
+        assert sc["status"] == "error", (trigger, sc)
+        assert f"H1: kernel log splat during the scenario ({cls}): " in sc["message"], (
             trigger, sc["message"])
         # and the trigger's own kernel log holds that class and no other detector's
         splats = health.find_splats(logs[f"detectors-{trigger}.log"].read_text().splitlines())

@@ -152,8 +152,8 @@ static noinline int lq_leak(void)
 
 	if (!p)
 		return -ENOMEM;
+	OPTIMIZER_HIDE_VAR(p);  /* before the memset, or the compiler drops it as a dead store */
 	memset(p, 0x5a, 200);
-	OPTIMIZER_HIDE_VAR(p);
 	p = NULL;
 	return 0;
 }
