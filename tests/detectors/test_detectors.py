@@ -32,6 +32,9 @@ KMEMLEAK_MIN_AGE_S = 5
 def _guard() -> dict:
     with open("/proc/cmdline") as fh:
         assert "virtme" in fh.read(), "refusing to run outside a loopqual guest"
+    assert KMEMLEAK.exists(), (
+        f"{KMEMLEAK} is missing: suite detectors needs a debug kernel (KASAN, lockdep, "
+        f"kmemleak...: --kernel debian-6.12-debug), this is {os.uname().release}")
     with open(os.environ["LOOPQUAL_CELL"]) as fh:
         return json.load(fh)
 
