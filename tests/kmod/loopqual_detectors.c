@@ -7,6 +7,7 @@
  * loopqual guest running the debug kernel: never load it anywhere else.
  *
  *   insmod loopqual_detectors.ko trigger=kasan|kfence|ubsan|lockdep|rcu|odebug|list|leak|none
+ *                                        |lockdep_recursive|lockdep_inconsistent
  *
  * The bug happens during insmod; the module then stays loaded (rmmod it), so that a leak's
  * backtrace still resolves to [loopqual_detectors] when kmemleak is read.
@@ -24,7 +25,8 @@
 
 static char *trigger = "none";
 module_param(trigger, charp, 0444);
-MODULE_PARM_DESC(trigger, "the one bug to make at load: kasan kfence ubsan lockdep rcu odebug list leak none");
+MODULE_PARM_DESC(trigger, "the one bug to make at load: kasan kfence ubsan lockdep rcu odebug list leak "
+		 "lockdep_recursive lockdep_inconsistent none");
 
 /* KASAN: one byte written just past a kmalloc'ed object (slab-out-of-bounds). */
 static noinline int lq_kasan(void)
@@ -99,6 +101,47 @@ static noinline int lq_lockdep(void)
 	return 0;
 }
 
+/* lockdep, recursive: two spinlocks of one class (initialised at one place) nested without
+ * a subclass: lockdep cannot tell them apart, and no lock is ever waited for. */
+static spinlock_t lq_same_class[2];
+
+static noinline void lq_init_same_class(spinlock_t *l)
+{
+	spin_lock_init(l);
+}
+
+static noinline int lq_lockdep_recursive(void)
+{
+	lq_init_same_class(&lq_same_class[0]);
+	lq_init_same_class(&lq_same_class[1]);
+	spin_lock(&lq_same_class[0]);
+	spin_lock(&lq_same_class[1]);
+	spin_unlock(&lq_same_class[1]);
+	spin_unlock(&lq_same_class[0]);
+	return 0;
+}
+
+/* lockdep, inconsistent: a spinlock taken with softirqs on, then in a timer (softirq). */
+static DEFINE_SPINLOCK(lq_bh_lock);
+static struct timer_list lq_bh_timer;
+
+static void lq_bh_timer_fn(struct timer_list *t)
+{
+	spin_lock(&lq_bh_lock);
+	spin_unlock(&lq_bh_lock);
+}
+
+static noinline int lq_lockdep_inconsistent(void)
+{
+	spin_lock(&lq_bh_lock);
+	spin_unlock(&lq_bh_lock);
+	timer_setup(&lq_bh_timer, lq_bh_timer_fn, 0);
+	mod_timer(&lq_bh_timer, jiffies + 1);
+	msleep(500);
+	del_timer_sync(&lq_bh_timer);
+	return 0;
+}
+
 /* PROVE_RCU: rcu_dereference() outside any RCU read-side critical section. */
 static int lq_rcu_target;
 static int __rcu *lq_rcu_ptr = (int __rcu *)&lq_rcu_target;
@@ -165,6 +208,8 @@ static const struct {
 	{ "kasan", lq_kasan },   { "kfence", lq_kfence }, { "ubsan", lq_ubsan },
 	{ "lockdep", lq_lockdep }, { "rcu", lq_rcu },     { "odebug", lq_odebug },
 	{ "list", lq_list_twice }, { "leak", lq_leak },
+	{ "lockdep_recursive", lq_lockdep_recursive },
+	{ "lockdep_inconsistent", lq_lockdep_inconsistent },
 };
 
 static int __init lq_init(void)
