@@ -115,9 +115,10 @@ def cache_key(tree: Path, patches: list[Path], kernel: InstalledKernel, compiler
 
 
 def build(module: str, tree: Path, patches: list[Path], kernel: InstalledKernel,
-          jobs: int = 2) -> BuildResult:
+          jobs: int = 2, ko_name: str = "v4l2loopback.ko") -> BuildResult:
     """Build module for kernel (cached): on the host, or in the kernel's build root when it
-    has one (its root key, which hashes every package version in it, stands for the tools)."""
+    has one (its root key, which hashes every package version in it, stands for the tools).
+    ko_name: the module file the tree makes (loopqual's own test module makes another)."""
     try:
         tools = f"build root {kernel.root_key}" if kernel.root else toolchain_id()
         key = cache_key(tree, patches, kernel, tools)
@@ -131,7 +132,7 @@ def build(module: str, tree: Path, patches: list[Path], kernel: InstalledKernel,
         cached = _cached(out, key)
         if cached:
             return cached
-        return _build(module, tree, kernel, key, out, jobs)
+        return _build(module, tree, kernel, key, out, jobs, ko_name)
 
 
 def _check_meta(data: object, key: str) -> str | None:
@@ -203,7 +204,7 @@ def transient_failure(returncode: int, log: str) -> tuple[str, str, str] | None:
 
 
 def _build(module: str, tree: Path, kernel: InstalledKernel, key: str, out: Path,
-           jobs: int) -> BuildResult:
+           jobs: int, ko_name: str = "v4l2loopback.ko") -> BuildResult:
     remove_tree(out)  # a build that never finished (no build.json), or one not to trust
     work = out / "src"
     try:
@@ -227,7 +228,7 @@ def _build(module: str, tree: Path, kernel: InstalledKernel, key: str, out: Path
                          "(`make deps`), then run again") from exc
     log = proc.stdout + proc.stderr
     atomic_write(out / "build.log", log)
-    ko = work / "v4l2loopback.ko"
+    ko = work / ko_name
     ok = proc.returncode == 0 and ko.is_file()
     if not ok:
         transient = transient_failure(proc.returncode, log)

@@ -1,5 +1,7 @@
 """Splat patterns (kernel/splats.toml) against kernel logs recorded in real guests."""
 
+import pytest
+
 from loopqual import health
 
 
@@ -24,6 +26,7 @@ def test_each_deny_pattern_catches_its_line():
         "list_corruption": "list_del corruption. prev->next should be ffff",
         "sleeping_in_atomic": "BUG: sleeping function called from invalid context at x.c:1",
         "hung_task": "INFO: task v4l2-ctl:123 blocked for more than 120 seconds.",
+        "kasan": "KASAN: null-ptr-deref in range [0x0000000000000000-0x0000000000000007]",
     }
     for name, line in samples.items():
         found = health.find_splats([f"[   1.0] {line}", "[   1.1] next line"])
@@ -46,3 +49,43 @@ def test_usercopy_bug_recorded_from_a_real_guest_is_named_as_such(fixtures):
 def test_specific_pattern_wins_over_generic_bug():
     found = health.find_splats(["BUG: sleeping function called from invalid context at x.c:1"])
     assert found[0]["pattern"] == "sleeping_in_atomic"
+
+
+# Real reports of the debug kernel's detectors: tests/kmod's module made each bug in a guest of
+# kernel debian-6.12-debug (tests/test_guest_detectors.py, LOOPQUAL_RECORD_DETECTORS), and each
+# log is what the kernel printed from insmod to rmmod.
+DETECTOR_FIXTURES = {
+    "kasan": "kasan",
+    "kfence": "kfence",
+    "ubsan": "ubsan",
+    "lockdep": "lockdep_circular",
+    # lockdep reports once per boot: these two come from a boot each
+    # (LOOPQUAL_DETECTORS_TRIGGERS="none lockdep_recursive", docs/debug-kernel.md)
+    "lockdep_recursive": "lockdep_recursive",
+    "lockdep_inconsistent": "lockdep_inconsistent",
+    "rcu": "rcu_suspicious",
+    "odebug": "debug_objects",
+    "list": "list_corruption",
+    "leak": "kmemleak",
+}
+# what a report brings along besides its own class: its WARN() and its call trace
+GENERIC = {"warning", "bug", "call_trace"}
+
+
+@pytest.mark.parametrize("trigger", sorted(DETECTOR_FIXTURES))
+def test_each_detectors_real_report_is_its_own_class(fixtures, trigger):
+    cls = DETECTOR_FIXTURES[trigger]
+    path = fixtures / "health" / f"recorded-{trigger}-debian-6.12-debug.log"
+    found = health.find_splats(path.read_text().splitlines())
+    assert found, path.name
+    assert found[0]["pattern"] == cls, [(f["pattern"], f["line"]) for f in found]
+    # and no other detector's class
+    assert {f["pattern"] for f in found} <= {cls} | GENERIC, [f["pattern"] for f in found]
+    assert sum(f["pattern"] == cls for f in found) == 1
+
+
+def test_kmemleak_report_of_the_test_module_names_it(fixtures):
+    # what /sys/kernel/debug/kmemleak said after two scans, the module still loaded
+    text = (fixtures / "health" / "recorded-leak-kmemleak-debian-6.12-debug.log").read_text()
+    assert text.startswith("unreferenced object ")
+    assert " [loopqual_detectors]" in text
