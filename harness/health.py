@@ -78,8 +78,9 @@ def find_splats(lines: list[str], path: Path = SPLATS_FILE) -> list[dict]:
 #     backtrace (crc 0):
 #       [<ffffffff81234567>] __kmalloc_cache_noprof+0x2b1/0x3f0      (form varies by kernel)
 #       [<ffffffffc0a3c0aa>] some_function+0x1a/0x40 [v4l2loopback]
-# A frame in a module carries the module's name in brackets; a frame in a module that has
-# been unloaded since is printed as a bare address (no symbol is left to resolve it).
+# A frame in a module carries the module's name in brackets; a frame in module code that is
+# gone (a module unloaded since, or a module's init code, freed once it has run) is printed
+# as a bare address: no symbol is left to resolve it.
 KMEMLEAK_FILE = "/sys/kernel/debug/kmemleak"
 _OBJECT = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):")
 _FRAME_ADDR = re.compile(r"^\[<[0-9a-fx]+>\]\s*")
@@ -111,13 +112,13 @@ def parse_kmemleak(text: str) -> list[dict]:
 
 
 def module_of_frame(frame: str) -> str | None:
-    """The module a backtrace frame runs in: its bracketed name, "an unloaded module" for a
-    bare address (the module was removed before the report was read), None for the kernel."""
+    """The module a backtrace frame runs in: its bracketed name; for a bare address, module
+    code that is gone (unloaded, or init code freed after loading); None for the kernel."""
     m = _MODULE_FRAME.search(frame)
     if m:
         return m.group(1)
     if _BARE_ADDRESS.match(frame):
-        return "an unloaded module"
+        return "module code no longer loaded"
     return None
 
 

@@ -89,3 +89,34 @@ def test_kmemleak_report_of_the_test_module_names_it(fixtures):
     text = (fixtures / "health" / "recorded-leak-kmemleak-debian-6.12-debug.log").read_text()
     assert text.startswith("unreferenced object ")
     assert " [loopqual_detectors]" in text
+
+
+def test_kmemleak_leak_through_a_module_is_a_health_failure_with_its_backtrace(fixtures):
+    """The runner's scan after a cell (recorded report: the test module's leak on
+    debian-6.12-debug): the object is a kmemleak splat naming the module and the first frame
+    in it, with the whole record as context; the freed init code's bare address counts as
+    module code too."""
+    text = (fixtures / "health" / "recorded-leak-kmemleak-debian-6.12-debug.log").read_text()
+    objects = health.parse_kmemleak(text)
+    assert len(objects) == 1 and objects[0]["size"] == 256
+    assert objects[0]["frames"][:3] == ["__kmalloc_cache_noprof+0x2b6/0x370",
+                                        "lq_leak+0x35/0x70 [loopqual_detectors]",
+                                        "0xffffffffc03b20fe"]
+    leaks, suspects = health.kmemleak_splats(text)
+    assert suspects == 1 and len(leaks) == 1
+    leak = leaks[0]
+    assert leak["pattern"] == "kmemleak"
+    assert "through loopqual_detectors, module code no longer loaded" in leak["line"]
+    assert leak["line"].endswith(": lq_leak+0x35/0x70 [loopqual_detectors]")
+    assert leak["context"][0].startswith("unreferenced object 0xffff88800624bc00 (size 256)")
+
+
+def test_kmemleak_leak_of_the_kernel_alone_is_counted_not_failed(fixtures):
+    """The same recorded object with its two module frames taken out (derived here): a
+    suspect the kernel allocated on its own is not the module's doing."""
+    text = (fixtures / "health" / "recorded-leak-kmemleak-debian-6.12-debug.log").read_text()
+    kernel_only = "\n".join(ln for ln in text.splitlines()
+                            if "[loopqual_detectors]" not in ln and "0xffffffffc0" not in ln)
+    leaks, suspects = health.kmemleak_splats(kernel_only)
+    assert (leaks, suspects) == ([], 1)
+    assert health.kmemleak_splats("") == ([], 0)
