@@ -105,6 +105,7 @@ class Kernel:
     version: str | None = None  # a pin: the image package's Debian version (None: the newest)
     debug: bool = False  # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py)
     boot_timeout_s: int = 240  # to the guest runner's first sign of life (kernels.toml)
+    time_factor: float = 1.0  # a cell here takes this many times a Debian kernel's (kernels.toml)
 
     @property
     def kind(self) -> str:
@@ -132,6 +133,8 @@ class _KernelEntry(_Entry):
                                           "builds, described in kernel/debug-kernels.toml)")
     boot_timeout_s: int = Field(default=Kernel.boot_timeout_s, ge=30, le=3600,
                                 description="seconds, a whole number from 30 to 3600")
+    time_factor: float = Field(default=Kernel.time_factor, ge=1, le=100,
+                               description="a number from 1 to 100")
 
 
 _SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -152,7 +155,7 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                                 "debug kernel is described in kernel/debug-kernels.toml")
             out[name] = Kernel(name=name, description=k.description, image_package="",
                                headers_package="", default=k.default, debug=True,
-                               boot_timeout_s=k.boot_timeout_s)
+                               boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor)
             continue
         if k.image_package is None:
             raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
@@ -177,7 +180,7 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                            headers_package=k.headers_package or "linux-headers-amd64",
                            build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
                            base_suite=k.base_suite, version=k.version,
-                           boot_timeout_s=k.boot_timeout_s)
+                           boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out

@@ -157,8 +157,13 @@ CELL_OVERHEAD_S = 5  # insmod, controls, rmmod and the health checks of one cell
 BOOT_S = 30  # one guest boot under TCG here (20-45 s): a shard pays it once per kernel it runs
 
 
-def cell_weight(cell: dict, sel: Selection) -> float:
-    """Expected seconds of one planned cell (suites' and profiles' typical_s): for balancing."""
+def cell_weight(cell: dict, sel: Selection, kernel: data.Kernel | None = None) -> float:
+    """Expected seconds of one planned cell (suites' and profiles' typical_s, times the
+    kernel's time_factor): for balancing."""
+    return _typical_cell_s(cell, sel) * (kernel.time_factor if kernel else 1.0)
+
+
+def _typical_cell_s(cell: dict, sel: Selection) -> float:
     total = CELL_OVERHEAD_S
     suites = {s.name: s for s in sel.suites}
     for entry in cell["suites"]:
@@ -275,7 +280,7 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     for cid, kernel, m, ps in matrix(sel):
         c = {"id": cid, "kernel": kernel.name, "module": m.name, "param_set": ps.name,
              "gated": m.gated, "suites": _cell_suites(ps, sel, {})}
-        c["expected_s"] = cell_weight(c, sel)
+        c["expected_s"] = cell_weight(c, sel, kernel)
         cells.append(c)
     if not 1 <= n <= len(cells):
         raise LoopqualError(f"{n} shard(s): the selection has {len(cells)} cell(s); give from 1 "
@@ -461,7 +466,7 @@ def _build_module(kernel: data.Kernel, ik: kernels.InstalledKernel, m: data.Sour
 def make_lanes(plan: Plan, sel: Selection, out: Path, jobs: int) -> list[Lane]:
     """Spread the planned cells over lanes (one guest chain each) and give each a fresh
     work directory (an earlier run's files must never stand in for this run's)."""
-    weights = {c["id"]: cell_weight(c, sel) for _k, _ik, cs in plan.to_boot for c in cs}
+    weights = {c["id"]: cell_weight(c, sel, k) for k, _ik, cs in plan.to_boot for c in cs}
     split = split_lanes([(k.name, cs) for k, _ik, cs in plan.to_boot], jobs,
                         lambda c: weights[c["id"]])
     per_kernel = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in plan.to_boot}

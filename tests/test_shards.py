@@ -67,6 +67,17 @@ def test_two_shards_of_two_kernels_boot_one_kernel_each():
     assert kernels == [{"debian-6.1"}, {"debian-6.12"}]
 
 
+def test_a_slow_kernels_cells_weigh_its_time_factor():
+    """The debug kernel (time_factor 4 in kernels.toml: its contract cell took 170-203 s
+    against 33 s on debian-6.12) weighs four times a Debian kernel's same cell, so that it gets
+    the guests and shards its time needs."""
+    sel = qualify.select(["debian-6.1", "debian-6.12-debug"], ["patched"], ["ec1"], ["contract"], None)
+    plan = qualify.plan_shards(sel, 2)
+    by_kernel = {c["kernel"]: c["expected_s"] for c in plan.cells}
+    assert by_kernel["debian-6.12-debug"] == 4 * by_kernel["debian-6.1"]
+    assert sorted(plan.expected_s) == sorted([round(by_kernel[k]) + qualify.BOOT_S for k in by_kernel])
+
+
 def test_a_shard_expects_a_boot_per_kernel_it_runs():
     plan = qualify.plan_shards(big_sel(), 1)
     assert plan.expected_s == [round(sum(c["expected_s"] for c in plan.cells) + 2 * qualify.BOOT_S)]
