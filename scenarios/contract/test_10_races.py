@@ -67,10 +67,10 @@ def test_race_rw_against(cell, openers, kind):
     """One process writes (write(), holding the write token) and reads (read() on a second
     opener, in a thread) while another opener, in another process, keeps doing `kind` (S_FMT
     on both directions; REQBUFS(CAPTURE, n) + mmap + REQBUFS(0); STREAMON/STREAMOFF(CAPTURE)
-    and STREAMOFF(OUTPUT) without the token; open, claim, close). The writer's write()s must
+    and STREAMOFF(OUTPUT) without the token; claim, close, open again). The writer's write()s must
     all succeed (W1/W2), the reader must get whole frames (W3), the disturber's calls must
     answer as the contract says (see lib.fuzz.disturb_loop)."""
-    need_openers(cell, 4)  # writer + its reader + the disturber + the disturber's new openers
+    need_openers(cell, 3)  # the writer, its reader, the disturber
     rw = openers.proc("reader-writer")
     other = openers.proc(f"{kind}-opener")
     try:

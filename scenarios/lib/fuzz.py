@@ -340,7 +340,8 @@ def disturb_loop(dev: Device, duration: float, kind: str, seed: int = 1,
       reqbufs0  REQBUFS(CAPTURE, 1..4) + mmap + munmap + REQBUFS(0), over and over (A3, A5)
       streamoff an mmap reader: STREAMON/DQBUF/QBUF/STREAMOFF(CAPTURE), and STREAMOFF(OUTPUT)
                 without the write token (S4: it touches nobody else)
-      close     open a new opener, read() once or REQBUFS(CAPTURE)+mmap, close it (C1)"""
+      close     read() once, or REQBUFS(CAPTURE)+mmap, then close() without releasing, and
+                open again (C1)"""
     rnd = random.Random(seed)
     res = _result()
     end = time.monotonic() + duration
@@ -390,20 +391,18 @@ def disturb_loop(dev: Device, duration: float, kind: str, seed: int = 1,
                 except OSError as exc:
                     _tally(res, "STREAMOFF(OUTPUT) without the token", exc.errno)
             elif kind == "close":
-                o = Device(dev.path)
-                try:
-                    if rnd.random() < 0.5:
-                        try:
-                            o.read(1 << 20)
-                        except OSError as exc:
-                            if exc.errno != errno.EAGAIN:
-                                raise
-                    else:
-                        if o.reqbufs(CAP, 2)["count"]:
-                            o.mmap(CAP, 0)
-                finally:
-                    o.close()
-                _tally(res, "open+claim+close", 0)
+                if dev.fd < 0:
+                    dev.fd = os.open(dev.path, os.O_RDWR | os.O_NONBLOCK)
+                if rnd.random() < 0.5:
+                    try:
+                        dev.read(1 << 20)
+                    except OSError as exc:
+                        if exc.errno != errno.EAGAIN:
+                            raise
+                elif dev.reqbufs(CAP, 2)["count"]:
+                    dev.mmap(CAP, 0)
+                dev.close()  # with the claim (and a mapping) still held: C1
+                _tally(res, "claim+close+open", 0)
             else:
                 raise ValueError(kind)
         except OSError as exc:
