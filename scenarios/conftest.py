@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,25 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "needs_kernel_config(*options): kernel options (CONFIG_X) without which the "
         "scenario can only skip; `loopqual rules` counts it only if a configured kernel has them")
+
+
+_FILE_NUMBER = re.compile(r"test_(\d+)_")
+
+
+def pytest_collection_modifyitems(items):
+    """Scenario files run in the order of their numbers (test_9_random before test_10_races),
+    not of their names as text, which pytest sorts by; files keep their directory's place and
+    scenarios their order within a file."""
+    dirs: dict[str, int] = {}
+    for it in items:
+        dirs.setdefault(str(it.path.parent), len(dirs))
+
+    def key(pair):
+        i, it = pair
+        m = _FILE_NUMBER.match(it.path.name)
+        return (dirs[str(it.path.parent)], int(m[1]) if m else -1, i)
+
+    items[:] = [it for _, it in sorted(enumerate(items), key=key)]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -108,3 +108,23 @@ def test_a_scenario_no_configured_kernel_can_run_is_not_coverage(tmp_path):
     assert "debian-6.1: lacks CONFIG_DEBUG_KMEMLEAK" in nowhere[kmemleak]
     assert "debian-6.12: not installed" in nowhere[kmemleak]
     assert rules.runnable_nowhere(items, {"debian-6.1": debian, "debug": debug}) == {}
+
+
+def test_bad_input_edges_and_races_are_scenarios_with_rules():
+    """issue 12: every REQBUFS edge count on both directions is its own scenario id, the races
+    between processes are collected, and each names the rules it judges."""
+    items = {it["id"]: it["rules"] for it in rules.collect_scenarios(["scenarios/contract"])}
+    edges = [i for i in items if "::test_bad_count_edges[" in i]
+    assert sorted(i.split("[")[1].rstrip("]") for i in edges) == sorted(
+        f"{d}-{c}" for d in ("OUTPUT", "CAPTURE")
+        for c in ("0", "1", "max", "max+1", "0x7fffffff", "0xffffffff"))
+    assert all({"A2", "A7", "S5"} <= set(items[i]) for i in edges)
+    races = [i for i in items if i.startswith("contract/test_10_races.py::")]
+    assert {i.split("::")[1] for i in races} >= {
+        "test_race_rw_against[s_fmt]", "test_race_rw_against[reqbufs0]",
+        "test_race_rw_against[streamoff]", "test_race_rw_against[close]",
+        "test_race_mmap_against_reqbufs", "test_race_sigkill_blocked_readers_while_writer_leaves"}
+    assert all(items[i] for i in races)
+    # files run in the order of their numbers: the races after the random walk
+    order = list(items)
+    assert order.index(races[0]) > max(i for i, x in enumerate(order) if "test_9_random" in x)

@@ -10,10 +10,11 @@ from lib.common import (
     W2,
     Reader,
     Writer,
+    advertises_output_when_idle,
     caps_str,
     fmt_str,
     need_openers,
-    new_writer,
+    new_writer_works,
     skip_if_keep,
     start_proc_writer,
     sysfs_attr,
@@ -30,39 +31,6 @@ from lib.v4l2 import (
     V4L2Error,
     ename,
 )
-
-
-def _new_writer_works(cell, openers, what: str):
-    """After `what`, a new writer must stream and a reader get its frame."""
-    d = openers.fd()
-    try:
-        wr = new_writer(cell, d, count=2)
-    except OSError as exc:
-        pytest.fail(f"after {what}: expected a new writer to start, it failed: {exc}")
-    try:
-        r = Reader(openers.fd())
-    except OSError as exc:
-        pytest.fail(f"after {what}: a reader (REQBUFS CAPTURE, STREAMON) failed with a new "
-                    f"writer streaming: {exc}")
-    f = wr.send()
-    try:
-        b = r.get_newer(f["frame"] - 1, 5.0)
-    except OSError as exc:
-        pytest.fail(f"after {what}: the new writer's frame did not reach a reader: {exc}")
-    assert b["frame"] == f["frame"]
-    r.dev.close()
-    d.close()
-
-
-def _advertises_output_when_idle(cell, what: str):
-    if not cell.exclusive_caps or cell.keep_format:
-        return
-    with Device(cell.device) as d:
-        caps = wait_until(lambda: d.device_caps() if d.device_caps() & CAP_VIDEO_OUTPUT else 0,
-                          3.0) or d.device_caps()
-    assert caps & CAP_VIDEO_OUTPUT and not caps & CAP_VIDEO_CAPTURE, (
-        f"exclusive_caps=1, after {what} and every opener closed: expected device_caps OUTPUT "
-        f"(not CAPTURE), got {caps_str(caps)}")
 
 
 def _frames_grow(w, what: str, secs: float = 5.0):
@@ -221,9 +189,9 @@ def test_c2_sigkill(cell, openers, victim, state):
     assert gone, f"{what}: expected the process to exit within 5 s, got it stuck in the kernel"
     if other is not None:
         other.stop()
-    _new_writer_works(cell, openers, what)
+    new_writer_works(cell, openers, what)
     openers.close_all()
-    _advertises_output_when_idle(cell, what)
+    advertises_output_when_idle(cell, what)
 
 
 @pytest.mark.rules("C3")

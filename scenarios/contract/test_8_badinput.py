@@ -11,12 +11,16 @@ import ctypes
 import ctypes.util
 import errno
 import mmap
+import time
 
 import pytest
-from lib.common import Writer, need_openers
+from lib.common import KEPT_HOW, Writer, kept_capture_only, need_openers, new_writer
 from lib.v4l2 import (
     CAP,
     OUT,
+    POLLERR,
+    POLLIN,
+    POLLOUT,
     USERPTR,
     V4L2Error,
     _req,
@@ -236,3 +240,144 @@ def test_race_read_against_format_changes(cell, openers):
         except AssertionError as exc:
             pytest.fail(f"{p.name} during the read/resize race: {exc} (killed by a kernel BUG?)")
         assert isinstance(res, dict)
+
+
+# REQBUFS counts at the edges, each followed by QUERYBUF/QBUF/DQBUF at, just past and far past
+# the granted count: (id, count as a function of max_buffers)
+EDGE_COUNTS = [("0", lambda mx: 0), ("1", lambda mx: 1), ("max", lambda mx: mx),
+               ("max+1", lambda mx: mx + 1), ("0x7fffffff", lambda mx: 0x7FFFFFFF),
+               ("0xffffffff", lambda mx: 0xFFFFFFFF)]
+EDGE_CASES = [(bt, c) for bt in (OUT, CAP) for c in EDGE_COUNTS]
+EDGE_IDS = [f"{'OUTPUT' if bt == OUT else 'CAPTURE'}-{c[0]}" for bt, c in EDGE_CASES]
+
+
+def _bad_indexes(n: int, mx: int) -> list[int]:
+    """Indexes a claimant of n buffers must be refused: the count itself, just past it, where
+    max_buffers and VIDEO_MAX_FRAME (32) end, far past, and the top of the u32 range."""
+    return sorted({n, n + 1, mx, mx + 1, 32, 33, 1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF}
+                  - set(range(n)))
+
+
+def _dqbuf_preset(d, bt: int, preset: int, timeout: float) -> dict:
+    """DQBUF with `preset` left in v4l2_buffer.index (the driver must ignore it), waiting up
+    to `timeout` for a buffer (non-blocking opener: EAGAIN, poll, again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return d.dqbuf(bt, index=preset)
+        except V4L2Error as exc:
+            if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                raise
+        d.poll((POLLIN if bt == CAP else POLLOUT) | POLLERR, 0.1)
+
+
+@pytest.mark.rules("A2", "A3", "A5", "A7", "L2", "S5")
+@pytest.mark.parametrize("bt,edge", EDGE_CASES, ids=EDGE_IDS)
+def test_bad_count_edges(cell, openers, bt, edge):
+    """REQBUFS(MMAP) with a count at an edge (0, 1, max_buffers, max_buffers+1, 0x7fffffff,
+    0xffffffff) on one direction, then QUERYBUF, QBUF and DQBUF at the granted count, just
+    past it and far past it. Expected from the contract: count 0 is REQBUFS(0) without a claim
+    (A5: 0, count 0), and every buffer ioctl after it is EINVAL (S5: no claim); any other count
+    is clamped, never refused (A7/L2): a first claim gets the request clamped into
+    1..max_buffers (A2), a later claim the pinned count (A3); indexes below the granted count
+    work, every index from it on is EINVAL (S5); DQBUF ignores the index the caller leaves in
+    the struct and hands back the buffer that was queued."""
+    mx = cell.max_buffers
+    req = edge[1](mx)
+    dname = "OUTPUT" if bt == OUT else "CAPTURE"
+    d = openers.fd()
+    writer = None
+    if bt == OUT:
+        if kept_capture_only(cell, d):
+            pytest.skip(f"REQBUFS(OUTPUT) by a new opener is impossible here: {KEPT_HOW}; the "
+                        f"count edges are judged on CAPTURE in this cell")
+        size = (d.g_fmt(OUT) if cell.keep_format else d.s_fmt(OUT, 160, 120))["sizeimage"]
+        how, pinned = "the first claim (no other opener claims)", None
+    else:
+        need_openers(cell, 2)
+        if cell.exclusive_caps:
+            # X1: CAPTURE is offered only while a writer holds the write token
+            writer = new_writer(cell, openers.fd(), count=2)
+            how, pinned = "a reader's claim while a writer streams (a later claim)", writer.count
+        else:
+            how, pinned = "a reader's claim with no writer (the first claim)", None
+        size = d.g_fmt(CAP)["sizeimage"]
+    what = f"REQBUFS({dname}, {req:#x}) as {how}, max_buffers={mx}"
+    try:
+        n = d.reqbufs(bt, req)["count"]
+    except V4L2Error as exc:
+        pytest.fail(f"{what}: expected success (A5 for 0, else a clamped count, A7), got "
+                    f"{ename(exc.errno)}")
+    if req == 0:
+        want = "0 (A5)"
+        ok = n == 0
+    elif pinned is not None:
+        want, ok = f"the pinned count {pinned} (A3)", n == pinned
+    elif cell.keep_format:
+        # keep_format=1 pins format and count (F5): the request may meet a kept count
+        want, ok = f"a count in 1..{mx} (keep_format=1 pins the count, F5)", 1 <= n <= mx
+    else:
+        clamped = min(max(req, 1), mx)
+        want, ok = f"{clamped} (clamped into 1..{mx}, A2/A7)", n == clamped
+    assert ok, f"{what}: expected count {want}, got {n}"
+    wrong = []
+    for idx in ([0, 1, mx, 0xFFFFFFFF] if n == 0 else _bad_indexes(n, mx)):
+        for op, fn in (("QUERYBUF", lambda i: d.querybuf(bt, i)),
+                       ("QBUF", lambda i: d.qbuf(bt, i, size if bt == OUT else 0))):
+            e = err(fn, idx)
+            if e != errno.EINVAL:
+                wrong.append(f"{op}({dname}, {idx:#x}): {ename(e)}")
+        e = err(d.dqbuf, bt, index=idx)  # nothing queued, not streaming
+        if e == 0:
+            wrong.append(f"DQBUF({dname}) with index {idx:#x} preset, nothing queued: success")
+    assert not wrong, (f"{what} granted {n}: expected EINVAL for every index from {n} on "
+                       f"(S5{', no claim' if n == 0 else ''}) and DQBUF refused with nothing "
+                       f"queued, got " + "; ".join(wrong))
+    if n == 0:
+        e = err(d.streamon, bt)
+        assert e == errno.EINVAL, (f"{what}: STREAMON({dname}) without a claim: expected EINVAL "
+                                   f"(S1), got {ename(e)}")
+        return
+    # the last granted buffer works: QUERYBUF, QBUF, STREAMON, and DQBUF hands it back
+    q = d.querybuf(bt, n - 1)
+    assert q["length"] >= size, (f"{what}: QUERYBUF({dname}, {n - 1}): length {q['length']} "
+                                 f"smaller than sizeimage {size}")
+    d.qbuf(bt, n - 1, size if bt == OUT else 0)
+    d.streamon(bt)
+    if bt == OUT:
+        try:
+            b = _dqbuf_preset(d, bt, 0xFFFFFFFF, 5.0)
+        except V4L2Error as exc:
+            pytest.fail(f"{what} granted {n}: QBUF(OUTPUT, {n - 1}), STREAMON, then DQBUF with "
+                        f"index 0xffffffff preset: expected buffer {n - 1} back (S6), got "
+                        f"{ename(exc.errno)}")
+    else:
+        if writer is None:  # exclusive_caps=0: a writer now, after the reader's first claim
+            writer = Writer(openers.fd(), count=2, set_format=not cell.keep_format)
+        # the writer streams until a frame lands in the one buffer the reader queued: a
+        # frame sits in the buffer of its slot, so that may take one frame per pinned buffer
+        sent, b = 0, None
+        deadline = time.monotonic() + 5.0
+        while b is None and time.monotonic() < deadline:
+            writer.send()
+            sent += 1
+            try:
+                b = _dqbuf_preset(d, bt, 0xFFFFFFFF, 0.3)
+            except V4L2Error as exc:
+                if exc.errno != errno.EAGAIN:
+                    pytest.fail(f"{what} granted {n}: QBUF(CAPTURE, {n - 1}), STREAMON, "
+                                f"{sent} frame(s) written, then DQBUF with index 0xffffffff "
+                                f"preset: expected buffer {n - 1} back (S7), got "
+                                f"{ename(exc.errno)}")
+        if b is None:
+            pytest.fail(f"{what} granted {n}: QBUF(CAPTURE, {n - 1}), STREAMON, then {sent} "
+                        f"frames written in 5 s and DQBUF with index 0xffffffff preset after "
+                        f"each: expected buffer {n - 1} back (S7), got EAGAIN every time")
+    assert b["index"] == n - 1, (f"{what} granted {n}: DQBUF with index 0xffffffff preset after "
+                                 f"QBUF of buffer {n - 1} alone: expected index {n - 1}, got "
+                                 f"{b['index']:#x}")
+    r0 = d.reqbufs(bt, 0)["count"]
+    e = err(d.querybuf, bt, 0)
+    assert r0 == 0 and e == errno.EINVAL, (f"{what}: REQBUFS({dname}, 0) after: expected count 0 "
+                                           f"and QUERYBUF({dname}, 0) EINVAL (claim released, "
+                                           f"A5/S5), got count {r0} and {ename(e)}")

@@ -35,7 +35,7 @@ def test_random_sequences_kernel_health(cell, openers):
     n = max(1, min(4, cell.max_openers))
     workers = [openers.proc(f"fuzz{i}") for i in range(n)]
     for i, w in enumerate(workers):
-        w.send("fn", walk, seed + i, DURATION)
+        w.send("fn", walk, seed + i, DURATION, max_buffers=cell.max_buffers)
     # One deadline for all: the walks run side by side, so a hung module costs the wait once.
     deadline = time.monotonic() + DURATION + 20
     stats, hung = {}, []
@@ -49,7 +49,7 @@ def test_random_sequences_kernel_health(cell, openers):
                     f"within {DURATION + 20:.0f} s: " + "; ".join(hung))
     # one opener killed mid-walk, too
     victim = openers.proc("fuzz-killed")
-    victim.send("fn", walk, seed + 99, 30.0)
+    victim.send("fn", walk, seed + 99, 30.0, max_buffers=cell.max_buffers)
     time.sleep(min(3.0, DURATION / 3))
     assert victim.kill(), f"{tag}: SIGKILL of a fuzzing opener: it did not exit within 5 s"
     openers.close_all()

@@ -260,3 +260,37 @@ def wait_until(pred, timeout: float = 3.0, step: float = 0.05):
         if v or time.monotonic() > deadline:
             return v
         time.sleep(step)
+
+
+def new_writer_works(cell, openers, what: str):
+    """After `what`, a new writer must stream and a reader get its frame (C1-C3: the device is
+    reusable)."""
+    d = openers.fd()
+    try:
+        wr = new_writer(cell, d, count=2)
+    except OSError as exc:
+        pytest.fail(f"after {what}: expected a new writer to start, it failed: {exc}")
+    try:
+        r = Reader(openers.fd())
+    except OSError as exc:
+        pytest.fail(f"after {what}: a reader (REQBUFS CAPTURE, STREAMON) failed with a new "
+                    f"writer streaming: {exc}")
+    f = wr.send()
+    try:
+        b = r.get_newer(f["frame"] - 1, 5.0)
+    except OSError as exc:
+        pytest.fail(f"after {what}: the new writer's frame did not reach a reader: {exc}")
+    assert b["frame"] == f["frame"]
+    r.dev.close()
+    d.close()
+
+
+def advertises_output_when_idle(cell, what: str):
+    if not cell.exclusive_caps or cell.keep_format:
+        return
+    with Device(cell.device) as d:
+        caps = wait_until(lambda: d.device_caps() if d.device_caps() & CAP_VIDEO_OUTPUT else 0,
+                          3.0) or d.device_caps()
+    assert caps & CAP_VIDEO_OUTPUT and not caps & CAP_VIDEO_CAPTURE, (
+        f"exclusive_caps=1, after {what} and every opener closed: expected device_caps OUTPUT "
+        f"(not CAPTURE), got {caps_str(caps)}")

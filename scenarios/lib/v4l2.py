@@ -290,10 +290,13 @@ class Device:
         _ioctl(self.fd, raw.IOC.QBUF, b, f"QBUF({tname(buf_type)}, {index})")
         return self._buf_dict(b)
 
-    def dqbuf(self, buf_type: int, memory: int = MMAP) -> dict:
+    def dqbuf(self, buf_type: int, memory: int = MMAP, index: int = 0) -> dict:
+        """DQBUF; `index` is what the caller leaves in the struct (the driver must ignore it
+        and fill in the buffer it hands back)."""
         b = raw.v4l2_buffer()
         b.type = buf_type
         b.memory = memory
+        b.index = index
         _ioctl(self.fd, raw.IOC.DQBUF, b, f"DQBUF({tname(buf_type)})")
         return self._buf_dict(b)
 
