@@ -5,8 +5,12 @@ DQBUF while the writer goes away.
 Every race is bounded (RACE_S seconds of racing, LOOPQUAL_RACE_SECONDS) and ends the same
 way: every process must have finished (a hang fails), every opener closed, the device idle
 and reusable (a new writer streams to a new reader; an exclusive_caps=1 node shows OUTPUT
-again), and the kernel log clean (H1, judged around every scenario). Each side runs in its
-own process, so a kernel BUG kills only that process and the scenario says which one.
+again), and the kernel log clean (judged around every scenario, and over the whole cell by
+the runner: a report there breaks H1 whichever scenario it came in). The races are not marked
+H1 themselves: a module that refuses a racing call (EBUSY where the contract wants success)
+fails them for the contract rules they name, which says nothing of the kernel's health. Each
+side runs in its own process, so a kernel BUG kills only that process and the scenario says
+which one.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def _writer_how(cell, w) -> str:
     return "g_fmt_out" if cell.keep_format else "s_fmt"
 
 
-@pytest.mark.rules("W1", "W2", "W3", "F2", "A5", "S4", "C1", "H1")
+@pytest.mark.rules("W1", "W2", "W3", "F2", "A5", "S4", "C1")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", DISTURB)
 def test_race_rw_against(cell, openers, kind):
@@ -93,7 +97,7 @@ def test_race_rw_against(cell, openers, kind):
     _finish(cell, openers, what)
 
 
-@pytest.mark.rules("A4", "A5", "A7", "C1", "H1")
+@pytest.mark.rules("A4", "A5", "A7", "C1")
 @pytest.mark.timeout(60)
 def test_race_mmap_against_reqbufs(cell, openers):
     """One opener whose two threads race: one QUERYBUF + mmap + touch + munmap of its buffers,
@@ -122,7 +126,7 @@ def test_race_mmap_against_reqbufs(cell, openers):
     _finish(cell, openers, what)
 
 
-@pytest.mark.rules("C2", "C1", "S3", "W3", "A5", "H1")
+@pytest.mark.rules("C2", "C1", "S3", "W3", "A5")
 @pytest.mark.timeout(60)
 def test_race_sigkill_blocked_readers_while_writer_leaves(cell, openers):
     """Two readers in their own processes, one blocked in DQBUF(CAPTURE), one in read(), both
