@@ -82,10 +82,24 @@ def find_splats(lines: list[str], path: Path = SPLATS_FILE) -> list[dict]:
 # gone (a module unloaded since, or a module's init code, freed once it has run) is printed
 # as a bare address: no symbol is left to resolve it.
 KMEMLEAK_FILE = "/sys/kernel/debug/kmemleak"
+KMEMLEAK_MIN_AGE_S = 5  # kmemleak reports no object younger than this (its minimum age)
+# The pattern of the leaks the runner's scan after a cell finds (rule H3), apart from the
+# kernel-log class "kmemleak" of splats.toml (the "N new suspected memory leaks" line, H1).
+KMEMLEAK_SCAN = "kmemleak_scan"
 _OBJECT = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):")
 _FRAME_ADDR = re.compile(r"^\[<[0-9a-fx]+>\]\s*")
 _MODULE_FRAME = re.compile(r"\[(\w+)\]\s*$")
 _BARE_ADDRESS = re.compile(r"^(0x)?[0-9a-f]{8,16}$")
+
+
+def kmemleak_report() -> str:
+    """Two scans (an object whose pointer sat in a register or on a stack during the first is
+    let go by the second, as the kmemleak documentation advises), then the report of every
+    suspect not cleared since. OSError where kmemleak is absent or has turned itself off."""
+    path = Path(KMEMLEAK_FILE)
+    for _ in range(2):
+        path.write_text("scan\n")
+    return path.read_text(errors="replace")
 
 
 def parse_kmemleak(text: str) -> list[dict]:
@@ -124,18 +138,18 @@ def module_of_frame(frame: str) -> str | None:
 
 def kmemleak_splats(text: str) -> tuple[list[dict], int]:
     """The leaks of a kmemleak report whose allocation went through a module (v4l2loopback,
-    or any other module a cell loads), as health splats of pattern "kmemleak", and how many
+    or any other module a cell loads), as health splats of pattern KMEMLEAK_SCAN, and how many
     suspects the report held in all (the others were allocated by the kernel alone: not the
     module's doing, reported as a count only)."""
     objects = parse_kmemleak(text)
     found = []
     for obj in objects:
-        modules = [m for m in (module_of_frame(f) for f in obj["frames"]) if m]
-        if not modules:
+        in_modules = [(f, m) for f in obj["frames"] if (m := module_of_frame(f))]
+        if not in_modules:
             continue
-        through = ", ".join(dict.fromkeys(modules))
-        first = next(f for f in obj["frames"] if module_of_frame(f))
-        found.append({"pattern": "kmemleak",
+        through = ", ".join(dict.fromkeys(m for _f, m in in_modules))
+        first = in_modules[0][0]
+        found.append({"pattern": KMEMLEAK_SCAN,
                       "line": f"unreferenced object {obj['object']} (size {obj['size']}) allocated "
                               f"through {through}: {first}",
                       "context": obj["lines"][:24]})

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .data import ExpectedFailure
 from .guest.suite_record import unjudged_line
+from .health import KMEMLEAK_SCAN
 from .paths import atomic_write
 
 SCHEMA = 1
@@ -165,7 +166,7 @@ def health_failures(cell: dict) -> list[str]:
     exit, rmmod): one line each. results.json's verdict and junit.xml's health case both
     read this list, so the two cannot disagree."""
     health = cell["health"]
-    out = [f"kmemleak after the cell: {s['line']}" if s["pattern"] == "kmemleak"
+    out = [f"kmemleak after the cell: {s['line']}" if s["pattern"] == KMEMLEAK_SCAN
            else f"kernel log: {s['pattern']}: {s['line']}" for s in health.get("splats", [])]
     if health.get("rmmod") not in (None, "ok"):
         out.append(f"rmmod after the cell: {health['rmmod']}")

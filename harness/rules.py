@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import LoopqualError
+from .health import KMEMLEAK_SCAN
 from .paths import REPO
 
 CONTRACT = REPO / "docs" / "contract.md"
@@ -187,7 +188,7 @@ def compare(run: dict, rules: dict[str, str]) -> tuple[list[str], dict[str, dict
         # compliance runs included; rmmod once everything is closed) judge H1 and H2 too.
         health = c.get("health") or {}
         for sp in health.get("splats", []):
-            if sp["pattern"] == "kmemleak":  # the runner's kmemleak scan after the cell
+            if sp["pattern"] == KMEMLEAK_SCAN:  # the runner's kmemleak scan after the cell
                 acc[("H3", col)]["failing"].append(
                     {"cell": c["id"], "param_set": c["param_set"], "id": "health: kmemleak after the cell",
                      "message": f"expected no leak through a module, got {sp['line']}"})

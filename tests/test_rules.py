@@ -4,7 +4,7 @@ patched with an empty series, Debian 6.1, contract suite, six parameter sets).""
 
 import json
 
-from loopqual import rules
+from loopqual import health, rules
 
 
 def test_contract_lists_all_43_rules():
@@ -72,6 +72,22 @@ def test_cell_health_checks_judge_h1_and_h2(fixtures):
                               "message": "expected a clean kernel log, got call_trace: Call Trace:"}]
     assert after["H2"]["patched"]["verdict"] == rules.BROKEN
     assert "EBUSY" in after["H2"]["patched"]["failing"][0]["message"]
+
+
+def test_the_kmemleak_scan_after_a_cell_judges_h3_and_the_log_line_h1(fixtures):
+    """A leak the runner's scan found (the recorded report of the test module's leak) breaks
+    H3; the kernel log's own "new suspected memory leaks" line stays a kernel-log failure (H1)."""
+    run = json.loads((fixtures / "results" /
+                      "recorded-6.1-stock-0.15.0-and-empty-series-contract.json").read_text())
+    cell = next(c for c in run["cells"] if c["module"] == "patched")
+    report = (fixtures / "health" / "recorded-leak-kmemleak-debian-6.12-debug.log").read_text()
+    leaks, _ = health.kmemleak_splats(report)
+    log_line = health.find_splats(["kmemleak: 1 new suspected memory leaks (see /sys/kernel/debug/kmemleak)"])
+    assert [s["pattern"] for s in log_line] == ["kmemleak"]
+    cell["health"] = {"splats": leaks + log_line, "rmmod": "ok"}
+    _, table = rules.compare(run, rules.load_rules())
+    assert [f["id"] for f in table["H3"]["patched"]["failing"]] == ["health: kmemleak after the cell"]
+    assert [f["id"] for f in table["H1"]["patched"]["failing"]] == ["health: kernel log of the cell"]
 
 
 def test_a_gated_cell_that_failed_to_load_leaves_its_rules_not_judged(fixtures):

@@ -669,9 +669,6 @@ def health_stage(run: CellRun, kmsg: KmsgReader, all_kmsg: list[str]) -> None:
             res["incomplete"].append(f"kmemleak scan after the cell: {res['health']['kmemleak']['error']}")
 
 
-KMEMLEAK_MIN_AGE_S = 5.5  # kmemleak reports no object younger than 5 s
-
-
 def kmemleak_clear() -> None:
     """Forget the suspects found so far (boot, earlier cells): a cell answers for its own."""
     from loopqual import health
@@ -683,17 +680,14 @@ def kmemleak_clear() -> None:
 
 
 def kmemleak_scan() -> tuple[list[dict], dict]:
-    """After rmmod: two scans (an object whose pointer sat in a register or on a stack during
-    the first is let go by the second, as the kmemleak documentation advises), once the cell's
-    last allocations are old enough to be reported; the leaks allocated through a module."""
+    """After rmmod, once the cell's last allocations are old enough to be reported: the
+    kmemleak report (health.kmemleak_report) and the leaks allocated through a module."""
     from loopqual import health
 
     t0 = time.monotonic()
-    time.sleep(KMEMLEAK_MIN_AGE_S)
+    time.sleep(health.KMEMLEAK_MIN_AGE_S + 0.5)
     try:
-        for _ in range(2):
-            Path(health.KMEMLEAK_FILE).write_text("scan\n")
-        report = Path(health.KMEMLEAK_FILE).read_text()
+        report = health.kmemleak_report()
     except OSError as exc:  # kmemleak turned itself off (its log line says why)
         return [], {"error": f"{health.KMEMLEAK_FILE}: {exc}"}
     leaks, suspects = health.kmemleak_splats(report)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from loopqual import health
 from loopqual.kmsg import KmsgReader
 
 MODULE = "loopqual_detectors"
@@ -28,9 +29,7 @@ TRIGGERS = ["none", "rcu", "ubsan", "odebug", "list", "kfence", "leak", "lockdep
 # per boot): LOOPQUAL_DETECTORS_TRIGGERS="none lockdep_recursive" (or lockdep_inconsistent)
 # runs those instead. tests/test_guest_detectors.py runs the list above.
 TRIGGERS = os.environ.get("LOOPQUAL_DETECTORS_TRIGGERS", " ".join(TRIGGERS)).split()
-KMEMLEAK = Path("/sys/kernel/debug/kmemleak")
-# kmemleak reports only objects older than 5 s (its minimum age) when it scans
-KMEMLEAK_MIN_AGE_S = 5
+KMEMLEAK = Path(health.KMEMLEAK_FILE)
 
 
 def _guard() -> dict:
@@ -41,14 +40,6 @@ def _guard() -> dict:
         f"kmemleak...: --kernel debian-6.12-debug), this is {os.uname().release}")
     with open(os.environ["LOOPQUAL_CELL"]) as fh:
         return json.load(fh)
-
-
-def _kmemleak_scan() -> str:
-    """Two scans (an object is reported once seen unreferenced by a scan after its minimum
-    age; the second scan settles what the first one left grey), then the report."""
-    for _ in range(2):
-        KMEMLEAK.write_text("scan")
-    return KMEMLEAK.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
@@ -65,8 +56,8 @@ def test_detector(trigger):
                               text=True, timeout=120)
         assert proc.returncode == 0, f"insmod {MODULE} trigger={trigger}: {proc.stderr.strip()}"
         if trigger == "leak":
-            time.sleep(KMEMLEAK_MIN_AGE_S + 1)
-            report = _kmemleak_scan()
+            time.sleep(health.KMEMLEAK_MIN_AGE_S + 1)
+            report = health.kmemleak_report()
             (work / "detectors-leak-kmemleak.txt").write_text(report)
         rm = subprocess.run(["rmmod", MODULE], capture_output=True, text=True, timeout=60)
         assert rm.returncode == 0, f"rmmod {MODULE}: {rm.stderr.strip()}"
