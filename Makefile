@@ -15,7 +15,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	build-essential kmod dwarves v4l-utils ffmpeg \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	python3-venv python3-dev busybox-static zstd udev chromium firefox-esr \
-	mmdebstrap flex bison bc libelf-dev libssl-dev
+	mmdebstrap flex bison bc libelf-dev libssl-dev obs-studio xvfb
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 

@@ -252,6 +252,7 @@ def _rules() -> int:
     paths = [p for s in suites.values() if s.kind == "pytest" for p in s.paths]
     contract = rules.load_rules()
     items = rules.collect_scenarios(paths)
+    programs = {it["id"]: it.get("programs", []) for it in items}
     # A scenario counts as coverage only where some configured kernel can run it.
     nowhere = rules.runnable_nowhere(items, rules.kernel_configs(data.load_kernels()))
     by_rule, unknown = rules.coverage(contract, [it for it in items if it["id"] not in nowhere])
@@ -260,7 +261,8 @@ def _rules() -> int:
         scs = by_rule[r]
         print(f"{r:4} {len(scs):3} scenario(s)  {text[:90]}")
         for sc in scs:
-            print(f"            {sc}")
+            runs = programs.get(sc)
+            print(f"            {sc}" + (f"  [real: {', '.join(runs)}]" if runs else ""))
     if nowhere:
         print("\nscenarios no configured kernel can run (not counted as coverage):")
         for sc, why in nowhere.items():

@@ -34,6 +34,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "needs_kernel_config(*options): kernel options (CONFIG_X) without which the "
         "scenario can only skip; `loopqual rules` counts it only if a configured kernel has them")
+    config.addinivalue_line(
+        "markers", "programs(*names): the real programs the scenario runs in the guest (a "
+        "scenario without it replays or calls the device itself); `loopqual rules` shows them")
 
 
 _FILE_NUMBER = re.compile(r"test_(\d+)_")

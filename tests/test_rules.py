@@ -146,3 +146,16 @@ def test_bad_input_edges_and_races_are_scenarios_with_rules():
     # files run in the order of their numbers: the races after the random walk
     order = list(items)
     assert order.index(races[0]) > max(i for i, x in enumerate(order) if "test_9_random" in x)
+
+
+def test_real_program_scenarios_name_their_programs_and_k3_k5_k6_have_one_each():
+    """`loopqual rules` tells real programs from replays by the scenarios' programs marker."""
+    items = rules.collect_scenarios(["scenarios/clients", "scenarios/browser", "scenarios/apps"])
+    by_id = {it["id"]: it for it in items}
+    obs = by_id["apps/test_obs.py::test_k3_obs_virtual_camera_stop_and_start"]
+    assert obs["rules"] == ["K3"] and obs["programs"] == ["obs", "Xvfb"]
+    assert by_id["browser/test_firefox.py::test_k5_firefox_get_user_media_again_and_again"][
+        "programs"] == ["firefox-esr"]
+    assert by_id["clients/test_replays.py::test_k3_obs_virtual_camera_restarts"]["programs"] == []
+    for rule in ("K1", "K2", "K3", "K4", "K5", "K6"):
+        assert any(rule in it["rules"] and it["programs"] for it in items), rule

@@ -66,6 +66,7 @@ console.log("LOOPQUAL_STARTED");
 
 
 @pytest.mark.rules("K4")
+@pytest.mark.programs("chromium")
 @pytest.mark.timeout(scenario_timeout())
 def test_k4_chromium_get_user_media(cell, openers, record_property):
     def page(card: str) -> str:

@@ -97,6 +97,7 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 
 
 @pytest.mark.rules("K5")
+@pytest.mark.programs("firefox-esr")
 @pytest.mark.timeout(scenario_timeout(SESSIONS * SESSION_S))
 def test_k5_firefox_get_user_media_again_and_again(cell, openers, record_property):
     def page(card: str) -> str:

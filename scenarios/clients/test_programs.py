@@ -114,6 +114,7 @@ def _idle_output_again(cell, what: str):
                         f"again (so the writer can restart), got device_caps {caps:#x}")
 
 
+@pytest.mark.programs("ffmpeg")
 @pytest.mark.rules("K1")
 @pytest.mark.timeout(600)
 def test_k1_ffmpeg_writer_restarts(cell, openers):
@@ -126,6 +127,7 @@ def test_k1_ffmpeg_writer_restarts(cell, openers):
         _idle_output_again(cell, "ffmpeg -f v4l2")
 
 
+@pytest.mark.programs("ffmpeg")
 @pytest.mark.rules("K1")
 @pytest.mark.timeout(600)
 def test_k1_ffmpeg_reader_restarts(cell, openers):
@@ -138,6 +140,7 @@ def test_k1_ffmpeg_reader_restarts(cell, openers):
     assert st["error"] is None, f"writer disturbed by the ffmpeg readers: {st['error']}"
 
 
+@pytest.mark.programs("gst-launch-1.0")
 @pytest.mark.rules("K2")
 @pytest.mark.timeout(600)
 def test_k2_gstreamer_sink_to_src_restarts(cell, openers):
@@ -155,6 +158,7 @@ def test_k2_gstreamer_sink_to_src_restarts(cell, openers):
         _idle_output_again(cell, "gst-launch v4l2sink")
 
 
+@pytest.mark.programs("gst-launch-1.0", "v4l2-ctl")
 @pytest.mark.rules("K2", "S6")
 @pytest.mark.timeout(300)
 def test_k2_v4l2sink_alone(cell, openers):
@@ -176,6 +180,7 @@ def _v4l2ctl_reader(cell, d: str, rnd: int) -> None:
     _judge_reader_file(rd, out, 10, rnd)
 
 
+@pytest.mark.programs("v4l2-ctl")
 @pytest.mark.rules("K1", "K2")
 @pytest.mark.timeout(300)
 def test_v4l2ctl_stream_out_and_in(cell, openers):
@@ -200,6 +205,7 @@ def test_v4l2ctl_stream_out_and_in(cell, openers):
         _idle_output_again(cell, "v4l2-ctl --stream-out-mmap")
 
 
+@pytest.mark.programs("v4l2-ctl")
 @pytest.mark.rules("K1", "K2")
 @pytest.mark.timeout(300)
 def test_v4l2ctl_reader_with_python_writer(cell, openers):
@@ -211,6 +217,7 @@ def test_v4l2ctl_reader_with_python_writer(cell, openers):
         _v4l2ctl_reader(cell, d, rnd)
 
 
+@pytest.mark.programs("ffmpeg", "gst-launch-1.0")
 @pytest.mark.rules("K6", "A3")
 @pytest.mark.timeout(600)
 def test_k6_two_consumers_ffmpeg_and_gstreamer(cell, openers):

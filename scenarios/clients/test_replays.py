@@ -40,9 +40,11 @@ def _step(what: str, fn, *args, **kwargs):
 
 
 class ObsVirtualCam:
-    """OBS Studio's virtual camera output (v4l2 plugin): a write() writer."""
+    """OBS Studio's virtual camera output (v4l2 plugin): a write() writer. OBS up to 31.0
+    (Debian bookworm's 29.0.2) calls STREAMON(OUTPUT) without REQBUFS after S_FMT
+    (v4l2loopback #622); later ones only when QUERYCAP showed no OUTPUT."""
 
-    def __init__(self, cell, fps: int = 30):
+    def __init__(self, cell, fps: int = 30, streamon: bool = True):
         self.cell = cell
         d = Device(cell.device, os.O_RDWR)  # OBS opens blocking
         caps = d.device_caps()
@@ -56,6 +58,8 @@ class ObsVirtualCam:
         f = _step(f"OBS: S_FMT(OUTPUT, {W}x{H} YUYV, sizeimage={W * H * 2})", d.s_fmt, OUT, W, H,
                   YUYV, W * H * 2)
         self.size = f["sizeimage"]
+        if streamon:
+            _step("OBS (up to 31.0): STREAMON(OUTPUT) without REQBUFS", d.streamon, OUT)
         self.n = 0
 
     def frame(self):
@@ -208,7 +212,7 @@ def _writer(openers, cell):
 def test_k3_obs_virtual_camera_restarts(cell, openers):
     need_openers(cell, 2)
     for rnd in range(8):
-        obs = ObsVirtualCam(cell)
+        obs = ObsVirtualCam(cell, streamon=rnd % 2 == 0)
         for _ in range(3):
             obs.frame()
         if rnd % 2 == 0:  # a viewer on every other round

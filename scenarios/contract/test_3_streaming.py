@@ -9,12 +9,14 @@ import time
 import pytest
 from lib.common import (
     KEPT_HOW,
+    FileWriter,
     Reader,
     Writer,
     kept_capture_only,
     kept_format,
     need_openers,
     start_proc_writer,
+    write_format,
 )
 from lib.v4l2 import BUF_FLAG_QUEUED, CAP, OUT, ename, err, frame_bytes
 
@@ -22,16 +24,49 @@ from lib.v4l2 import BUF_FLAG_QUEUED, CAP, OUT, ename, err, frame_bytes
 @pytest.mark.rules("S1")
 def test_s1_streamon_without_claim(cell, openers):
     d = openers.fd()
+    e = err(d.streamon, CAP)
+    assert e == errno.EINVAL, f"STREAMON(CAPTURE) without a claim: expected EINVAL, got {ename(e)}"
+    # an opener that asked for buffers (REQBUFS, even of count 0: v4l2-compliance's check)
     for bt, name in ((OUT, "OUTPUT"), (CAP, "CAPTURE")):
+        r0 = err(d.reqbufs, bt, 0)
         e = err(d.streamon, bt)
-        assert e == errno.EINVAL, f"STREAMON({name}) without a claim: expected EINVAL, got " \
-                                  f"{ename(e)}"
+        assert e == errno.EINVAL, (f"STREAMON({name}) without a claim after REQBUFS({name}, 0) "
+                                   f"(which gave {ename(r0)}): expected EINVAL, got {ename(e)}")
     # a claim on the other direction does not count
     d.s_fmt(OUT, 160, 120)
     d.reqbufs(OUT, 2)
     e = err(d.streamon, CAP)
     assert e == errno.EINVAL, (f"STREAMON(CAPTURE) by an opener that claims only OUTPUT: "
                                f"expected EINVAL, got {ename(e)}")
+
+
+@pytest.mark.rules("S1", "W1", "K3")
+def test_s1_streamon_output_by_an_opener_that_never_asked_for_buffers(cell, openers):
+    """OBS Studio up to 31.0: S_FMT(OUTPUT), STREAMON(OUTPUT) without REQBUFS, then write()
+    per frame (v4l2loopback #622). The STREAMON sets the opener up as its first write() would
+    (W1): it takes the write token, its write()s reach a reader, and it is a write() opener
+    from then on (REQBUFS is EBUSY, W4)."""
+    need_openers(cell, 2)
+    d = openers.fd()
+    fmt = write_format(cell, d)
+    e = err(d.streamon, OUT)
+    assert e == 0, (f"STREAMON(OUTPUT) by an opener that set the format and never called "
+                    f"REQBUFS nor write() (OBS Studio up to 31.0): expected success, set up as its "
+                    f"first write() would be (W1), got {ename(e)}")
+    w = FileWriter(d, fmt, send_first=False)
+    w.send()
+    r = Reader(openers.fd())
+    f = w.send()
+    try:
+        b = r.get_newer(f["frame"] - 1)
+    except OSError as exc:
+        pytest.fail(f"a reader after a STREAMON(OUTPUT)-without-REQBUFS writer's write(): "
+                    f"expected its frame, got {exc}")
+    assert b["frame"] == f["frame"], (f"reader got frame {b['frame']}, the writer wrote "
+                                      f"{f['frame']}")
+    e = err(d.reqbufs, OUT, 2)
+    assert e == errno.EBUSY, (f"REQBUFS(OUTPUT, 2) by the opener STREAMON set up for write(): "
+                              f"expected EBUSY (W4), got {ename(e)}")
 
 
 @pytest.mark.rules("S2")

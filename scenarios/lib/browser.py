@@ -26,8 +26,17 @@ import pytest
 
 from loopqual import procgroup
 
-from .common import need_openers
-from .infra import InfrastructureProblem, need_program
+from .common import H, W, caps_str, fmt_str, kept_capture_only, kept_format, need_openers
+from .infra import InfrastructureProblem, need_program, package_version
+from .v4l2 import (
+    CAP_VIDEO_OUTPUT,
+    CID_KEEP_FORMAT,
+    CID_SUSTAIN_FRAMERATE,
+    OUT,
+    Device,
+    ename,
+    frame_bytes,
+)
 
 CAPTURE_S = 10  # the page reads frames for this long
 # Under TCG here Chromium 156 took 82-117 s to start (4 minutes or a hang before its
@@ -46,13 +55,6 @@ def open_limit(startup_s: float, capture_s: float = CAPTURE_S) -> float:
 def scenario_timeout(capture_s: float = CAPTURE_S) -> int:
     """The scenario's own wall-clock limit: the longest start-up and open it may allow."""
     return int(START_LIMIT_S + open_limit(START_LIMIT_S, capture_s) + 60)
-
-
-def package_version(package: str) -> str:
-    """A program's version from its Debian package (fast: no wrapper script started)."""
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                         capture_output=True, text=True, timeout=30)
-    return out.stdout.strip() or "unknown version"
 
 
 class BrowserRun:
@@ -183,22 +185,76 @@ class BrowserSetUp:
     env: dict
 
 
+# Mozilla's set-up: the page reads for ONE_FRAME_S and must see at least 2 frames a second of
+# the one frame repeated (sustain_framerate repeats it at the device's rate, 30/s by default).
+ONE_FRAME_S = 8
+ONE_FRAME_MIN_FRAMES = 2 * ONE_FRAME_S
+ONE_FRAME_CONTROLS = {CID_KEEP_FORMAT: "keep_format", CID_SUSTAIN_FRAMERATE: "sustain_framerate"}
+IDLE_LIMIT_S = 10
+
+
+def one_frame_writer(cell, openers) -> dict:
+    """What Mozilla's own test harness does before its browser tests: keep_format=1 and
+    sustain_framerate=1, then a writer process sets a format, writes one frame and exits at
+    once. The controls' previous values, to restore_controls() afterwards."""
+    ctl = openers.fd()
+    before = {cid: ctl.g_ctrl(cid) for cid in ONE_FRAME_CONTROLS}
+    for cid in ONE_FRAME_CONTROLS:
+        ctl.s_ctrl(cid, 1)
+    w = openers.proc("one-frame-writer")
+    if cell.keep_format and kept_capture_only(cell, w):
+        fmt = kept_format(w)
+    else:
+        fmt = w.call("s_fmt", OUT, W, H)
+    e = w.err("write", frame_bytes(0, fmt["sizeimage"]))
+    assert e == 0, f"the one-frame writer's write() ({fmt_str(fmt)}): expected success, got {ename(e)}"
+    w.stop()  # the process exits: its close() is the writer leaving
+    return before
+
+
+def restore_controls(cell, openers, before: dict) -> None:
+    """Put the controls back and check the device is idle again for the cell's next scenario:
+    with keep_format back at 0 and nobody open, an exclusive_caps=1 node shows OUTPUT (X1, C3)."""
+    ctl = openers.fd()
+    for cid, value in before.items():
+        ctl.s_ctrl(cid, value)
+    ctl.close()
+    if before.get(CID_KEEP_FORMAT):
+        return
+    deadline = time.monotonic() + IDLE_LIMIT_S
+    while True:
+        with Device(cell.device) as d:
+            caps = d.device_caps()
+        if caps & CAP_VIDEO_OUTPUT or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert caps & CAP_VIDEO_OUTPUT, (
+        f"keep_format back to 0 after the one-frame writer and the browser closed: expected the "
+        f"idle exclusive_caps=1 node to show OUTPUT again (X1, C3), QUERYCAP shows {caps_str(caps)}")
+
+
 @contextlib.contextmanager
-def browser_set_up(cell, openers, name: str, package: str,
-                   page: Callable[[str], str]) -> Iterator[BrowserSetUp]:
+def browser_set_up(cell, openers, name: str, package: str, page: Callable[[str], str],
+                   one_frame: bool = False) -> Iterator[BrowserSetUp]:
     """Skip unless the cell has exclusive_caps=1 (browsers list only CAPTURE-without-OUTPUT
-    nodes), need the program (missing: incomplete), start a writer, write page(card) into a
-    fresh home, removed afterwards. The guest's root (and so $HOME) is the host's, read-only:
-    browsers die at once unless HOME and the XDG directories point somewhere writable; there
-    is no D-Bus in the guest."""
+    nodes), need the program (missing: incomplete), start a writer (streaming; or, with
+    one_frame, Mozilla's one frame from a writer that has left, controls restored afterwards),
+    write page(card) into a fresh home, removed afterwards. The guest's root (and so $HOME) is
+    the host's, read-only: browsers die at once unless HOME and the XDG directories point
+    somewhere writable; there is no D-Bus in the guest."""
     if not cell.exclusive_caps:
         pytest.skip(f"{name} lists only CAPTURE-without-OUTPUT nodes: it needs exclusive_caps=1; "
                     f"this cell has exclusive_caps=0")
     program = need_program(package)
     version = f"{name} {package_version(package)}"
     need_openers(cell, 2)
-    writer = openers.proc("writer")
-    writer.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
+    controls_before = None
+    if one_frame:
+        writer = None
+        controls_before = one_frame_writer(cell, openers)
+    else:
+        writer = openers.proc("writer")
+        writer.call("start_writer", "mmap", count=2, fps=15, set_format=not cell.keep_format)
     with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
         card = f.read().strip()
     home = tempfile.mkdtemp(prefix=f"loopqual-{package}-")
@@ -211,9 +267,12 @@ def browser_set_up(cell, openers, name: str, package: str,
         env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=os.path.join(home, "config"),
                    XDG_CACHE_HOME=os.path.join(home, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
         yield BrowserSetUp(program, version, writer, card, home, f"file://{page_path}",
-                           os.path.join(log_dir, f"{package}.log"), env)
+                           os.path.join(log_dir, f"{package}{'-one-frame' if one_frame else ''}.log"),
+                           env)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+        if controls_before is not None:
+            restore_controls(cell, openers, controls_before)
 
 
 def judge_writer(setup: BrowserSetUp) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 from loopqual import procgroup
 
@@ -82,9 +83,14 @@ def wait_for_writer(dev_path: str, timeout: float, client: Client | None = None)
 
 
 def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 60.0,
-                          client: Client | None = None) -> tuple[int, int, str]:
+                          client: Client | None = None,
+                          on_frame: Callable[[memoryview, dict], None] | None = None,
+                          first_frame_timeout: float = 0.0) -> tuple[int, int, str]:
     """Wait for a writer to stream (wait_for_writer), open a reader (retrying while the
-    writer starts up), collect frames for `seconds`.
+    writer starts up), collect frames for `seconds`; on_frame(data, format) sees each
+    non-blank frame (the reader's G_FMT(CAPTURE)), to judge its content. With
+    first_frame_timeout, the window starts at the first frame, awaited that long (a writer
+    that streams before it renders, as OBS under software OpenGL).
 
     Returns (frames, distinct non-blank frames, note).
     """
@@ -110,8 +116,16 @@ def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 
             time.sleep(0.5)
     if r is None:
         return 0, 0, f"no reader could start within {setup_timeout:.0f} s: {last_err}"
+    fmt = d.g_fmt(0x1) if on_frame is not None else {}
     frames = 0
     seen = set()
+    if first_frame_timeout > 0:
+        try:
+            b = d.wait_dqbuf(0x1, first_frame_timeout)
+            d.qbuf(0x1, b["index"])
+        except V4L2Error as exc:
+            d.close()
+            return 0, 0, f"no frame within {first_frame_timeout:.0f} s of the reader's start: {exc}"
     end = time.monotonic() + seconds
     # frames published before the reader started may be returned first: collect for a while
     try:
@@ -123,6 +137,8 @@ def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 
             data = d.maps[(0x1, b["index"])][: b["bytesused"] or None]
             if any(data[::97]):
                 seen.add(digest(data))
+                if on_frame is not None:
+                    on_frame(data, fmt)
             frames += 1
             d.qbuf(0x1, b["index"])
     finally:

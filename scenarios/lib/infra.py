@@ -10,6 +10,7 @@ apply to this parameter set".
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 
 class InfrastructureProblem(Exception):
@@ -27,3 +28,10 @@ def need_program(name: str) -> str:
             f"{name} is not installed in the guest (the guest shares the host's root: install "
             f"it on the host, `make deps` does): the scenario needs it and could not run")
     return path
+
+
+def package_version(package: str) -> str:
+    """A program's version from its Debian package (fast: no wrapper script started)."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or "unknown version"

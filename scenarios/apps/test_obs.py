@@ -1,0 +1,146 @@
+"""K3 with the real program: Debian's OBS Studio under Xvfb (Mesa's software OpenGL), with the
+prepared profile and scene (obs-config/), starts its virtual camera through obs-websocket,
+a reader checks what arrives, then the camera is stopped and started again, ten times,
+without reloading the module (what broke OBS on v4l2loopback before: obs-studio #4808, #12506;
+v4l2loopback #622).
+
+Each session is judged by the scenarios' own reader on the device under test: at least
+MIN_DISTINCT distinct frames in READ_S seconds (the scene's clock changes every frame), and
+the scene's known content (the orange background) where the reader looks. The report gives
+OBS's version, its start-up time under this machine, the node it took and every session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+from lib.clients import count_distinct_frames
+from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
+from lib.v4l2 import YUYV, fourcc
+
+SESSIONS = 11  # the first start, then ten stops and starts
+READ_S = 3.0
+MIN_DISTINCT = 3
+READER_LIMIT_S = 30  # from the output's start to the reader's start
+# from the reader's start to the first frame: under TCG, Mesa's llvmpipe compiles the output's
+# conversion shaders when the camera starts (OBS's log shows the output's drawn frames)
+FIRST_FRAME_LIMIT_S = 120
+# The background (RGB 255, 128, 0) in Rec. 709, limited range, as OBS converts it:
+# Y = 16 + 219 * (0.2126 R + 0.7152 G + 0.0722 B) / 255, U and V likewise.
+BACKGROUND_YUV = (141, 59, 189)
+TOLERANCE = 12
+# Where the reader looks: the lower right part of the 320x240 canvas, away from the moving
+# 80x60 clock in the top left corner.
+SAMPLES = [(x, y) for x in range(160, 320, 32) for y in range(120, 240, 24)]
+
+
+class BackgroundCheck:
+    """Called on each non-blank frame: does the background carry the scene's colour?"""
+
+    def __init__(self):
+        self.frames = 0
+        self.wrong = 0
+        self.first_wrong = ""
+        self.seen = None  # the mean (Y, U, V) of the first frame
+        self.first_at = None  # time.monotonic() of the first non-blank frame
+
+    def __call__(self, data: memoryview, fmt: dict) -> None:
+        self.frames += 1
+        self.first_at = self.first_at or time.monotonic()
+        if fmt.get("pixelformat") != YUYV or fmt.get("width", 0) < 320 or fmt.get("height", 0) < 240:
+            self._wrong(f"format {fourcc(fmt.get('pixelformat', 0))} {fmt.get('width')}x"
+                        f"{fmt.get('height')}, expected YUYV 320x240")
+            return
+        bpl = fmt["bytesperline"] or fmt["width"] * 2
+        ys, us, vs = [], [], []
+        for x, y in SAMPLES:
+            o = y * bpl + (x // 2) * 4
+            if o + 3 >= len(data):
+                self._wrong(f"a frame of {len(data)} bytes, expected {bpl * fmt['height']}")
+                return
+            ys.append(data[o])
+            us.append(data[o + 1])
+            vs.append(data[o + 3])
+        mean = tuple(round(sum(v) / len(v)) for v in (ys, us, vs))
+        if self.seen is None:
+            self.seen = mean
+        if any(abs(m - e) > TOLERANCE for m, e in zip(mean, BACKGROUND_YUV, strict=True)):
+            self._wrong(f"background Y/U/V {mean}, expected {BACKGROUND_YUV} +-{TOLERANCE}")
+
+    def _wrong(self, why: str) -> None:
+        self.wrong += 1
+        self.first_wrong = self.first_wrong or why
+
+
+@pytest.mark.rules("K3")
+@pytest.mark.programs("obs", "Xvfb")
+@pytest.mark.timeout(START_LIMIT_S + FIRST_FRAME_LIMIT_S + SESSIONS * (2 * OUTPUT_LIMIT_S // 3 + READER_LIMIT_S))
+def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
+    log_dir = os.path.join(cell.work_dir, "apps")
+    os.makedirs(log_dir, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="loopqual-obs-")
+    sessions: list[dict] = []
+    try:
+        with xvfb(os.path.join(log_dir, "xvfb.log")) as display:
+            obs = Obs(fresh_home(home), display, os.path.join(log_dir, "obs.log"))
+            try:
+                startup_s = obs.wait_ready()
+                version = obs.version()
+                record_property("program", version)
+                record_property("startup_s", startup_s)
+                for n in range(1, SESSIONS + 1):
+                    s = {"session": n}
+                    sessions.append(s)
+                    s["started"], s["start_s"] = obs.set_virtualcam(True)
+                    if not s["started"]:
+                        break
+                    s["nodes"] = obs.video_nodes()
+                    s["obs_stats_at_start"] = obs.stats()
+                    check = BackgroundCheck()
+                    t = time.monotonic()
+                    s["frames"], s["distinct"], s["note"] = count_distinct_frames(
+                        cell.device, READ_S, READER_LIMIT_S, on_frame=check,
+                        first_frame_timeout=FIRST_FRAME_LIMIT_S)
+                    s["first_frame_s"] = round(check.first_at - t, 1) if check.first_at else None
+                    s["obs_stats"] = obs.stats()
+                    s["background"], s["wrong_background"] = check.seen, check.wrong
+                    s["first_wrong"] = check.first_wrong
+                    s["stopped"], s["stop_s"] = obs.set_virtualcam(False)
+                    if (not s["stopped"] or s["distinct"] < MIN_DISTINCT or check.wrong
+                            or s["nodes"] != [os.path.realpath(cell.device)]):
+                        break
+            finally:
+                record_property("sessions", sessions)
+                ended = obs.exited()
+                obs.stop()
+                log_tail = obs.camera_lines()
+                obs.keep_files(os.path.join(home, "config"), log_dir)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    record_property("node", (sessions[0].get("nodes") or ["none"])[0] if sessions else "none")
+    for s in sessions:
+        where = f"{version}, session {s['session']} of {SESSIONS} (OBS started in {startup_s:.0f} s)"
+        assert s["started"], (
+            f"{where}: the virtual camera did not start within {OUTPUT_LIMIT_S} s of "
+            f"StartVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
+        assert s["nodes"] == [os.path.realpath(cell.device)], (
+            f"{where}: OBS's virtual camera holds {s['nodes'] or 'no /dev/video node'}, the "
+            f"device under test is {cell.device} (OBS takes the first node whose QUERYCAP shows "
+            f"OUTPUT)")
+        assert s["distinct"] >= MIN_DISTINCT, (
+            f"{where}: a reader on {cell.device} got {s['frames']} frames, {s['distinct']} "
+            f"distinct non-blank, in {READ_S:.0f} s, expected at least {MIN_DISTINCT} distinct "
+            f"{('(' + s['note'] + ')') if s['note'] else ''}; OBS's counters then: {s['obs_stats']}"
+            f"{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
+        assert not s["wrong_background"], (
+            f"{where}: {s['wrong_background']} of the frames read do not carry the scene's "
+            f"content: {s['first_wrong']}")
+        assert s["stopped"], (
+            f"{where}: the virtual camera did not stop within {OUTPUT_LIMIT_S} s of "
+            f"StopVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
+    assert len(sessions) == SESSIONS

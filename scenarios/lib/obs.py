@@ -1,0 +1,236 @@
+"""OBS Studio in the guest: a virtual X server (Xvfb), Mesa's software OpenGL, a prepared
+configuration (scenarios/apps/obs-config), and obs-websocket to start and stop the virtual
+camera, as a user's remote control or stream deck does.
+
+OBS looks for v4l2loopback in /proc/modules when it starts (without the module loaded it
+disables its virtual camera), then on each start takes the first /dev/video* (in version
+order) whose QUERYCAP shows OUTPUT. Which node it took is read from its open files.
+A program that is missing, or an OBS or Xvfb that does not come up, makes the scenario
+incomplete with the program's own output, never a skip and never a K3 failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from loopqual import procgroup
+
+from .infra import InfrastructureProblem, need_program
+
+CONFIG = Path(__file__).resolve().parent.parent / "apps" / "obs-config"
+WEBSOCKET_PORT = 4455  # global.ini's [OBSWebSocket] ServerPort
+# Under TCG Chromium took 82-117 s to start and Firefox 71-72 s; OBS is measured by the
+# scenario (startup_s). A loaded machine is slower by up to 3x.
+START_LIMIT_S = 480
+XVFB_LIMIT_S = 60
+OUTPUT_LIMIT_S = 60  # from StartVirtualCam/StopVirtualCam to the output's new state
+
+
+@contextlib.contextmanager
+def xvfb(log_path: str) -> Iterator[str]:
+    """A virtual X server on a free display: its name (":N"), from Xvfb's own -displayfd
+    answer (it writes the number once it accepts clients). Stopped afterwards."""
+    program = need_program("Xvfb")
+    rfd, wfd = os.pipe()
+    log = open(log_path, "wb")
+    p = procgroup.spawn([program, "-displayfd", str(wfd), "-nolisten", "tcp", "-screen", "0",
+                         "640x480x24"], stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, pass_fds=(wfd,))
+    os.close(wfd)
+    try:
+        number = b""
+        deadline = time.monotonic() + XVFB_LIMIT_S
+        os.set_blocking(rfd, False)
+        while not number.endswith(b"\n") and time.monotonic() < deadline and p.poll() is None:
+            try:
+                chunk = os.read(rfd, 16)
+            except BlockingIOError:
+                time.sleep(0.1)
+                continue
+            if not chunk:
+                break
+            number += chunk
+        if not number.strip().isdigit():
+            log.flush()
+            raise InfrastructureProblem(
+                f"Xvfb did not come up within {XVFB_LIMIT_S} s (exit {p.poll()}): "
+                f"{Path(log_path).read_text(errors='replace')[-800:]}")
+        yield f":{number.strip().decode()}"
+    finally:
+        os.close(rfd)
+        procgroup.stop(p, grace=3.0)
+        log.close()
+
+
+def fresh_home(root: str) -> dict:
+    """The prepared configuration copied into root (a fresh, writable home); OBS's
+    environment: software OpenGL, no D-Bus session (there is none in the guest).
+
+    Mesa's llvmpipe is held to 128-bit vectors: with the AVX2 code it generates by default,
+    OBS's graphics thread rendered at 0.5 frames per second under TCG and died of a segfault
+    in the generated code (a vpgatherdd) once the virtual camera's conversion started (seen
+    on debian-6.12, the kernel log's "libobs: graphic[...]: segfault")."""
+    config = os.path.join(root, "config")
+    shutil.copytree(CONFIG, config, ignore=shutil.ignore_patterns("README.md"))
+    return {"HOME": root, "XDG_CONFIG_HOME": config, "XDG_CACHE_HOME": os.path.join(root, "cache"),
+            "LIBGL_ALWAYS_SOFTWARE": "1", "LP_NATIVE_VECTOR_WIDTH": "128", "QT_QPA_PLATFORM": "xcb",
+            "DBUS_SESSION_BUS_ADDRESS": "disabled:", "LC_ALL": "C.UTF-8"}
+
+
+class Obs:
+    """OBS Studio in its own session, its output in a file, driven through obs-websocket."""
+
+    def __init__(self, env: dict, display: str, log_path: str):
+        self.program = need_program("obs")
+        try:
+            import obsws_python
+        except ImportError as exc:
+            raise InfrastructureProblem(
+                f"the obs-websocket client (obsws-python) is not in loopqual's venv ({exc}): "
+                f"`make venv` installs it") from exc
+        # The client logs every refused request with a traceback; the scenario reports them.
+        logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
+        self._ws = obsws_python
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.t0 = time.monotonic()
+        # OBS logs through stdio, block-buffered into a file: line-buffered, a line that
+        # explains a failure is in the log when the scenario reads it
+        self.p = procgroup.spawn(
+            ["stdbuf", "-oL", "-eL", self.program, "--multi", "--profile", "loopqual",
+             "--collection", "loopqual"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, DISPLAY=display, **env), cwd=env["HOME"])
+        self.client = None
+        self.startup_s: float | None = None
+
+    def output(self, tail: int = 1500) -> str:
+        try:
+            return Path(self.log_path).read_bytes()[-tail:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def camera_lines(self, limit: int = 12) -> str:
+        """OBS's log lines about its virtual camera and the device (what a failure needs)."""
+        try:
+            lines = Path(self.log_path).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        keep = [ln.strip() for ln in lines
+                if any(k in ln.lower() for k in ("virtual", "v4l2", "/dev/video", "streaming"))]
+        return " | ".join(keep[-limit:]) or "(no line about the virtual camera)"
+
+    def wait_ready(self) -> float:
+        """Seconds from launch until obs-websocket answers (OBS has loaded its scene and
+        plugins); InfrastructureProblem when it does not within START_LIMIT_S."""
+        last = ""
+        while time.monotonic() - self.t0 < START_LIMIT_S:
+            if self.p.poll() is not None:
+                raise InfrastructureProblem(
+                    f"OBS Studio exited ({self.p.returncode}) before its websocket answered: "
+                    f"{self.output()}")
+            try:
+                self.client = self._ws.ReqClient(host="127.0.0.1", port=WEBSOCKET_PORT,
+                                                 password="", timeout=30)
+                self.client.get_version()
+                self.startup_s = round(time.monotonic() - self.t0, 1)
+                return self.startup_s
+            except (OSError, self._ws.error.OBSSDKError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                self.client = None
+                time.sleep(1.0)
+        raise InfrastructureProblem(
+            f"OBS Studio did not answer on its websocket within {START_LIMIT_S} s of launch "
+            f"({last}): OBS, not the module, is too slow or broken here; its output: "
+            f"{self.output()}")
+
+    def version(self) -> str:
+        v = self.client.get_version()
+        return f"OBS Studio {v.obs_version} (obs-websocket {v.obs_web_socket_version})"
+
+    def exited(self) -> str:
+        """"" while OBS runs, else how it ended (a negative code is the signal that killed it)."""
+        code = self.p.poll()
+        if code is None:
+            return ""
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"OBS Studio ended ({how})"
+
+    def stats(self) -> dict:
+        """OBS's own counters (GetStats): frames rendered and skipped by its graphics thread,
+        frames the outputs took and skipped, the render time per frame in ms; {} if OBS no
+        longer answers."""
+        try:
+            s = self.client.send("GetStats", raw=True)
+        except Exception as exc:  # the client raises several kinds once OBS is gone
+            return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        keys = ("renderTotalFrames", "renderSkippedFrames", "outputTotalFrames",
+                "outputSkippedFrames", "averageFrameRenderTime", "activeFps")
+        return {k: round(s[k], 1) if isinstance(s.get(k), float) else s.get(k) for k in keys}
+
+    def keep_files(self, config: str, dest: str) -> None:
+        """OBS's own log files and crash reports, kept beside the scenario's logs."""
+        for sub in ("logs", "crashes"):
+            src = os.path.join(config, "obs-studio", sub)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(dest, f"obs-{sub}"), dirs_exist_ok=True)
+
+    def virtualcam_active(self) -> bool:
+        try:
+            return bool(self.client.get_virtual_cam_status().output_active)
+        except self._ws.error.OBSSDKRequestError as exc:
+            raise InfrastructureProblem(
+                f"OBS Studio offers no virtual camera ({exc}): it looks for v4l2loopback in "
+                f"/proc/modules at start; its output: {self.output()}") from exc
+
+    def set_virtualcam(self, on: bool) -> tuple[bool, float]:
+        """StartVirtualCam / StopVirtualCam, then wait for the output's state: (reached,
+        seconds). OBS answers the request at once and starts the output on its own, so a
+        start that failed in the module shows only as an output that never becomes active."""
+        t = time.monotonic()
+        if self.exited():
+            return False, 0.0
+        try:
+            if on:
+                self.client.start_virtual_cam()
+            else:
+                self.client.stop_virtual_cam()
+        except OSError:  # the websocket broke: OBS has ended (the caller reports exited())
+            return False, round(time.monotonic() - t, 2)
+        while time.monotonic() - t < OUTPUT_LIMIT_S:
+            try:
+                if self.virtualcam_active() == on:
+                    return True, round(time.monotonic() - t, 2)
+            except OSError:
+                break
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.2)
+        return False, round(time.monotonic() - t, 2)
+
+    def video_nodes(self) -> list[str]:
+        """The /dev/video* nodes OBS holds open (the virtual camera's device while it runs)."""
+        nodes = []
+        fd_dir = f"/proc/{self.p.pid}/fd"
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(fd_dir):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(os.path.join(fd_dir, fd))
+                    if target.startswith("/dev/video"):
+                        nodes.append(target)
+        return sorted(set(nodes))
+
+    def stop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.disconnect()
+        procgroup.stop(self.p, grace=5.0)
+        self.log.close()
+
