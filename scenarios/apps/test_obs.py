@@ -23,7 +23,7 @@ from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
-READ_S = 3.0
+READ_S = 6.0
 MIN_DISTINCT = 3
 READER_LIMIT_S = 30  # from the output's start to the reader's start
 # from the reader's start to the first frame: under TCG, Mesa's llvmpipe compiles the output's
@@ -33,9 +33,10 @@ FIRST_FRAME_LIMIT_S = 120
 # Y = 16 + 219 * (0.2126 R + 0.7152 G + 0.0722 B) / 255, U and V likewise.
 BACKGROUND_YUV = (141, 59, 189)
 TOLERANCE = 12
-# Where the reader looks: the lower right part of the 320x240 canvas, away from the moving
-# 80x60 clock in the top left corner.
-SAMPLES = [(x, y) for x in range(160, 320, 32) for y in range(120, 240, 24)]
+# The profile's canvas and output (obs-config/), and where the reader looks: the lower right
+# quarter, away from the moving 32x24 pattern in the top left corner.
+WIDTH, HEIGHT = 128, 96
+SAMPLES = [(x, y) for x in range(WIDTH // 2, WIDTH, 8) for y in range(HEIGHT // 2, HEIGHT, 8)]
 
 
 class BackgroundCheck:
@@ -51,9 +52,9 @@ class BackgroundCheck:
     def __call__(self, data: memoryview, fmt: dict) -> None:
         self.frames += 1
         self.first_at = self.first_at or time.monotonic()
-        if fmt.get("pixelformat") != YUYV or fmt.get("width", 0) < 320 or fmt.get("height", 0) < 240:
+        if (fmt.get("pixelformat"), fmt.get("width"), fmt.get("height")) != (YUYV, WIDTH, HEIGHT):
             self._wrong(f"format {fourcc(fmt.get('pixelformat', 0))} {fmt.get('width')}x"
-                        f"{fmt.get('height')}, expected YUYV 320x240")
+                        f"{fmt.get('height')}, expected YUYV {WIDTH}x{HEIGHT}")
             return
         bpl = fmt["bytesperline"] or fmt["width"] * 2
         ys, us, vs = [], [], []
