@@ -68,10 +68,12 @@ selftest: venv
 # The gate (issues 4, 9): the patched module (0.15.4 + the series) on bookworm's 6.1 and 6.12
 # and sid's newest kernel (built in a sid build root), default parameter sets, one boot each:
 # the contract, v4l2-compliance 1.22 (bookworm) and 1.32 (sid, from a sid root), the real
-# clients (cells ec0, ec1) and headless Chromium and Firefox (cell ec1); then the rules table of
-# what ran (patched per kernel), which fails unless every rule of the contract holds on each.
+# clients (cells ec0, ec1), headless Chromium and Firefox and OBS Studio's virtual camera under
+# Xvfb (cell ec1); then the rules table of what ran (patched per kernel), which fails unless
+# every rule of the contract holds on each.
 GATE_KERNELS := --kernel debian-6.1 --kernel debian-6.12 --kernel debian-sid
-GATE_SUITES := --suite contract --suite compliance --suite compliance-sid --suite clients --suite browser
+GATE_SUITES := --suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
+	--suite apps
 # Its sanitizer lane (issue 12): patched on the KASAN + lockdep + kmemleak kernel (built once
 # into loopqual's cache), in the two basic sets: the contract, the 60 s random walk and both
 # v4l2-compliance versions; a cell passes only with no sanitizer report, no leak through the
@@ -113,7 +115,7 @@ compare: venv
 	@# the table is printed whatever the runs' verdicts; then make fails if a run did
 	@$(call keep_code,compare,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(COMPARE_MODULES) \
 		--suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
-		--out results/compare); \
+		--suite apps --out results/compare); \
 	$(call keep_code,compare-sanitizer,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(SANITIZER) \
 		$(COMPARE_MODULES) --out results/compare-sanitizer); \
 	$(LOOPQUAL) compare results/compare results/compare-sanitizer; \

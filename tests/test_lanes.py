@@ -56,6 +56,31 @@ def test_two_jobs_two_kernels_one_lane_each(plan_and_weight):
     assert [k for k, _ in lanes] == ["debian-6.1", "debian-6.12"]
 
 
+def test_three_kernels_on_two_jobs_split_one_kernel_instead_of_a_lone_third_lane(plan_and_weight):
+    """The gate's shape: three kernels of about equal work on two guests. One lane per kernel
+    leaves the third to run alone at the end (two lanes' time); splitting one kernel into two
+    lanes takes about one and a half, for one boot more."""
+    cells, weight = plan_and_weight
+    kernels = [("debian-6.1", cells), ("debian-6.12", cells), ("debian-sid", cells)]
+    lanes = qualify.split_lanes(kernels, 2, weight)
+    assert len(lanes) == 4
+    assert sorted(k for k, _ in lanes) == ["debian-6.1", "debian-6.1", "debian-6.12", "debian-sid"]
+    for kname, _ in kernels:  # every cell in exactly one lane of its kernel
+        assert sorted(c["id"] for k, lane in lanes if k == kname for c in lane) == \
+            sorted(c["id"] for c in cells)
+    one_each = [(k, cs) for k, cs in kernels]
+    assert qualify.lanes_wall(lanes, 2, weight) < 0.8 * qualify.lanes_wall(one_each, 2, weight)
+    loads = [sum(weight(c) for c in lane) for _k, lane in lanes]
+    assert loads == sorted(loads, reverse=True)  # heaviest first: the guest slots take them so
+
+
+def test_the_lane_split_is_deterministic(plan_and_weight):
+    cells, weight = plan_and_weight
+    kernels = [("debian-6.1", cells), ("debian-6.12", cells), ("debian-sid", cells[:4])]
+    first = [(k, ids((k, lane))) for k, lane in qualify.split_lanes(kernels, 2, weight)]
+    assert first == [(k, ids((k, lane))) for k, lane in qualify.split_lanes(kernels, 2, weight)]
+
+
 def test_more_jobs_than_cells_gives_one_cell_per_lane(plan_and_weight):
     cells, weight = plan_and_weight
     lanes = qualify.split_lanes([("debian-6.1", cells[:3])], 8, weight)

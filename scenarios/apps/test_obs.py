@@ -23,7 +23,7 @@ from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
-READ_S = 6.0
+READ_S = 4.0
 MIN_DISTINCT = 3
 READER_LIMIT_S = 30  # from the output's start to the reader's start
 # from the reader's start to the first frame: under TCG, Mesa's llvmpipe compiles the output's

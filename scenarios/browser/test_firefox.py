@@ -13,7 +13,15 @@ import json
 import os
 
 import pytest
-from lib.browser import browser_set_up, judge_capture, judge_writer, run_capture_page, scenario_timeout
+from lib.browser import (
+    ONE_FRAME_MIN_FRAMES,
+    ONE_FRAME_S,
+    browser_set_up,
+    judge_capture,
+    judge_writer,
+    run_capture_page,
+    scenario_timeout,
+)
 
 SESSIONS = 3
 SESSION_S = 4
@@ -69,6 +77,10 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
       if (s === 0) say("LOOPQUAL_OPENED");
       v.srcObject = stream;
       await v.play();
+      // frames the element presented (each new frame from the device, repeated or not)
+      let presented = 0, counting = true;
+      const onFrame = () => { presented++; if (counting) v.requestVideoFrameCallback(onFrame); };
+      if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
       const seen = new Set();
       let frames = 0, nonblank = 0;
       const end = performance.now() + %(seconds)d * 1000;
@@ -82,7 +94,8 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
         frames++;
         if (nz > 0) { nonblank++; seen.add(h); seenAll.add(h); }
       }
-      out.sessions.push({frames, nonblank, distinct: seen.size});
+      counting = false;
+      out.sessions.push({frames, nonblank, distinct: seen.size, presented});
       out.frames += frames; out.nonblank += nonblank;
       // the rude stop: the tracks go, nothing is released in order
       track.stop();
@@ -96,6 +109,18 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 """
 
 
+def _firefox(s, record_property, seconds: float):
+    """Firefox on the set-up's page with a fresh profile of PREFS; what the page reported."""
+    profile = os.path.join(s.home, "profile")
+    os.makedirs(profile)
+    with open(os.path.join(profile, "user.js"), "w") as f:
+        for name, value in PREFS.items():
+            f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
+    argv = [s.program, "--headless", "--no-remote", "--profile", profile, s.page_url]
+    return run_capture_page(s.version, argv, {**s.env, "MOZ_HEADLESS": "1"}, s.log_path,
+                            record_property, capture_s=seconds)
+
+
 @pytest.mark.rules("K5")
 @pytest.mark.programs("firefox-esr")
 @pytest.mark.timeout(scenario_timeout(SESSIONS * SESSION_S))
@@ -104,17 +129,33 @@ def test_k5_firefox_get_user_media_again_and_again(cell, openers, record_propert
         return PAGE % {"card": json.dumps(card[:20]), "seconds": SESSION_S, "sessions": SESSIONS}
 
     with browser_set_up(cell, openers, "Firefox ESR", "firefox-esr", page) as s:
-        profile = os.path.join(s.home, "profile")
-        os.makedirs(profile)
-        with open(os.path.join(profile, "user.js"), "w") as f:
-            for name, value in PREFS.items():
-                f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
-        argv = [s.program, "--headless", "--no-remote", "--profile", profile, s.page_url]
-        cap = run_capture_page(s.version, argv, {**s.env, "MOZ_HEADLESS": "1"}, s.log_path,
-                               record_property, capture_s=SESSIONS * SESSION_S)
+        cap = _firefox(s, record_property, SESSIONS * SESSION_S)
     judge_capture(cap, cell.device, s.card)
     sessions = cap.result["sessions"]
     assert len(sessions) == SESSIONS and all(x["distinct"] >= 2 for x in sessions), (
         f"{s.version}: each of {SESSIONS} capture sessions after a rude stop should see at least "
         f"2 distinct non-blank frames in {SESSION_S} s, got {sessions}")
     judge_writer(s)
+
+
+@pytest.mark.rules("K5", "F5")
+@pytest.mark.programs("firefox-esr")
+@pytest.mark.timeout(scenario_timeout(ONE_FRAME_S))
+def test_k5_firefox_after_a_one_frame_writer_left(cell, openers, record_property):
+    """Mozilla's own set-up (keep_format=1, sustain_framerate=1, one frame from a writer that
+    exits at once): Firefox opens the device after the writer has gone and must keep receiving
+    that frame, repeated at the device's frame rate, for the whole window."""
+    def page(card: str) -> str:
+        return PAGE % {"card": json.dumps(card[:20]), "seconds": ONE_FRAME_S, "sessions": 1}
+
+    with browser_set_up(cell, openers, "Firefox ESR", "firefox-esr", page, one_frame=True) as s:
+        cap = _firefox(s, record_property, ONE_FRAME_S)
+    record_property("seen_after_writer", s.seen_after_writer)
+    judge_capture(cap, cell.device, s.card, min_distinct=1,
+                  context=f"after the one-frame writer left, a new opener saw: {s.seen_after_writer}")
+    session = cap.result["sessions"][0]
+    record_property("presented", session["presented"])
+    assert session["presented"] >= ONE_FRAME_MIN_FRAMES, (
+        f"{s.version}, one frame written by a writer that then exited (keep_format=1, "
+        f"sustain_framerate=1): expected the frame repeated, at least {ONE_FRAME_MIN_FRAMES} "
+        f"frames presented in {ONE_FRAME_S} s, got {session}")
