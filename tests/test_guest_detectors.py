@@ -55,7 +55,7 @@ def test_each_detector_reports_its_own_class(tmp_path):
         [sys.executable, "-m", "loopqual.cli", "qualify", "--jobs", "1", "--kernel", KERNEL,
          "--module", "debian-0.15.4", "--params", "ec0", "--suite", "detectors",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=1500, env=env,
+        capture_output=True, text=True, timeout=2400, env=env,
     )
     # 0: the debug kernel's cells are not gated, so a failed cell does not fail the run
     # (1 would say a gated one failed, 2 that a result is incomplete)
