@@ -76,6 +76,10 @@ selftest: venv
 GATE_KERNELS := --kernel debian-6.1 --kernel debian-6.12 --kernel debian-sid
 GATE_SUITES := --suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
 	--suite apps
+# Mozilla's one-frame set-up with both browsers (K4, K5, F5) runs in `make compare`, not here:
+# on 2026-12-02 the gate with it, beside a debug-kernel lane that now boots in 7-13 minutes,
+# was on course for about 77 minutes of make test against CI's 90.
+GATE_SELECT := -k "not one_frame"
 # Its sanitizer lane (issue 12): patched on the KASAN + lockdep + kmemleak kernel (built once
 # into loopqual's cache), in the two basic sets: the contract, the 60 s random walk and both
 # v4l2-compliance versions; a cell passes only with no sanitizer report, no leak through the
@@ -92,7 +96,7 @@ gate: venv
 	@( $(call keep_code,gate-sanitizer,$(LOOPQUAL) qualify --jobs 1 $(SANITIZER_GATE) \
 		--out results/gate-sanitizer >results/gate-sanitizer.log 2>&1) ) & \
 	$(call keep_code,gate,$(LOOPQUAL) qualify $(GATE_KERNELS) --module patched \
-		$(GATE_SUITES) --out results/gate); \
+		$(GATE_SUITES) $(GATE_SELECT) --out results/gate); \
 	wait; echo "--- the sanitizer lane (results/gate-sanitizer.log, its end):"; \
 	tail -n 40 results/gate-sanitizer.log; \
 	for step in gate gate-sanitizer; do code=$$(cat $(EXIT_CODES)/$$step); \
