@@ -26,7 +26,16 @@ import pytest
 
 from loopqual import procgroup
 
-from .common import H, W, caps_str, fmt_str, kept_capture_only, kept_format, need_openers
+from .common import (
+    H,
+    W,
+    caps_str,
+    fmt_str,
+    kept_capture_only,
+    kept_format,
+    need_openers,
+    wait_until,
+)
 from .infra import InfrastructureProblem, need_program, package_version
 from .v4l2 import (
     CAP,
@@ -261,13 +270,12 @@ def restore_controls(cell, openers, before: dict) -> None:
     ctl.close()
     if before.get(CID_KEEP_FORMAT):
         return
-    deadline = time.monotonic() + IDLE_LIMIT_S
-    while True:
+    def caps_now() -> int:
         with Device(cell.device) as d:
-            caps = d.device_caps()
-        if caps & CAP_VIDEO_OUTPUT or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+            return d.device_caps()
+
+    wait_until(lambda: caps_now() & CAP_VIDEO_OUTPUT, IDLE_LIMIT_S, 0.2)
+    caps = caps_now()
     assert caps & CAP_VIDEO_OUTPUT, (
         f"keep_format back to 0 after the one-frame writer and the browser closed: expected the "
         f"idle exclusive_caps=1 node to show OUTPUT again (X1, C3), QUERYCAP shows {caps_str(caps)}")
