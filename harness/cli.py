@@ -42,7 +42,8 @@ def _matrix_args(p: argparse.ArgumentParser, with_suites: bool = True) -> None:
                        help="parameter set from scenarios/params.toml, or inline "
                             "'exclusive_caps=1,keep_format=1' (repeatable; default: the default sets)")
         p.add_argument("--suite", "-s", action="append", default=[], metavar="S",
-                       help="suite from scenarios/suites.toml (repeatable; default: the default suites)")
+                       help="suite from scenarios/suites.toml (repeatable; default: the default suites); "
+                            "SUITE:KERNEL[,KERNEL] runs it only in the cells of those kernels")
         p.add_argument("-k", dest="k", metavar="EXPR",
                        help="pytest -k expression selecting scenarios inside pytest suites")
 

@@ -36,6 +36,21 @@ class Selection:
     profiles: dict[str, data.Profile]
     k: str | None = None
     expected: list[data.ExpectedFailure] = field(default_factory=list)
+    # suite name -> the only kernels it runs on (`--suite NAME:KERNEL[,KERNEL]`); absent: all
+    suite_kernels: dict[str, list[str]] = field(default_factory=dict)
+
+    def suites_for(self, kernel: str | None) -> list[data.Suite]:
+        """The suites a cell of this kernel runs (every selected suite when kernel is None)."""
+        return [s for s in self.suites
+                if kernel is None or kernel in self.suite_kernels.get(s.name, [kernel])]
+
+    def selection_record(self) -> dict:
+        rec = {"kernels": [k.arg for k in self.kernels], "modules": [m.name for m in self.modules],
+               "param_sets": [p.name for p in self.param_sets],
+               "suites": [s.name for s in self.suites], "k": self.k}
+        if self.suite_kernels:
+            rec["suite_kernels"] = {n: list(ks) for n, ks in self.suite_kernels.items()}
+        return rec
 
 
 def select(kernel_names: list[str], module_names: list[str], param_names: list[str],
@@ -53,18 +68,39 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
         data.default_modules(all_sources)
     ps = [data.resolve_params(n, all_params) for n in param_names] or \
         [p for p in all_params.values() if p.default]
-    ss = []
-    for n in suite_names:
+    ss, restricted, everywhere = [], {}, set()
+    for arg in suite_names:
+        n, sep, on = arg.partition(":")
         if n not in all_suites:
             raise data._unknown("suite", n, list(all_suites), data.SUITES_FILE)
         ss.append(all_suites[n])
+        if not sep:
+            everywhere.add(n)
+            continue
+        names = [x.strip() for x in on.split(",") if x.strip()]
+        if not names:
+            raise data.DataError(f"--suite {arg}: name the kernels after ':' (SUITE:KERNEL[,KERNEL])")
+        for kn in names:
+            kname = data.resolve_kernel(kn, all_kernels).name
+            if kname not in {k_.name for k_ in ks}:
+                raise data.DataError(
+                    f"--suite {arg}: kernel '{kn}' is not in this run (its kernels: "
+                    f"{', '.join(k_.name for k_ in ks)}); add --kernel {kn} or drop it")
+            restricted.setdefault(n, []).append(kname)
+    # a suite also given without kernels runs everywhere
+    suite_kernels = {n: _unique(v) for n, v in restricted.items() if n not in everywhere}
     ss = ss or [s for s in all_suites.values() if s.default]
     for s in all_suites.values():
         for name in s.param_sets:
             if name not in all_params:
                 raise data.DataError(f"{data.SUITES_FILE}: [suite.{s.name}] param_sets names "
                                      f"unknown set '{name}'")
-    return Selection(_dedupe(ks), _dedupe(ms), _dedupe(ps), _dedupe(ss), profiles, k, expected)
+    return Selection(_dedupe(ks), _dedupe(ms), _dedupe(ps), _dedupe(ss), profiles, k, expected,
+                     suite_kernels)
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
 
 
 def _dedupe(items):
@@ -313,7 +349,7 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     cells = []
     for cid, kernel, m, ps in matrix(sel):
         c = {"id": cid, "kernel": kernel.name, "module": m.name, "param_set": ps.name,
-             "gated": m.gated, "suites": _cell_suites(ps, sel, {})}
+             "gated": m.gated, "suites": _cell_suites(ps, sel, {}, kernel=kernel.name)}
         c["expected_s"] = cell_weight(c, sel, kernel)
         cells.append(c)
     if not 1 <= n <= len(cells):
@@ -343,6 +379,8 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
                               "param_sets": [[p.name, p.all_params] for p in sel.param_sets],
                               "suites": [s.name for s in sel.suites], "k": sel.k},
                 "cells": [[c["id"], c["shard"]] for c in cells]}
+    if sel.suite_kernels:
+        identity["selection"]["suite_kernels"] = sel.suite_kernels
     plan_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ShardPlan(plan_id, n, cells, [[c["id"] for c in b] for b in buckets], expected(buckets))
 
@@ -407,10 +445,7 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
         "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": _git_commit()},
-        "selection": {"kernels": [k.arg for k in sel.kernels],
-                      "modules": [m.name for m in sel.modules],
-                      "param_sets": [p.name for p in sel.param_sets],
-                      "suites": [s.name for s in sel.suites], "k": sel.k},
+        "selection": sel.selection_record(),
         "expected_failures": [e.__dict__ for e in sel.expected],
         "tools": {name: {"suite": t.suite, "version": t.version, "root": str(t.root),
                          "made_s": t.made_s} for name, t in plan.tools.items()},
@@ -472,7 +507,8 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
                           "warnings": b.warnings, "cached": b.cached, "key": b.key},
                 # an archive kernel as NAME@VERSION: the exact kernel that ran, even once
                 # its suite has moved on
-                "reproduce": reproduce_line(ik.arg or kernel.name, m.name, ps, sel.suites, sel.k, env),
+                "reproduce": reproduce_line(ik.arg or kernel.name, m.name, ps,
+                                            sel.suites_for(kernel.name), sel.k, env),
             }
             plan.metas.append(meta)
             if b.status == "ok":
@@ -601,16 +637,18 @@ def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
     run_env = passthrough_env() if run_env is None else run_env
     return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
             "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
-            "suites": _cell_suites(ps, sel, run_env, prepared), "k": sel.k}
+            "suites": _cell_suites(ps, sel, run_env, prepared, kernel=meta.get("kernel")),
+            "k": sel.k}
 
 
 def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
-                 prepared: dict | None = None) -> list[dict]:
+                 prepared: dict | None = None, kernel: str | None = None) -> list[dict]:
     """The suites (and compliance profiles) a cell of this parameter set runs, each with the
     reason it does not apply where it does not. prepared: the tools' roots (tools.prepare_for);
-    without them (planning only) a suite's tool is named but cannot run."""
+    without them (planning only) a suite's tool is named but cannot run. kernel: the cell's
+    (a suite selected for other kernels only is left out)."""
     suites = []
-    for s in sel.suites:
+    for s in sel.suites_for(kernel):
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
         env = {**s.env, **run_env}

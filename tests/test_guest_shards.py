@@ -15,7 +15,7 @@ SELECTION = ["--kernel", "debian-6.1", "--module", "patched", "--params", "ec1",
              "--suite", "contract", "-k", "test_a1_only_mmap or test_f4_try_fmt"]
 
 
-def loopqual(*args, cwd, timeout=600):
+def loopqual(*args, cwd, timeout=1200):
     return subprocess.run([sys.executable, "-m", "loopqual.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
 

@@ -1,0 +1,54 @@
+"""`--suite NAME:KERNEL[,KERNEL]`: a suite that runs only in the cells of some of the run's
+kernels (the gate runs the real desktop programs on one kernel), planned from names and the
+data files only."""
+
+from __future__ import annotations
+
+import pytest
+
+from loopqual import data, qualify
+
+KERNELS = ["debian-6.1", "debian-6.12", "debian-sid"]
+
+
+def suites_of(sel, kernel):
+    (ps,) = [p for p in sel.param_sets if p.name == "ec1"]
+    return [s["name"] for s in qualify._cell_suites(ps, sel, {}, kernel=kernel)]
+
+
+def test_a_suite_named_with_a_kernel_is_planned_in_that_kernels_cells_only():
+    sel = qualify.select(KERNELS, ["patched"], ["ec1"],
+                         ["contract", "clients", "browser:debian-6.12", "apps:debian-6.12"], None)
+    assert suites_of(sel, "debian-6.12") == ["contract", "clients", "browser", "apps"]
+    assert suites_of(sel, "debian-6.1") == ["contract", "clients"]
+    assert suites_of(sel, "debian-sid") == ["contract", "clients"]
+    assert sel.selection_record()["suite_kernels"] == {"browser": ["debian-6.12"],
+                                                        "apps": ["debian-6.12"]}
+
+
+def test_the_plan_weighs_only_what_each_kernel_runs():
+    sel = qualify.select(KERNELS, ["patched"], ["ec1"], ["contract", "apps:debian-6.12"], None)
+    plan = qualify.plan_shards(sel, 1)
+    weight = {c["kernel"]: c["expected_s"] for c in plan.cells}
+    apps = data.load_suites()[0]["apps"].typical_s
+    assert weight["debian-6.12"] == pytest.approx(weight["debian-6.1"] + apps, rel=0.35)
+    assert weight["debian-6.12"] > weight["debian-6.1"]
+
+
+def test_several_kernels_and_a_bare_name_that_wins():
+    sel = qualify.select(KERNELS, ["patched"], ["ec1"], ["contract:debian-6.1,debian-sid"], None)
+    assert suites_of(sel, "debian-6.12") == []
+    assert suites_of(sel, "debian-sid") == ["contract"]
+    sel = qualify.select(KERNELS, ["patched"], ["ec1"], ["contract:debian-6.1", "contract"], None)
+    assert all(suites_of(sel, k) == ["contract"] for k in KERNELS)
+    assert "suite_kernels" not in sel.selection_record()
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("browser:debian-6.12", "is not in this run"),
+    ("browser:", "name the kernels after ':'"),
+    ("browser:no-such-kernel", "no-such-kernel"),
+])
+def test_a_kernel_the_run_does_not_have_is_bad_input(arg, says):
+    with pytest.raises(data.DataError, match=says):
+        qualify.select(["debian-6.1"], ["patched"], ["ec1"], [arg], None)
