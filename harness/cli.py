@@ -163,8 +163,26 @@ def main(argv: list[str] | None = None) -> int:
         name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         print(f"loopqual: interrupted by {name}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug in loopqual (or its checkout vanishing under it)
+        print(f"loopqual: internal error: {type(exc).__name__}: {exc}; "
+              f"{_keep_traceback(exc)}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _keep_traceback(exc: BaseException) -> str:
+    """The traceback goes to a file, not to the user's terminal; says where (or why not)."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="loopqual-internal-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError as e:
+        return f"its traceback could not be kept ({e})"
+    return f"its traceback is in {path}; please report it with that file"
 
 
 def _dispatch(args, argv: list[str]) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import results
+from . import results, rules
 from .data import CATEGORIES
 from .paths import atomic_write
 from .profile import bars, time_profile
@@ -124,8 +124,6 @@ def write_html(path: Path, run: dict) -> None:
             param_sets.append(c["param_set"])
     rule_cols, rule_table, rule_text = [], {}, {}
     if any(c.get("scenarios") for c in cells):
-        from . import rules
-
         try:
             rule_text = rules.load_rules()
             rule_cols, rule_table = rules.compare(run, rule_text)

@@ -13,6 +13,8 @@ CASES = [
     (["qualify", "--suite", "nosuite"], "unknown suite 'nosuite'"),
     (["build", "--kernel", "nokernel"], "unknown kernel 'nokernel'"),
     (["report", "/nonexistent"], "no results.json"),
+    (["qualify", "--kernel", "debian-6.1", "--suite", "browser:debian-6.12"],
+     "kernel 'debian-6.12' is not in this run"),
 ]
 
 
@@ -51,3 +53,22 @@ def test_sigterm_outside_the_guest_stage_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "loopqual: interrupted by SIGTERM"
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_kept_in_a_file(monkeypatch, capsys):
+    """A bug (here: a dispatch that raises) never shows the user a traceback; the file has it."""
+    from pathlib import Path
+
+    from loopqual import cli
+
+    def broken(_args, _argv):
+        raise ImportError("cannot import name 'rules' from 'loopqual'")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loopqual: internal error: ImportError: cannot import name 'rules'")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    kept = Path(err.split("its traceback is in ")[1].split(";")[0])
+    assert "Traceback" in kept.read_text() and "broken" in kept.read_text()
+    kept.unlink()
