@@ -114,12 +114,13 @@ gate: venv
 	  [ "$$code" = 0 ] || exit $$code; done
 	@$(call record,gate-rules,$(LOOPQUAL) compare --gated-must-hold results/gate)
 
-# The real desktop programs (Chromium, Firefox, OBS Studio) and Mozilla's one-frame set-up on
-# every kernel of the gate, patched, cell ec1 (the gate runs them on debian-6.12 only).
+# The real desktop programs (Chromium, Firefox, OBS Studio), Mozilla's one-frame set-up and
+# K6 with every real program at once (suite together) on every kernel of the gate, patched,
+# cell ec1 (the gate runs the first two suites on debian-6.12 only).
 qualify-programs: venv
 	$(PY) -m compileall -q harness scenarios >/dev/null
 	@$(call record,qualify-programs,$(LOOPQUAL) qualify $(GATE_KERNELS) --module patched \
-		--params ec1 --suite browser --suite apps --out results/qualify-programs)
+		--params ec1 --suite browser --suite apps --suite together --out results/qualify-programs)
 
 # make test: lint, the host unit tests, then the gate with the selftest in its side lane.
 test: lint unit
@@ -141,7 +142,7 @@ compare: venv
 	@# the table is printed whatever the runs' verdicts; then make fails if a run did
 	@$(call keep_code,compare,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(COMPARE_MODULES) \
 		--suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
-		--suite apps --out results/compare); \
+		--suite apps --suite together --out results/compare); \
 	$(call keep_code,compare-sanitizer,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(SANITIZER) \
 		$(COMPARE_MODULES) --out results/compare-sanitizer); \
 	$(LOOPQUAL) compare results/compare results/compare-sanitizer; \

@@ -15,6 +15,7 @@ from lib.browser import (
     ONE_FRAME_MIN_FRAMES,
     ONE_FRAME_S,
     browser_set_up,
+    chromium_argv,
     judge_capture,
     judge_writer,
     run_capture_page,
@@ -67,29 +68,6 @@ console.log("LOOPQUAL_STARTED");
 """
 
 
-def _argv(s) -> list[str]:
-    """Headless Chromium on the set-up's page, with a fresh profile."""
-    return [s.program, "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--use-fake-ui-for-media-stream", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--disable-extensions", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-            # no field trials (their testing configuration turns experimental features on)
-            "--disable-field-trial-config",
-            # Chromium 156 classifies the machine's performance for on-device models at each
-            # launch with a fresh profile: a service that tries the GPU through Vulkan and
-            # SwiftShader and, under TCG, holds the only vCPU for minutes before it gives up
-            # (its log: "on_device_model service disconnect ... Error loading backend"). A
-            # given class skips the evaluation; 8 is "GPU blocked", true of a guest without one.
-            "--optimization-guide-performance-class=8",
-            # Fewer child processes that must connect to the browser within 15 s or end
-            # themselves: under TCG on a busy machine the network service missed that, was
-            # restarted, and the page never loaded (seen twice, 480 s without a start). The
-            # network service and the GPU's work run in the browser process instead.
-            "--enable-features=NetworkServiceInProcess2", "--in-process-gpu",
-            f"--user-data-dir={s.home}/profile", "--enable-logging=stderr", "--v=0",
-            s.page_url]
-
-
 @pytest.mark.rules("K4")
 @pytest.mark.programs("chromium")
 @pytest.mark.timeout(scenario_timeout())
@@ -98,7 +76,8 @@ def test_k4_chromium_get_user_media(cell, openers, record_property):
         return PAGE % {"card": json.dumps(card[:20]), "seconds": CAPTURE_S}
 
     with browser_set_up(cell, openers, "Chromium", "chromium", page) as s:
-        cap = run_capture_page(s.version, _argv(s), s.env, s.log_path, record_property)
+        argv = chromium_argv(s.program, s.home, s.page_url)
+        cap = run_capture_page(s.version, argv, s.env, s.log_path, record_property)
     judge_capture(cap, cell.device, s.card)
     judge_writer(s)
 
@@ -114,7 +93,8 @@ def test_k4_chromium_after_a_one_frame_writer_left(cell, openers, record_propert
         return PAGE % {"card": json.dumps(card[:20]), "seconds": ONE_FRAME_S}
 
     with browser_set_up(cell, openers, "Chromium", "chromium", page, one_frame=True) as s:
-        cap = run_capture_page(s.version, _argv(s), s.env, s.log_path, record_property,
+        argv = chromium_argv(s.program, s.home, s.page_url)
+        cap = run_capture_page(s.version, argv, s.env, s.log_path, record_property,
                                capture_s=ONE_FRAME_S)
     record_property("seen_after_writer", s.seen_after_writer)
     judge_capture(cap, cell.device, s.card, min_distinct=1,

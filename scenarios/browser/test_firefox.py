@@ -10,13 +10,13 @@ not start in time makes the scenario incomplete, not a K5 failure.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from lib.browser import (
     ONE_FRAME_MIN_FRAMES,
     ONE_FRAME_S,
     browser_set_up,
+    firefox_argv,
     judge_capture,
     judge_writer,
     run_capture_page,
@@ -25,30 +25,6 @@ from lib.browser import (
 
 SESSIONS = 3
 SESSION_S = 4
-
-# A fresh profile's settings: the camera without a prompt, V4L2 directly (no fake streams,
-# no PipeWire portal), the page's dump() on the browser's output, and none of a desktop
-# browser's own network chatter (the guest has no network).
-PREFS = {
-    "media.navigator.permission.disabled": True,
-    "media.navigator.streams.fake": False,
-    "media.webrtc.camera.allow-pipewire": False,
-    "media.autoplay.default": 0,
-    "browser.dom.window.dump.enabled": True,
-    "browser.shell.checkDefaultBrowser": False,
-    "browser.startup.homepage_override.mstone": "ignore",
-    "browser.aboutwelcome.enabled": False,
-    "datareporting.policy.dataSubmissionEnabled": False,
-    "datareporting.healthreport.uploadEnabled": False,
-    "toolkit.telemetry.enabled": False,
-    "app.update.auto": False,
-    "extensions.update.enabled": False,
-    "network.captive-portal-service.enabled": False,
-    "network.connectivity-service.enabled": False,
-    "browser.safebrowsing.update.enabled": False,
-    "browser.safebrowsing.malware.enabled": False,
-    "browser.safebrowsing.phishing.enabled": False,
-}
 
 PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
 <video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
@@ -110,15 +86,10 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 
 
 def _firefox(s, record_property, seconds: float):
-    """Firefox on the set-up's page with a fresh profile of PREFS; what the page reported."""
-    profile = os.path.join(s.home, "profile")
-    os.makedirs(profile)
-    with open(os.path.join(profile, "user.js"), "w") as f:
-        for name, value in PREFS.items():
-            f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
-    argv = [s.program, "--headless", "--no-remote", "--profile", profile, s.page_url]
-    return run_capture_page(s.version, argv, {**s.env, "MOZ_HEADLESS": "1"}, s.log_path,
-                            record_property, capture_s=seconds)
+    """Firefox on the set-up's page with a fresh profile of FIREFOX_PREFS; what the page reported."""
+    return run_capture_page(s.version, firefox_argv(s.program, s.home, s.page_url),
+                            {**s.env, "MOZ_HEADLESS": "1"}, s.log_path, record_property,
+                            capture_s=seconds)
 
 
 @pytest.mark.rules("K5")

@@ -70,6 +70,64 @@ def scenario_timeout(capture_s: float = CAPTURE_S) -> int:
     return int(START_LIMIT_S + open_limit(START_LIMIT_S, capture_s) + 60)
 
 
+def chromium_argv(program: str, home: str, page_url: str) -> list[str]:
+    """Headless Chromium on a page, with a fresh profile under home."""
+    return [program, "--headless=new", "--no-sandbox", "--disable-gpu",
+            "--use-fake-ui-for-media-stream", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-extensions", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
+            # no field trials (their testing configuration turns experimental features on)
+            "--disable-field-trial-config",
+            # Chromium 156 classifies the machine's performance for on-device models at each
+            # launch with a fresh profile: a service that tries the GPU through Vulkan and
+            # SwiftShader and, under TCG, holds the only vCPU for minutes before it gives up
+            # (its log: "on_device_model service disconnect ... Error loading backend"). A
+            # given class skips the evaluation; 8 is "GPU blocked", true of a guest without one.
+            "--optimization-guide-performance-class=8",
+            # Fewer child processes that must connect to the browser within 15 s or end
+            # themselves: under TCG on a busy machine the network service missed that, was
+            # restarted, and the page never loaded (seen twice, 480 s without a start). The
+            # network service and the GPU's work run in the browser process instead.
+            "--enable-features=NetworkServiceInProcess2", "--in-process-gpu",
+            f"--user-data-dir={home}/profile", "--enable-logging=stderr", "--v=0",
+            page_url]
+
+
+# A fresh profile's settings: the camera without a prompt, V4L2 directly (no fake streams,
+# no PipeWire portal), the page's dump() on the browser's output, and none of a desktop
+# browser's own network chatter (the guest has no network).
+FIREFOX_PREFS = {
+    "media.navigator.permission.disabled": True,
+    "media.navigator.streams.fake": False,
+    "media.webrtc.camera.allow-pipewire": False,
+    "media.autoplay.default": 0,
+    "browser.dom.window.dump.enabled": True,
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "browser.aboutwelcome.enabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "app.update.auto": False,
+    "extensions.update.enabled": False,
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "browser.safebrowsing.update.enabled": False,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+}
+
+def firefox_argv(program: str, home: str, page_url: str) -> list[str]:
+    """Headless Firefox on a page, with a fresh profile of FIREFOX_PREFS under home (run it
+    with MOZ_HEADLESS=1)."""
+    profile = os.path.join(home, "profile")
+    os.makedirs(profile)
+    with open(os.path.join(profile, "user.js"), "w") as f:
+        for name, value in FIREFOX_PREFS.items():
+            f.write(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n")
+    return [program, "--headless", "--no-remote", "--profile", profile, page_url]
+
+
 class BrowserRun:
     """A browser in its own session, its output logged to a file (unbuffered: a scenario cut
     short still leaves it) and read line by line for the page's marks."""

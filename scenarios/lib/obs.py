@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -69,7 +70,7 @@ def xvfb(log_path: str) -> Iterator[str]:
         log.close()
 
 
-def fresh_home(root: str) -> dict:
+def fresh_home(root: str, fps: int | None = None) -> dict:
     """The prepared configuration copied into root (a fresh, writable home); OBS's
     environment: software OpenGL, no D-Bus session (there is none in the guest).
 
@@ -80,6 +81,12 @@ def fresh_home(root: str) -> dict:
     segfault")."""
     config = os.path.join(root, "config")
     shutil.copytree(CONFIG, config, ignore=shutil.ignore_patterns("README.md"))
+    if fps is not None:  # the profile's frame rate (FPSType=1: an integer rate) changed
+        ini = Path(config) / "obs-studio" / "basic" / "profiles" / "loopqual" / "basic.ini"
+        text = ini.read_text()
+        if "FPSInt=" not in text:
+            raise InfrastructureProblem(f"{ini}: no FPSInt= line to set {fps} frames per second")
+        ini.write_text(re.sub(r"(?m)^FPSInt=\d+$", f"FPSInt={fps}", text))
     return {"HOME": root, "XDG_CONFIG_HOME": config, "XDG_CACHE_HOME": os.path.join(root, "cache"),
             "LIBGL_ALWAYS_SOFTWARE": "1", "GALLIUM_OVERRIDE_CPU_CAPS": "sse4.1", "QT_QPA_PLATFORM": "xcb",
             "DBUS_SESSION_BUS_ADDRESS": "disabled:", "LC_ALL": "C.UTF-8"}

@@ -1,0 +1,352 @@
+"""K6 with the real programs: OBS Studio's virtual camera writes while headless Chromium,
+headless Firefox ESR and ffmpeg read the same device at once. Then the readers stop in turn
+and the others carry on, and OBS stops and starts its camera while two readers stay open:
+both must receive frames again.
+
+Timeline (each window WINDOW_S seconds, judged per reader by the distinct frames it received
+in that window):
+  OBS starts (Xvfb, software OpenGL, the prepared scene at OBS_FPS frames per second: under
+  TCG the browsers need the vCPU OBS would otherwise take), its camera starts; ffmpeg,
+  Chromium and Firefox open the device.
+  window 1  every reader
+  Chromium is killed (a rude stop)
+  window 2  Firefox and ffmpeg carry on
+  OBS stops its camera and starts it again (the readers stay open)
+  window 3  Firefox and ffmpeg receive frames again
+  ffmpeg stops (SIGINT, as a user's Ctrl-C)
+  window 4  Firefox carries on
+The browsers' pages report what they received every TICK_S seconds (LOOPQUAL_TICK {json}):
+frames, non-blank frames and distinct non-blank frames so far; ffmpeg writes each frame's MD5
+(-f framemd5), flushed per frame. A program that is missing or does not start in time makes
+the scenario incomplete, never a pass or a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+from lib.browser import (
+    IDLE_LIMIT_S,
+    START_LIMIT_S,
+    BrowserRun,
+    chromium_argv,
+    firefox_argv,
+)
+from lib.clients import Client
+from lib.common import caps_str, need_openers, wait_until
+from lib.infra import InfrastructureProblem, need_program, package_version
+from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, xvfb
+from lib.v4l2 import CAP_VIDEO_OUTPUT, Device
+
+OBS_FPS = 2
+WINDOW_S = 15
+MIN_DISTINCT = 2  # per reader per window (OBS_FPS * WINDOW_S frames are written)
+TICK_S = 2
+# from the last launch until every reader has its first distinct frame
+READY_LIMIT_S = START_LIMIT_S + 300
+RUN_S = READY_LIMIT_S + 8 * WINDOW_S + 4 * OUTPUT_LIMIT_S  # how long the pages keep reading
+TIMEOUT_S = START_LIMIT_S + RUN_S + 300
+
+CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
+const say = (s) => console.log(s);
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, error: null, devices: []};
+  const seen = new Set();
+  try {
+    let stream = null;
+    const until = performance.now() + %(run_s)d * 1000;
+    while (!stream && performance.now() < until) {
+      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
+      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
+    }
+    out.error = null;
+    const devs = await navigator.mediaDevices.enumerateDevices();
+    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
+      stream.getTracks().forEach(t => t.stop());
+      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
+    }
+    const track = stream.getVideoTracks()[0];
+    out.label = track.label;
+    say("LOOPQUAL_OPENED");
+    const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
+    let next = performance.now();
+    while (performance.now() < until) {
+      if (performance.now() >= next) {
+        out.distinct = seen.size; out.ended = track.readyState === "ended";
+        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+      }
+      const r = await Promise.race([reader.read(),
+        new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
+      if (r.timeout) continue;
+      if (r.done) { await sleep(1000); continue; }
+      const f = r.value;
+      out.frames++;
+      try {
+        const buf = new Uint8Array(f.allocationSize());
+        await f.copyTo(buf);
+        let h = 0, nz = 0;
+        for (let i = 0; i < buf.length; i += 61) { h = (h * 31 + buf[i]) | 0; if (buf[i]) nz++; }
+        if (nz > 0) { out.nonblank++; seen.add(h); }
+      } catch (e) { out.error = "copyTo: " + e; }
+      f.close();
+    }
+  } catch (e) { out.error = String(e); }
+  out.distinct = seen.size;
+  say("LOOPQUAL_RESULT " + JSON.stringify(out));
+})();
+</script></body></html>
+"""
+
+FIREFOX_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
+<video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
+const say = (s) => { dump(s + "\n"); };
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, presented: 0, error: null,
+               devices: []};
+  const seen = new Set();
+  try {
+    let stream = null;
+    const until = performance.now() + %(run_s)d * 1000;
+    while (!stream && performance.now() < until) {
+      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
+      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
+    }
+    out.error = null;
+    const devs = await navigator.mediaDevices.enumerateDevices();
+    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
+      stream.getTracks().forEach(t => t.stop());
+      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
+    }
+    const track = stream.getVideoTracks()[0];
+    out.label = track.label;
+    say("LOOPQUAL_OPENED");
+    const v = document.getElementById("v"), c = document.getElementById("c");
+    const ctx = c.getContext("2d", {willReadFrequently: true});
+    v.srcObject = stream;
+    await v.play();
+    const onFrame = () => { out.presented++; v.requestVideoFrameCallback(onFrame); };
+    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
+    let next = performance.now();
+    while (performance.now() < until) {
+      if (performance.now() >= next) {
+        out.distinct = seen.size; out.ended = track.readyState === "ended";
+        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+      }
+      await sleep(100);
+      if (!v.videoWidth) continue;
+      ctx.drawImage(v, 0, 0, c.width, c.height);
+      const px = ctx.getImageData(0, 0, c.width, c.height).data;
+      let h = 0, nz = 0;
+      for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
+      out.frames++;
+      if (nz > 0) { out.nonblank++; seen.add(h); }
+    }
+  } catch (e) { out.error = String(e); }
+  out.distinct = seen.size;
+  say("LOOPQUAL_RESULT " + JSON.stringify(out));
+})();
+</script></body></html>
+"""
+
+
+class TickingBrowser(BrowserRun):
+    """A browser whose page reports what it has received so far every TICK_S seconds; the
+    newest report is kept, and pump() reads its output for a while without waiting on a mark."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: str):
+        super().__init__(argv, env, log_path)
+        self.name = name
+        self.last: dict = {}
+
+    def _scan(self, line: bytes) -> None:
+        super()._scan(line)
+        i = line.find(b"LOOPQUAL_TICK ")
+        if i >= 0:
+            js = line[i + len(b"LOOPQUAL_TICK "):].decode(errors="replace")
+            try:
+                self.last = json.loads(js[: js.rfind("}") + 1])
+            except ValueError:
+                pass
+
+    def pump(self, seconds: float) -> None:
+        self.wait_for("LOOPQUAL_NEVER", time.monotonic() - self.t0 + seconds)
+
+    def distinct(self) -> int:
+        return int(self.last.get("distinct") or 0)
+
+    def state(self) -> str:
+        return json.dumps(self.last)[:300]
+
+
+class FfmpegReader:
+    """ffmpeg reading the device, each frame's MD5 flushed to a file as it arrives."""
+
+    def __init__(self, device: str, log_dir: str):
+        self.name = "ffmpeg"
+        self.out = os.path.join(log_dir, "ffmpeg-framemd5.txt")
+        self.client = Client(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
+                              "-f", "v4l2", "-i", device, "-f", "framemd5", "-flush_packets", "1",
+                              "-y", self.out], "ffmpeg-reader", log_dir)
+
+    def digests(self) -> list[str]:
+        try:
+            with open(self.out) as f:
+                return [ln.rsplit(",", 1)[-1].strip() for ln in f if ln[:1].isdigit()]
+        except OSError:
+            return []
+
+    def distinct(self) -> int:
+        return len(set(self.digests()))
+
+    def state(self) -> str:
+        d = self.digests()
+        alive = "running" if self.client.alive() else f"exited ({self.client.p.returncode})"
+        return f"{len(d)} frames, {len(set(d))} distinct, {alive}; {self.client.output(300)!r}"
+
+
+def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        for b in browsers:
+            b.pump(min(0.5, max(0.05, left / max(1, len(browsers)))))
+
+
+@pytest.mark.rules("K6", "K3", "K4", "K5")
+@pytest.mark.programs("obs", "Xvfb", "chromium", "firefox-esr", "ffmpeg")
+@pytest.mark.timeout(TIMEOUT_S)
+def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, openers, record_property):
+    if not cell.exclusive_caps:
+        pytest.skip("the browsers list only CAPTURE-without-OUTPUT nodes: K6 with them needs "
+                    "exclusive_caps=1; this cell has exclusive_caps=0")
+    need_openers(cell, 4)
+    programs = {p: need_program(p) for p in ("chromium", "firefox-esr", "ffmpeg")}
+    versions = {"chromium": f"Chromium {package_version('chromium')}",
+                "firefox": f"Firefox ESR {package_version('firefox-esr')}",
+                "ffmpeg": f"ffmpeg {package_version('ffmpeg')}"}
+    with open(f"/sys/class/video4linux/{os.path.basename(cell.device)}/name") as f:
+        card = f.read().strip()
+    log_dir = os.path.join(cell.work_dir, "together")
+    os.makedirs(log_dir, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="loopqual-k6-")
+    windows: list[dict] = []
+    steps: dict[str, object] = {}
+    browsers: list[TickingBrowser] = []
+    ffmpeg = None
+    try:
+        with xvfb(os.path.join(log_dir, "xvfb.log")) as display:
+            obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,
+                      os.path.join(log_dir, "obs.log"))
+            try:
+                steps["obs_startup_s"] = obs.wait_ready()
+                versions["obs"] = obs.version()
+                started, steps["obs_camera_start_s"] = obs.set_virtualcam(True)
+                assert started, (f"{versions['obs']}: the virtual camera did not start within "
+                                 f"{OUTPUT_LIMIT_S} s; {obs.exited()} {obs.camera_lines()}")
+                steps["obs_nodes"] = obs.video_nodes()
+                assert steps["obs_nodes"] == [os.path.realpath(cell.device)], (
+                    f"OBS's camera holds {steps['obs_nodes']}, the device under test is {cell.device}")
+
+                ffmpeg = FfmpegReader(cell.device, log_dir)
+                for name, argv_of, env_extra in (
+                        ("chromium", chromium_argv, {}),
+                        ("firefox", firefox_argv, {"MOZ_HEADLESS": "1"})):
+                    bhome = os.path.join(home, name)
+                    os.makedirs(bhome)
+                    page = os.path.join(bhome, "page.html")
+                    template = CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE
+                    with open(page, "w") as f:
+                        f.write(template % {"card": json.dumps(card[:20]), "run_s": RUN_S,
+                                            "tick_s": TICK_S})
+                    env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
+                               XDG_CACHE_HOME=os.path.join(bhome, "cache"),
+                               DBUS_SESSION_BUS_ADDRESS="disabled:", **env_extra)
+                    program = programs["chromium" if name == "chromium" else "firefox-esr"]
+                    browsers.append(TickingBrowser(name, argv_of(program, bhome, f"file://{page}"),
+                                                   env, os.path.join(log_dir, f"{name}.log")))
+                chromium, firefox = browsers
+                readers = {"chromium": chromium, "firefox": firefox, "ffmpeg": ffmpeg}
+
+                # every reader open and with a distinct frame, or the start-up failed
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < READY_LIMIT_S:
+                    pump_all(browsers, 2.0)
+                    if all(r.distinct() >= 1 for r in readers.values()):
+                        break
+                    if obs.exited():
+                        break
+                steps["readers_ready_s"] = round(time.monotonic() - t0, 1)
+                steps["browser_startup_s"] = {b.name: b.marks.get("LOOPQUAL_STARTED") for b in browsers}
+                steps["browser_open_s"] = {b.name: b.marks.get("LOOPQUAL_OPENED") for b in browsers}
+                not_started = [b for b in browsers if "LOOPQUAL_STARTED" not in b.marks]
+                if not_started:
+                    raise InfrastructureProblem(
+                        "; ".join(f"{versions[b.name]} did not start within "
+                                  f"{steps['readers_ready_s']:.0f} s (exit {b.p.poll()}): "
+                                  f"{b.output_tail(400)}" for b in not_started))
+                waiting = {n: r.state() for n, r in readers.items() if r.distinct() < 1}
+                assert not waiting and not obs.exited(), (
+                    f"with {versions['obs']} writing, not every reader received a frame within "
+                    f"{READY_LIMIT_S} s: {waiting}; {obs.exited()}; OBS: {obs.stats()}")
+
+                def window(n: int, names: list[str], before: str) -> None:
+                    start = {nm: readers[nm].distinct() for nm in names}
+                    pump_all(browsers, WINDOW_S)
+                    got = {nm: readers[nm].distinct() - start[nm] for nm in names}
+                    windows.append({"window": n, "after": before, "distinct": got,
+                                    "obs": obs.stats()})
+                    short = {nm: readers[nm].state() for nm, d in got.items() if d < MIN_DISTINCT}
+                    assert not short, (
+                        f"window {n} ({before}): expected every open reader to receive at least "
+                        f"{MIN_DISTINCT} distinct frames in {WINDOW_S} s from {versions['obs']} "
+                        f"at {OBS_FPS} fps; got {got}; the short ones: {short}; "
+                        f"OBS: {obs.stats()} {obs.exited()}")
+
+                window(1, ["chromium", "firefox", "ffmpeg"], "every reader open")
+                chromium.stop()
+                window(2, ["firefox", "ffmpeg"], "Chromium killed")
+                stopped, steps["obs_camera_stop_s"] = obs.set_virtualcam(False)
+                assert stopped, f"OBS's camera did not stop within {OUTPUT_LIMIT_S} s; {obs.camera_lines()}"
+                pump_all([firefox], 3.0)
+                started, steps["obs_camera_restart_s"] = obs.set_virtualcam(True)
+                assert started, (f"OBS's camera did not start again within {OUTPUT_LIMIT_S} s "
+                                 f"with Firefox and ffmpeg open; {obs.camera_lines()}")
+                window(3, ["firefox", "ffmpeg"], "OBS's camera stopped and started again")
+                ffmpeg.client.stop()
+                window(4, ["firefox"], "ffmpeg stopped")
+            finally:
+                record_property("programs", versions)
+                record_property("steps", steps)
+                record_property("windows", windows)
+                for b in browsers:
+                    b.stop()
+                if ffmpeg is not None and ffmpeg.client.alive():
+                    ffmpeg.client.stop()
+                obs.stop()
+                obs.keep_files(os.path.join(home, "obs", "config"), log_dir)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert len(windows) == 4, windows
+
+    # everyone has gone: the idle exclusive_caps=1 node shows OUTPUT again (X1, C3)
+    def caps_now() -> int:
+        with Device(cell.device) as d:
+            return d.device_caps()
+
+    wait_until(lambda: caps_now() & CAP_VIDEO_OUTPUT, IDLE_LIMIT_S, 0.2)
+    caps = caps_now()
+    assert caps & CAP_VIDEO_OUTPUT, (
+        f"OBS, Chromium, Firefox and ffmpeg have all closed the device: expected the idle "
+        f"exclusive_caps=1 node to show OUTPUT again (X1, C3), QUERYCAP shows {caps_str(caps)}")
