@@ -222,3 +222,142 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
         lines.append("\nNot measured / errors:")
         lines += [f"  {s} {p} {k[:-6]}: {e}" for s, p, k, e in errors]
     return "\n".join(lines)
+
+
+# --- loopqual bench --programs: real writers and readers (issue 10) ---
+
+PROGRAM_PAIRS = [("ffmpeg", "ffmpeg"), ("ffmpeg", "gst"), ("gst", "ffmpeg"), ("gst", "gst")]
+PROGRAM_MODULES = ["debian-0.13.2", "debian-0.15.4", "patched"]
+PROGRAM_PACKAGES = {"ffmpeg": "ffmpeg", "gst": "gstreamer1.0-tools"}
+
+
+def _build_modules(names: list[str], ik, kernel_name: str) -> list[dict]:
+    mirror, all_sources = data.load_sources()
+    modules = []
+    for name in names:
+        src = data.resolve_source(name, all_sources)
+        tree, patches = sources.prepare(src, all_sources, mirror)
+        b = buildmod.build(src.name, tree, patches, ik)
+        if b.status != "ok":
+            raise LoopqualError(f"{name} does not build on {kernel_name}:\n{b.log_tail}")
+        modules.append({"name": name, "ko": b.ko})
+    return modules
+
+
+def _package_version(package: str) -> str:
+    import subprocess
+
+    p = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    if p.returncode != 0 or not p.stdout:
+        raise LoopqualError(f"the bench needs Debian's {package}, which is not installed: "
+                            f"`make deps` installs it")
+    return p.stdout
+
+
+def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
+                 modules: list[str] | None = None, size: tuple[int, int] = (640, 480),
+                 fps: int = 30, warmup_s: float = 3.0, start_limit_s: float = 120.0) -> int:
+    """Real programs through the device: each pair of PROGRAM_PAIRS (writer, reader) on each
+    module, every module in the same boot, pair by pair. Prints the table, writes
+    bench-programs.json. Measures; asserts nothing."""
+    if window_s <= 0:
+        raise LoopqualError(f"--window {window_s}: give a positive number of seconds")
+    all_kernels = data.load_kernels()
+    kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
+        next(k for k in all_kernels.values() if k.default)
+    versions = {prog: f"{pkg} {_package_version(pkg)}" for prog, pkg in PROGRAM_PACKAGES.items()}
+    ik = kernels.resolve(kernel)
+    names = modules or PROGRAM_MODULES
+    built = _build_modules(names, ik, kernel.name)
+    out = out or REPO / "results" / ("bench-programs-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    rw = out / "guest"
+    if rw.exists():
+        shutil.rmtree(rw)
+    rw.mkdir(parents=True)
+    w, h = size
+    plan = {"out": str(rw), "params": {"exclusive_caps": 1}, "modules": built,
+            "pairs": [{"writer": a, "reader": b} for a, b in PROGRAM_PAIRS],
+            "width": w, "height": h, "fps": fps, "warmup_s": warmup_s, "window_s": window_s,
+            "start_limit_s": start_limit_s, "versions": versions}
+    plan_path = rw / "bench-programs-plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+    accel = vm.detect_accel(ik.vmlinuz)
+    print(f"bench --programs: booting {ik.release} ({accel.upper()}); {len(PROGRAM_PAIRS)} pairs x "
+          f"{len(built)} modules, {w}x{h} YUYV at {fps} fps, {window_s:.0f} s windows",
+          file=sys.stderr, flush=True)
+
+    def progress(ev):
+        if ev.get("event") == "step":
+            print(f"  {ev['step']}", file=sys.stderr, flush=True)
+
+    per = 2 * start_limit_s + warmup_s + window_s + 30
+    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench_programs")
+    _gr, reason, tail = vm.boot_once(cmd, len(PROGRAM_PAIRS) * len(built) * per + 180, progress)
+    result_file = rw / "bench-programs-guest.json"
+    if not result_file.exists():
+        raise LoopqualError("the program bench did not finish: " + (reason or "no result file")
+                            + "\n" + "\n".join(tail[-15:]))
+    guest = json.loads(result_file.read_text())
+    rows = program_rows(guest, names)
+    doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "size": f"{w}x{h}",
+           "fps": fps, "window_s": window_s, "versions": versions, "guest": guest, "rows": rows}
+    (out / "bench-programs.json").write_text(json.dumps(doc, indent=1))
+    print(render_programs(rows, names, doc))
+    print(f"\nbench-programs.json: {out / 'bench-programs.json'}")
+    return 0
+
+
+def program_rows(guest: dict, names: list[str]) -> list[dict]:
+    """One row per pair: each module's reader fps, writer fps and drops (or its error), and the
+    reader fps ratio of the last module (patched) to each other (the stock ones)."""
+    rows = []
+    pairs = []
+    for name in names:
+        for r in guest["modules"].get(name, {}).get("rows", []):
+            if (r["writer"], r["reader"]) not in pairs:
+                pairs.append((r["writer"], r["reader"]))
+    for wr, rd in pairs:
+        row = {"writer": wr, "reader": rd, "modules": {}}
+        for name in names:
+            found = [r for r in guest["modules"].get(name, {}).get("rows", [])
+                     if (r["writer"], r["reader"]) == (wr, rd)]
+            row["modules"][name] = found[0] if found else {"error": "not measured"}
+        last = row["modules"][names[-1]].get("reader_fps")
+        row["ratios"] = {}
+        for name in names[:-1]:
+            base = row["modules"][name].get("reader_fps")
+            row["ratios"][name] = round(last / base, 2) if last is not None and base else None
+        rows.append(row)
+    return rows
+
+
+def render_programs(rows: list[dict], names: list[str], doc: dict) -> str:
+    lines = [f"{doc['size']} YUYV, writer paced at {doc['fps']} fps, {doc['window_s']:.0f} s window after "
+             f"the reader's first frame; {doc['release']} ({doc['accel'].upper()}); "
+             + ", ".join(doc["versions"].values()),
+             "reader fps: distinct frames (ffmpeg: by MD5) or buffers (GStreamer) the reader got per "
+             "second; writer fps: frames it wrote per second in the window; dropped: what the "
+             "writer itself reported over the run"]
+    head = f"{'writer -> reader':18}" + "".join(f" {n + ' rd/wr fps, drop':>30}" for n in names) + \
+        "".join(f" {names[-1][:7] + '/' + n[-6:]:>15}" for n in names[:-1])
+    lines += [head, "-" * len(head)]
+
+    def cell(m: dict) -> str:
+        if "error" in m:
+            return "error"
+        wf = m.get("writer_fps")
+        return (f"{m.get('reader_fps', 0):.1f}/{wf:.1f}, {m.get('writer_dropped', 0)}"
+                if wf is not None else f"{m.get('reader_fps', 0):.1f}/-, {m.get('writer_dropped', 0)}")
+
+    for r in rows:
+        lines.append(f"{r['writer'] + ' -> ' + r['reader']:18}"
+                     + "".join(f" {cell(r['modules'][n]):>30}" for n in names)
+                     + "".join(f" {r['ratios'][n]:>15.2f}" if r["ratios"][n] is not None
+                               else f" {'-':>15}" for n in names[:-1]))
+    errors = [(r["writer"], r["reader"], n, m["error"]) for r in rows for n, m in r["modules"].items()
+              if "error" in m]
+    errors += [("", "", n, e) for n, mod in doc["guest"]["modules"].items() for e in mod.get("errors", [])]
+    if errors:
+        lines.append("\nNot measured / errors:")
+        lines += [f"  {w} -> {rd} {n}: {e}" for w, rd, n, e in errors]
+    return "\n".join(lines)

@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "prints a table and writes bench.json")
     be.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
     be.add_argument("--out", "-o", type=Path, metavar="DIR", help="results directory")
-    be.add_argument("--window", type=float, default=4.0, metavar="S",
-                    help="measuring window per measurement in seconds (default 4)")
+    be.add_argument("--window", type=float, default=None, metavar="S",
+                    help="measuring window per measurement in seconds (default 4; with "
+                         "--programs 15)")
     be.add_argument("--readers", type=int, default=4, metavar="N",
                     help="readers in the multi-reader measurements (default 4)")
     be.add_argument("--pace", type=float, default=30.0, metavar="FPS",
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="measure everything N times, round by round; the table gives the "
                          "median and the spread (default 1)")
+    be.add_argument("--programs", action="store_true",
+                    help="real programs instead: ffmpeg and GStreamer as writers and readers, "
+                         "640x480 at 30 fps, debian-0.13.2, debian-0.15.4 and patched in one boot "
+                         "(--window: the window after the reader's first frame, default 15 s here)")
 
     xf = sub.add_parser("expected-failures",
                         help="draft kernel/expected-failures.toml entries from a results directory")
@@ -238,7 +243,9 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "bench":
         from . import bench
 
-        return bench.run(args.kernel, args.out, args.window, args.readers, pace_fps=args.pace,
+        if args.programs:
+            return bench.run_programs(args.kernel, args.out, args.window or 15.0)
+        return bench.run(args.kernel, args.out, args.window or 4.0, args.readers, pace_fps=args.pace,
                          repeat=args.repeat)
     if args.command == "expected-failures":
         from . import resultsfile, xfail

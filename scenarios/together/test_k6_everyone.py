@@ -218,10 +218,16 @@ class FfmpegReader:
 
 
 def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
+    """Read every running browser's output for about `seconds` (a stopped one is left out:
+    its log is closed)."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        for b in browsers:
-            b.pump(min(0.5, max(0.05, left / max(1, len(browsers)))))
+        running = [b for b in browsers if not b.log.closed]
+        if not running:
+            time.sleep(left)
+            return
+        for b in running:
+            b.pump(min(0.5, max(0.05, left / len(running))))
 
 
 @pytest.mark.rules("K6", "K3", "K4", "K5")
