@@ -33,20 +33,13 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     if repeat < 1:
         raise LoopqualError(f"--repeat {repeat}: give 1 or more rounds")
     all_kernels = data.load_kernels()
-    mirror, all_sources = data.load_sources()
+    _mirror, all_sources = data.load_sources()
     if stock is None:  # the stock source the series is built on
         stock = all_sources[patched].base or "debian-0.15.4"
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
         next(k for k in all_kernels.values() if k.default)
     ik = kernels.resolve(kernel)
-    modules = []
-    for name in (stock, patched):
-        src = data.resolve_source(name, all_sources)
-        tree, patches = sources.prepare(src, all_sources, mirror)
-        b = buildmod.build(src.name, tree, patches, ik)
-        if b.status != "ok":
-            raise LoopqualError(f"{name} does not build on {kernel.name}:\n{b.log_tail}")
-        modules.append({"name": name, "ko": b.ko})
+    modules = _build_modules([stock, patched], ik, kernel.name)
     out = out or REPO / "results" / ("bench-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
     rw = out / "guest"
     if rw.exists():

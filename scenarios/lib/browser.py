@@ -328,15 +328,22 @@ def restore_controls(cell, openers, before: dict) -> None:
     ctl.close()
     if before.get(CID_KEEP_FORMAT):
         return
+    assert_idle_shows_output(cell.device, "keep_format back to 0 after the one-frame writer and "
+                                          "the browser closed")
+
+
+def assert_idle_shows_output(device: str, after: str) -> None:
+    """Nobody holds the device any more: an idle exclusive_caps=1 node shows OUTPUT again
+    (X1, C3), within IDLE_LIMIT_S (a closing program's last close may come late)."""
     def caps_now() -> int:
-        with Device(cell.device) as d:
+        with Device(device) as d:
             return d.device_caps()
 
     wait_until(lambda: caps_now() & CAP_VIDEO_OUTPUT, IDLE_LIMIT_S, 0.2)
     caps = caps_now()
     assert caps & CAP_VIDEO_OUTPUT, (
-        f"keep_format back to 0 after the one-frame writer and the browser closed: expected the "
-        f"idle exclusive_caps=1 node to show OUTPUT again (X1, C3), QUERYCAP shows {caps_str(caps)}")
+        f"{after}: expected the idle exclusive_caps=1 node to show OUTPUT again (X1, C3), "
+        f"QUERYCAP shows {caps_str(caps)}")
 
 
 @contextlib.contextmanager

@@ -31,17 +31,16 @@ import time
 
 import pytest
 from lib.browser import (
-    IDLE_LIMIT_S,
     START_LIMIT_S,
     BrowserRun,
+    assert_idle_shows_output,
     chromium_argv,
     firefox_argv,
 )
 from lib.clients import Client
-from lib.common import caps_str, need_openers, wait_until
+from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
 from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, xvfb
-from lib.v4l2 import CAP_VIDEO_OUTPUT, Device
 
 OBS_FPS = 2
 WINDOW_S = 15
@@ -52,15 +51,9 @@ READY_LIMIT_S = START_LIMIT_S + 300
 RUN_S = READY_LIMIT_S + 8 * WINDOW_S + 4 * OUTPUT_LIMIT_S  # how long the pages keep reading
 TIMEOUT_S = START_LIMIT_S + RUN_S + 300
 
-CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
-const say = (s) => console.log(s);
-say("LOOPQUAL_STARTED");
-const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-(async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, error: null, devices: []};
-  const seen = new Set();
-  try {
-    let stream = null;
+# Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
+# then the loopback device by its label; `until` is when the page stops reading.
+OPEN_JS = r"""    let stream = null;
     const until = performance.now() + %(run_s)d * 1000;
     while (!stream && performance.now() < until) {
       try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
@@ -76,7 +69,17 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
     }
     const track = stream.getVideoTracks()[0];
     out.label = track.label;
-    say("LOOPQUAL_OPENED");
+"""
+
+CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
+const say = (s) => console.log(s);
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, error: null, devices: []};
+  const seen = new Set();
+  try {
+%(open)s    say("LOOPQUAL_OPENED");
     const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
     let next = performance.now();
     while (performance.now() < until) {
@@ -116,23 +119,7 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
                devices: []};
   const seen = new Set();
   try {
-    let stream = null;
-    const until = performance.now() + %(run_s)d * 1000;
-    while (!stream && performance.now() < until) {
-      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
-      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
-    }
-    out.error = null;
-    const devs = await navigator.mediaDevices.enumerateDevices();
-    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-      stream.getTracks().forEach(t => t.stop());
-      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
-    }
-    const track = stream.getVideoTracks()[0];
-    out.label = track.label;
-    say("LOOPQUAL_OPENED");
+%(open)s    say("LOOPQUAL_OPENED");
     const v = document.getElementById("v"), c = document.getElementById("c");
     const ctx = c.getContext("2d", {willReadFrequently: true});
     v.srcObject = stream;
@@ -274,8 +261,8 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, openers, rec
                     page = os.path.join(bhome, "page.html")
                     template = CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE
                     with open(page, "w") as f:
-                        f.write(template % {"card": json.dumps(card[:20]), "run_s": RUN_S,
-                                            "tick_s": TICK_S})
+                        js = OPEN_JS % {"card": json.dumps(card[:20]), "run_s": RUN_S}
+                        f.write(template % {"open": js, "tick_s": TICK_S})
                     env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
                                XDG_CACHE_HOME=os.path.join(bhome, "cache"),
                                DBUS_SESSION_BUS_ADDRESS="disabled:", **env_extra)
@@ -345,14 +332,4 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, openers, rec
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert len(windows) == 4, windows
-
-    # everyone has gone: the idle exclusive_caps=1 node shows OUTPUT again (X1, C3)
-    def caps_now() -> int:
-        with Device(cell.device) as d:
-            return d.device_caps()
-
-    wait_until(lambda: caps_now() & CAP_VIDEO_OUTPUT, IDLE_LIMIT_S, 0.2)
-    caps = caps_now()
-    assert caps & CAP_VIDEO_OUTPUT, (
-        f"OBS, Chromium, Firefox and ffmpeg have all closed the device: expected the idle "
-        f"exclusive_caps=1 node to show OUTPUT again (X1, C3), QUERYCAP shows {caps_str(caps)}")
+    assert_idle_shows_output(cell.device, "OBS, Chromium, Firefox and ffmpeg have all closed the device")
