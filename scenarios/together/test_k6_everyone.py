@@ -220,7 +220,7 @@ def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
 @pytest.mark.rules("K6", "K3", "K4", "K5")
 @pytest.mark.programs("obs", "Xvfb", "chromium", "firefox-esr", "ffmpeg")
 @pytest.mark.timeout(TIMEOUT_S)
-def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, openers, record_property):
+def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_property):
     if not cell.exclusive_caps:
         pytest.skip("the browsers list only CAPTURE-without-OUTPUT nodes: K6 with them needs "
                     "exclusive_caps=1; this cell has exclusive_caps=0")
