@@ -106,6 +106,7 @@ class Kernel:
     debug: bool = False  # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py)
     boot_timeout_s: int = 240  # to the guest runner's first sign of life (kernels.toml)
     time_factor: float = 1.0  # a cell here takes this many times a Debian kernel's (kernels.toml)
+    guest_udev: bool = True  # False: the guest boots without udev's coldplug (kernels.toml)
 
     @property
     def kind(self) -> str:
@@ -135,6 +136,7 @@ class _KernelEntry(_Entry):
                                 description="seconds, a whole number from 30 to 3600")
     time_factor: float = Field(default=Kernel.time_factor, ge=1, le=100,
                                description="a number from 1 to 100")
+    guest_udev: bool = True
 
 
 _SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -155,7 +157,8 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                                 "debug kernel is described in kernel/debug-kernels.toml")
             out[name] = Kernel(name=name, description=k.description, image_package="",
                                headers_package="", default=k.default, debug=True,
-                               boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor)
+                               boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
+                               guest_udev=k.guest_udev)
             continue
         if k.image_package is None:
             raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
@@ -180,7 +183,8 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                            headers_package=k.headers_package or "linux-headers-amd64",
                            build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
                            base_suite=k.base_suite, version=k.version,
-                           boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor)
+                           boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
+                           guest_udev=k.guest_udev)
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out
@@ -460,6 +464,12 @@ class Suite:
     typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
     not_applicable: tuple[NotApplicable, ...] = ()
     tool: str | None = None  # compliance: a [tool.NAME] instead of the host's v4l2-compliance
+    # False: the suite judges the harness or the kernel, not the module (a cell that runs only
+    # such suites is not gated: its failures are its purpose, checked by whoever asked for it)
+    judges_module: bool = True
+    # (tree, module file, LOOPQUAL_* variable): a test module built on the host for each
+    # kernel before its guest boots, its path given to the scenarios in that variable
+    kmod: tuple[str, str, str] | None = None
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -495,6 +505,12 @@ class _ProfileEntry(_Entry):
     typical_s: _Seconds = 15
 
 
+class _KmodEntry(_Entry):
+    path: str = Field(description='a kernel module tree in this repository, e.g. "tests/kmod"')
+    ko: str = Field(description='the module file it makes, e.g. "loopqual_detectors.ko"')
+    env: str = Field(description='the LOOPQUAL_* variable that gives the scenarios its path')
+
+
 class _SuiteEntry(_Entry):
     kind: Literal["pytest", "compliance"] = Field(description='"pytest" or "compliance"')
     description: str = ""
@@ -509,6 +525,8 @@ class _SuiteEntry(_Entry):
     typical_s: _Seconds = 60
     not_applicable: _NotApplicableList = []
     tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
+    judges_module: bool = True
+    kmod: _KmodEntry | None = None
 
 
 class _ToolEntry(_Entry):
@@ -607,6 +625,8 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
             requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
             env=dict(s.env), typical_s=s.typical_s,
             not_applicable=_exclusions(path, where, s.not_applicable, known), tool=s.tool,
+            judges_module=s.judges_module,
+            kmod=(s.kmod.path, s.kmod.ko, s.kmod.env) if s.kmod else None,
         )
     return suites, profiles
 

@@ -349,7 +349,8 @@ def plan_shards(sel: Selection, n: int) -> ShardPlan:
     cells = []
     for cid, kernel, m, ps in matrix(sel):
         c = {"id": cid, "kernel": kernel.name, "module": m.name, "param_set": ps.name,
-             "gated": m.gated, "suites": _cell_suites(ps, sel, {}, kernel=kernel.name)}
+             "gated": cell_gated(m, ps, sel, kernel.name),
+             "suites": _cell_suites(ps, sel, {}, kernel=kernel.name)}
         c["expected_s"] = cell_weight(c, sel, kernel)
         cells.append(c)
     if not 1 <= n <= len(cells):
@@ -494,6 +495,7 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
         ik = kernels.resolve(kernel)
         builds = {m.name: _build_module(kernel, ik, m, all_sources, mirror)
                   for m in _dedupe([m for _cid, m, _ps in mine])}
+        kmods = _build_kmods(kernel, ik, sel, [ps for _cid, _m, ps in mine])
         plan_cells_ = []
         for cid, m, ps in mine:
             b, version, patches = builds[m.name]
@@ -502,7 +504,7 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
                 "kernel_version": ik.version, "kernel_suite": ik.suite, "compiler": ik.compiler,
                 "module": m.name, "module_version": version, "params": ps.all_params,
                 "module_params": ps.module, "controls": ps.controls, "param_set": ps.name,
-                "gated": m.gated, "patches": [p.name for p in patches],
+                "gated": cell_gated(m, ps, sel, kernel.name), "patches": [p.name for p in patches],
                 "build": {"status": b.status, "log_tail": b.log_tail,
                           "warnings": b.warnings, "cached": b.cached, "key": b.key},
                 # an archive kernel as NAME@VERSION: the exact kernel that ran, even once
@@ -512,7 +514,7 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
             }
             plan.metas.append(meta)
             if b.status == "ok":
-                plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env, plan.tools))
+                plan_cells_.append(_plan_cell(meta, b.ko, ps, sel, env, plan.tools, kmods))
         if plan_cells_:
             plan.to_boot.append((kernel, ik, plan_cells_))
     return plan
@@ -556,6 +558,7 @@ def run_lanes(lanes: list[Lane], plan: Plan, accel: dict[str, str], jobs: int) -
     """Boot every lane's guests (up to `jobs` lanes at once) until each cell has a result."""
     info = {k.name: ik for k, ik, _cs in plan.to_boot}
     boot_limit = {k.name: k.boot_timeout_s for k, _ik, _cs in plan.to_boot}
+    udev = {k.name: k.guest_udev for k, _ik, _cs in plan.to_boot}
     labels = {c["id"]: f"{ln.kernel} {c['module']} {c['param_set']}" for ln in lanes for c in ln.cells}
     prog = Progress(len(labels), labels)
     if len(lanes) > 1 and jobs > 1:
@@ -572,7 +575,7 @@ def run_lanes(lanes: list[Lane], plan: Plan, accel: dict[str, str], jobs: int) -
         lt0 = time.monotonic()
         guest_plan = {"kernel": ln.kernel, "release": ik.release, "repo": str(REPO), "cells": ln.cells}
         gr = vm.run_plan(guest_plan, ik.vmlinuz, ln.work_dir, prog.with_tag(tag), accel[ln.kernel],
-                         boot_timeout_s=boot_limit[ln.kernel])
+                         boot_timeout_s=boot_limit[ln.kernel], udev=udev[ln.kernel])
         ln.boots, ln.wall_s = gr.boots, round(time.monotonic() - lt0, 1)
         (ln.work_dir / "console.log").write_text("\n".join(gr.console) + "\n")
         return gr
@@ -630,19 +633,49 @@ def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, h)
 
 
+def cell_gated(m: data.Source, ps: data.ParamSet, sel: Selection, kernel: str) -> bool:
+    """A cell of a gated source is gated unless every suite it runs judges something other
+    than the module (the debug kernel's detectors fire on purpose there)."""
+    return m.gated and any(s.judges_module and not s.applies_to(ps)
+                           for s in sel.suites_for(kernel))
+
+
+def _build_kmods(kernel: data.Kernel, ik: kernels.InstalledKernel, sel: Selection,
+                 param_sets: list[data.ParamSet]) -> dict[str, str]:
+    """The test modules (a suite's kmod) that this kernel's cells need, built for it on the
+    host: {LOOPQUAL_* variable: path of the .ko}. A build that fails stops the run."""
+    out = {}
+    for s in sel.suites_for(kernel.name):
+        if not s.kmod or all(s.applies_to(ps) for ps in param_sets):
+            continue
+        tree, ko, var = s.kmod
+        b = buildmod.build(f"loopqual-{s.name}", REPO / tree, [], ik, ko_name=ko)
+        if b.status != "ok" or b.warnings:
+            raise LoopqualError(f"suite {s.name}: its test module {tree} does not build cleanly "
+                                f"for {kernel.name} ({b.status}, {len(b.warnings)} warning(s)):\n"
+                                f"{b.log_tail}")
+        print(f"build {kernel.name} {tree}: ok" + (" (cached)" if b.cached else ""),
+              file=sys.stderr)
+        out[var] = b.ko
+    return out
+
+
 def _plan_cell(meta: dict, ko: str, ps: data.ParamSet, sel: Selection,
-               run_env: dict[str, str] | None = None, prepared: dict | None = None) -> dict:
+               run_env: dict[str, str] | None = None, prepared: dict | None = None,
+               kmods: dict[str, str] | None = None) -> dict:
     """run_env: the run's LOOPQUAL_* (passthrough_env() and the run's seed); its reproduce
     line carries the same."""
     run_env = passthrough_env() if run_env is None else run_env
     return {"id": meta["id"], "module": meta["module"], "module_version": meta["module_version"],
             "ko": ko, "param_set": ps.name, "params": ps.module, "controls": ps.controls,
-            "suites": _cell_suites(ps, sel, run_env, prepared, kernel=meta.get("kernel")),
+            "suites": _cell_suites(ps, sel, run_env, prepared, kernel=meta.get("kernel"),
+                                   kmods=kmods),
             "k": sel.k}
 
 
 def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
-                 prepared: dict | None = None, kernel: str | None = None) -> list[dict]:
+                 prepared: dict | None = None, kernel: str | None = None,
+                 kmods: dict[str, str] | None = None) -> list[dict]:
     """The suites (and compliance profiles) a cell of this parameter set runs, each with the
     reason it does not apply where it does not. prepared: the tools' roots (tools.prepare_for);
     without them (planning only) a suite's tool is named but cannot run. kernel: the cell's
@@ -651,7 +684,8 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
     for s in sel.suites_for(kernel):
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
-        env = {**s.env, **run_env}
+        kmod_env = {s.kmod[2]: kmods[s.kmod[2]]} if s.kmod and s.kmod[2] in (kmods or {}) else {}
+        env = {**s.env, **kmod_env, **run_env}
         entry = {"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s,
                  "paths": list(s.paths), "env": env}
         why = s.applies_to(ps)

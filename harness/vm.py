@@ -174,10 +174,21 @@ def guest_cpus() -> int:
     return int(value)
 
 
+# virtme-ng-init (1.42) starts udevd, triggers a coldplug of every device and waits up to
+# 300 s for it to settle whenever it finds /usr/lib/systemd/systemd-udevd, and has no option
+# to skip it. Where a kernel says guest_udev = false, vng runs in a private mount namespace of
+# its own in which /usr/lib/systemd is an empty tmpfs: QEMU's 9p export of / then has no
+# udevd to find (the host's own tree is untouched), and virtme-ng-init skips udev. The guest
+# still has devtmpfs (the kernel makes /dev/videoN itself; the runner waits for it), and the
+# script's I/O falls back to the console.
+WITHOUT_UDEV = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs -o mode=0755 loopqual-no-udev /usr/lib/systemd && exec "$@"', "sh"]
+
+
 def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
                 memory: str = f"{GUEST_MEMORY_GIB}G",
                 cpus: int | None = None, exec_cmd: str | None = None,
-                guest_module: str = "loopqual.guest.runner") -> list[str]:
+                guest_module: str = "loopqual.guest.runner", udev: bool = True) -> list[str]:
     cpus = cpus or guest_cpus()
     alias = shell_safe_alias(rwdir)
     if plan is not None and plan.is_relative_to(rwdir):
@@ -191,7 +202,7 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
         exec_cmd = guest_exec(guest_module, plan)
     if exec_cmd:
         cmd += ["--exec", exec_cmd]
-    return cmd
+    return cmd if udev else [*WITHOUT_UDEV, *cmd]
 
 
 SHELL_SAFE = re.compile(r"[A-Za-z0-9_./-]+")
@@ -241,7 +252,7 @@ def cell_budget(cell: dict) -> float:
 
 
 def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None,
-             boot_timeout_s: float = BOOT_TIMEOUT_S) -> GuestRun:
+             boot_timeout_s: float = BOOT_TIMEOUT_S, udev: bool = True) -> GuestRun:
     """Boot as often as needed to give every cell a result file (or a host-side verdict).
 
     boot(plan_path) -> (cell in progress when the guest ended or None, reason, console tail)
@@ -259,7 +270,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
     on_event = _with_cell_outcome(on_event, cells_dir)
     if boot is None:
         def boot(plan_path: Path):
-            return _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel),
+            return _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel, udev=udev),
                               lambda cid: cell_budget(by_id[cid]), on_event, boot_timeout_s)
 
     def pending() -> list[dict]:

@@ -50,3 +50,22 @@ def test_shell_setup_lines_quote_the_module_path_and_values():
     assert shlex.split(deps.split("$(", 1)[1].split(")", 1)[0])[:3] == ["modinfo", "-F", "depends"]
     assert ko in shlex.split(deps.split("$(", 1)[1].split(" |", 1)[0])
     assert shlex.split(ctl)[-3:] == ["-c", "keep_format=1;", "done"]
+
+
+def test_a_kernel_without_guest_udev_boots_vng_in_a_namespace_with_no_udevd(monkeypatch, tmp_path):
+    """guest_udev = false (the debug kernel): vng runs under `unshare --mount` with an empty
+    tmpfs over /usr/lib/systemd, the rest of its command line unchanged; the kernels file says
+    which kernel asks for it."""
+    from loopqual import data
+
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    plan = tmp_path / "plan-boot1.json"
+    plain = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
+    hidden = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1, udev=False)
+    assert hidden[len(vm.WITHOUT_UDEV):] == plain and plain[0] == "/usr/bin/vng"
+    assert hidden[:4] == ["unshare", "--mount", "--propagation", "private"]
+    script = hidden[hidden.index("-c") + 1]
+    assert script.startswith("mount -t tmpfs ") and script.endswith('/usr/lib/systemd && exec "$@"')
+    kernels = data.load_kernels()
+    assert kernels["debian-6.12-debug"].guest_udev is False
+    assert kernels["debian-6.12"].guest_udev is True

@@ -1,9 +1,14 @@
 """Proof that the debug kernel's detectors are wired (issue 12): in one real guest of
-kernel debian-6.12-debug, loopqual's own test module (tests/kmod, built here against that
-kernel's tree) is loaded once per trigger by suite `detectors` (tests/detectors); each bug
-must come back in results.json as a kernel-health failure of its own class, and the
-scenario without a trigger must stay clean. Run by `make selftest`; `make unit` leaves it
-out. One boot (~70-100 s under TCG) serves every trigger.
+kernel debian-6.12-debug, loopqual's own test module (tests/kmod, built by qualify for that
+kernel: suite detectors' kmod) is loaded once per trigger by suite `detectors`
+(tests/detectors) in a cell of parameter set `detectors`; each bug must come back in
+results.json as a kernel-health failure of its own class, and the scenario without a
+trigger must stay clean.
+
+With LOOPQUAL_DETECTORS_RESULTS=DIR the proof is read from a run that already has such a
+cell: `make gate` runs it after the sanitizer lane's own cell, in the same boot of the debug
+kernel (one boot instead of two), and then runs this test on results/gate-sanitizer. Without
+it (`make selftest`) the test boots its own guest. `make unit` leaves it out.
 
 Set LOOPQUAL_RECORD_DETECTORS=DIR to keep each trigger's kernel log there (the source of
 tests/fixtures/health/recorded-*-debian-6.12-debug.log)."""
@@ -17,12 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import build, data, health, kernels
+from loopqual import health
 
 pytestmark = pytest.mark.guest
 
 KERNEL = "debian-6.12-debug"
-KMOD = Path(__file__).parent / "kmod"
 # trigger -> the splat class (kernel/splats.toml deny entry) that must judge it
 EXPECTED = {
     "rcu": "rcu_suspicious",
@@ -44,26 +48,32 @@ def _scenario(cell: dict, trigger: str) -> dict:
     return found[0]
 
 
-def test_each_detector_reports_its_own_class(tmp_path):
-    kernel = kernels.resolve(data.load_kernels()[KERNEL])
-    built = build.build("loopqual-detectors", KMOD, [], kernel, ko_name="loopqual_detectors.ko")
-    assert built.status == "ok", built.log_tail
-    assert not built.warnings, built.warnings
+def _run_own_guest(tmp_path: Path) -> Path:
     out = tmp_path / "run"
-    env = {**os.environ, "LOOPQUAL_DETECTORS_KO": built.ko}
     proc = subprocess.run(
         [sys.executable, "-m", "loopqual.cli", "qualify", "--jobs", "1", "--kernel", KERNEL,
-         "--module", "debian-0.15.4", "--params", "ec0", "--suite", "detectors",
+         "--module", "debian-0.15.4", "--params", "detectors", "--suite", "detectors",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=2400, env=env,
+        capture_output=True, text=True, timeout=2400,
     )
-    # 0: the debug kernel's cells are not gated, so a failed cell does not fail the run
-    # (1 would say a gated one failed, 2 that a result is incomplete)
-    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 0: a cell that runs only suite detectors is not gated, so its failure does not fail the
+    # run (1 would say a gated one failed, 2 that a result is incomplete)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_each_detector_reports_its_own_class(tmp_path):
+    given = os.environ.get("LOOPQUAL_DETECTORS_RESULTS")
+    out = Path(given) if given else _run_own_guest(tmp_path)
     run = json.loads((out / "results.json").read_text())
-    assert run["boots"] == 1
-    (cell,) = run["cells"]
+    assert run["boots"] == 1, "the detectors' cell and any cell before it share one boot"
+    cells = [c for c in run["cells"] if c["param_set"] == "detectors"]
+    assert len(cells) == 1, [(c["kernel"], c["param_set"]) for c in run["cells"]]
+    cell = cells[0]
+    assert cell["kernel"] == KERNEL and not cell["gated"], (cell["kernel"], cell["gated"])
     assert cell["status"] == "fail", cell.get("incomplete")
+    # the last cell of its boot: the cells before it ran before any trigger fired
+    assert run["cells"][-1]["id"] == cell["id"], [c["id"] for c in run["cells"]]
 
     logs = {p.name: p for p in out.rglob("detectors-*")}
     keep = os.environ.get("LOOPQUAL_RECORD_DETECTORS")
