@@ -70,8 +70,8 @@ selftest: venv
 # The gate (issues 4, 9): the patched module (0.15.4 + the series) on bookworm's 6.1 and 6.12
 # and sid's newest kernel (built in a sid build root), default parameter sets, one boot each:
 # the contract, v4l2-compliance 1.22 (bookworm) and 1.32 (sid, from a sid root) and the real
-# clients (cells ec0, ec1) on every kernel; headless Chromium and Firefox and OBS Studio's
-# virtual camera under Xvfb (cell ec1) on debian-6.12; then the rules table of what ran
+# clients (cell ec1; also ec0 on debian-6.12) on every kernel; headless Chromium and Firefox
+# and OBS Studio's virtual camera under Xvfb (cell ec1) on debian-6.12; then the rules table of what ran
 # (patched per kernel), which fails unless every rule of the contract holds on each.
 # The real desktop programs run on one kernel here: under TCG on this machine their first
 # start in a boot costs 2-7 minutes each (Chromium 344-424 s, OBS 92-165 s with two other
@@ -79,7 +79,8 @@ selftest: venv
 # Their rules (K3-K5) keep holding on every kernel through the replays in suite clients;
 # `make qualify-programs` runs the real programs on all three kernels.
 GATE_KERNELS := --kernel debian-6.1 --kernel debian-6.12 --kernel debian-sid
-GATE_SUITES := --suite contract --suite compliance --suite compliance-sid --suite clients \
+GATE_SUITES := --suite contract --suite compliance --suite compliance-sid \
+	--suite clients:debian-6.12 --suite clients-ec1:debian-6.1,debian-sid \
 	--suite browser:debian-6.12 --suite apps:debian-6.12
 # Mozilla's one-frame set-up with both browsers (K4, K5, F5) runs in `make compare` and
 # `make qualify-programs`, not here.

@@ -52,3 +52,28 @@ def test_several_kernels_and_a_bare_name_that_wins():
 def test_a_kernel_the_run_does_not_have_is_bad_input(arg, says):
     with pytest.raises(data.DataError, match=says):
         qualify.select(["debian-6.1"], ["patched"], ["ec1"], [arg], None)
+
+
+def test_the_gates_selection_runs_real_clients_in_ec0_on_one_kernel_and_programs_on_one():
+    """The Makefile's gate: clients in ec0 and ec1 on debian-6.12, in ec1 (suite clients-ec1)
+    on 6.1 and sid; browser and apps on debian-6.12 only."""
+    import re
+
+    from loopqual.paths import REPO
+
+    make = (REPO / "Makefile").read_text()
+    block = re.search(r"GATE_SUITES := ((?:.*\\\n)*.*)", make).group(1)
+    suites = re.findall(r"--suite (\S+)", block)
+    sel = qualify.select(KERNELS, ["patched"], [], suites, None)
+
+    def names(kernel, ps_name):
+        (ps,) = [p for p in sel.param_sets if p.name == ps_name]
+        return [s["name"] for s in qualify._cell_suites(ps, sel, {}, kernel=kernel)
+                if not s.get("not_applicable")]
+
+    assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients"]
+    assert names("debian-6.12", "ec1") == ["contract", "compliance", "compliance-sid", "clients",
+                                           "browser", "apps"]
+    for k in ("debian-6.1", "debian-sid"):
+        assert names(k, "ec0") == ["contract", "compliance", "compliance-sid"]
+        assert names(k, "ec1") == ["contract", "compliance", "compliance-sid", "clients-ec1"]
