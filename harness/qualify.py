@@ -681,6 +681,7 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
     without them (planning only) a suite's tool is named but cannot run. kernel: the cell's
     (a suite selected for other kernels only is left out)."""
     suites = []
+    factor = next((k.time_factor for k in sel.kernels if k.name == kernel), 1.0)
     for s in sel.suites_for(kernel):
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
@@ -698,8 +699,10 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
             entry["profiles"] = []
             for name in s.profiles:
                 prof = sel.profiles[name]
+                # a slower kernel (time_factor: the debug kernel's 4) gets limits in proportion:
+                # the sid tool's chrooted start printed nothing for 30 s there beside other guests
                 pe = {"name": name, "args": list(prof.args), "producer": prof.producer,
-                      "timeout_s": prof.timeout_s, "idle_s": prof.idle_s}
+                      "timeout_s": prof.timeout_s * factor, "idle_s": prof.idle_s * factor}
                 why_not = None if s.strict else prof.applies_to(ps, s.tool)
                 if why_not:
                     pe["not_applicable"] = why_not

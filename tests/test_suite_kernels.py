@@ -80,3 +80,20 @@ def test_the_gates_selection_runs_real_clients_in_ec0_on_one_kernel_and_programs
     # sid's kernel: sid's v4l2-compliance only
     assert names("debian-sid", "ec0") == ["contract", "compliance-sid"]
     assert names("debian-sid", "ec1") == ["contract", "compliance-sid", "clients-ec1"]
+
+
+def test_compliance_limits_grow_with_the_kernels_time_factor():
+    """The debug kernel (time_factor 4) gets v4l2-compliance limits four times a Debian
+    kernel's: its sid tool, chrooted, printed nothing for 30 s there beside other guests."""
+    sel = qualify.select(["debian-6.12", "debian-6.12-debug"], ["patched"], ["ec1"],
+                         ["compliance-sid"], None)
+    (ps,) = sel.param_sets
+
+    def limits(kernel):
+        (entry,) = qualify._cell_suites(ps, sel, {}, kernel=kernel)
+        return {p["name"]: (p["timeout_s"], p["idle_s"]) for p in entry["profiles"]}
+
+    fast, slow = limits("debian-6.12"), limits("debian-6.12-debug")
+    factor = data.load_kernels()["debian-6.12-debug"].time_factor
+    assert factor > 1
+    assert all(slow[n] == (t * factor, i * factor) for n, (t, i) in fast.items())
