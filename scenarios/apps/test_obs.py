@@ -5,7 +5,7 @@ without reloading the module (what broke OBS on v4l2loopback before: obs-studio 
 v4l2loopback #622).
 
 Each session is judged by the scenarios' own reader on the device under test: at least
-MIN_DISTINCT distinct frames in READ_S seconds (the scene's clock changes every frame), and
+MIN_DISTINCT distinct frames within READ_LIMIT_S seconds (the scene's clock changes every frame), and
 the scene's known content (the orange background) where the reader looks. The report gives
 OBS's version, its start-up time under this machine, the node it took and every session.
 """
@@ -23,7 +23,11 @@ from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
-READ_S = 4.0
+# The reader waits for MIN_DISTINCT distinct frames, at most this long. How fast they come is
+# OBS's rendering speed, not the module's: alone beside one guest OBS drew 15-22 distinct
+# frames in 6 s, but in make test beside two other guests it drew 5 of 493 attempted frames
+# (average render time 1.6 s) and a 4 s window saw 1 distinct frame (2026-12-02).
+READ_LIMIT_S = 60.0
 MIN_DISTINCT = 3
 READER_LIMIT_S = 30  # from the output's start to the reader's start
 # from the reader's start to the first frame: under TCG, Mesa's llvmpipe compiles the output's
@@ -79,7 +83,8 @@ class BackgroundCheck:
 
 @pytest.mark.rules("K3")
 @pytest.mark.programs("obs", "Xvfb")
-@pytest.mark.timeout(START_LIMIT_S + FIRST_FRAME_LIMIT_S + SESSIONS * (2 * OUTPUT_LIMIT_S // 3 + READER_LIMIT_S))
+@pytest.mark.timeout(START_LIMIT_S + FIRST_FRAME_LIMIT_S
+                     + SESSIONS * (2 * OUTPUT_LIMIT_S // 3 + READER_LIMIT_S + int(READ_LIMIT_S)))
 def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
     log_dir = os.path.join(cell.work_dir, "apps")
     os.makedirs(log_dir, exist_ok=True)
@@ -104,8 +109,9 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                     check = BackgroundCheck()
                     t = time.monotonic()
                     s["frames"], s["distinct"], s["note"] = count_distinct_frames(
-                        cell.device, READ_S, READER_LIMIT_S, on_frame=check,
+                        cell.device, READ_LIMIT_S, READER_LIMIT_S, on_frame=check, enough=MIN_DISTINCT,
                         first_frame_timeout=FIRST_FRAME_LIMIT_S)
+                    s["read_s"] = round(time.monotonic() - t, 1)
                     s["first_frame_s"] = round(check.first_at - t, 1) if check.first_at else None
                     s["obs_stats"] = obs.stats()
                     s["background"], s["wrong_background"] = check.seen, check.wrong
@@ -135,7 +141,7 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
             f"OUTPUT)")
         assert s["distinct"] >= MIN_DISTINCT, (
             f"{where}: a reader on {cell.device} got {s['frames']} frames, {s['distinct']} "
-            f"distinct non-blank, in {READ_S:.0f} s, expected at least {MIN_DISTINCT} distinct "
+            f"distinct non-blank, in up to {READ_LIMIT_S:.0f} s, expected at least {MIN_DISTINCT} distinct "
             f"{('(' + s['note'] + ')') if s['note'] else ''}; OBS's counters then: {s['obs_stats']}"
             f"{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
         assert not s["wrong_background"], (

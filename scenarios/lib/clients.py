@@ -85,12 +85,13 @@ def wait_for_writer(dev_path: str, timeout: float, client: Client | None = None)
 def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 60.0,
                           client: Client | None = None,
                           on_frame: Callable[[memoryview, dict], None] | None = None,
-                          first_frame_timeout: float = 0.0) -> tuple[int, int, str]:
+                          first_frame_timeout: float = 0.0, enough: int = 0) -> tuple[int, int, str]:
     """Wait for a writer to stream (wait_for_writer), open a reader (retrying while the
     writer starts up), collect frames for `seconds`; on_frame(data, format) sees each
     non-blank frame (the reader's G_FMT(CAPTURE)), to judge its content. With
     first_frame_timeout, the window starts at the first frame, awaited that long (a writer
-    that streams before it renders, as OBS under software OpenGL).
+    that streams before it renders, as OBS under software OpenGL). With enough, the window
+    ends early once that many distinct non-blank frames have come.
 
     Returns (frames, distinct non-blank frames, note).
     """
@@ -141,6 +142,8 @@ def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 
                     on_frame(data, fmt)
             frames += 1
             d.qbuf(0x1, b["index"])
+            if enough and len(seen) >= enough:
+                break
     finally:
         d.close()
     return frames, len(seen), ""
