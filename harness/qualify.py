@@ -687,7 +687,7 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
         kmod_env = {s.kmod[2]: kmods[s.kmod[2]]} if s.kmod and s.kmod[2] in (kmods or {}) else {}
         env = {**s.env, **kmod_env, **run_env}
-        entry = {"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s,
+        entry = {"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s * factor,
                  "paths": list(s.paths), "env": env}
         why = s.applies_to(ps)
         if why:

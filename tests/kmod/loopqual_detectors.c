@@ -49,7 +49,7 @@ static noinline int lq_kfence(void)
 	size_t size = 32;
 	int i;
 
-	for (i = 0; i < 3000; i++) {
+	for (i = 0; i < 20000; i++) {
 		char *p = kmalloc(size, GFP_KERNEL);
 
 		if (!p)
@@ -64,7 +64,7 @@ static noinline int lq_kfence(void)
 		kfree(p);
 		usleep_range(2000, 4000);
 	}
-	pr_err("loopqual_detectors: KFENCE gave none of 3000 allocations a guarded object\n");
+	pr_err("loopqual_detectors: KFENCE gave none of 20000 allocations a guarded object\n");
 	return -EAGAIN;
 }
 
