@@ -244,8 +244,10 @@ def _dispatch(args, argv: list[str]) -> int:
         from . import bench
 
         if args.programs:
-            return bench.run_programs(args.kernel, args.out, args.window or 15.0)
-        return bench.run(args.kernel, args.out, args.window or 4.0, args.readers, pace_fps=args.pace,
+            return bench.run_programs(args.kernel, args.out,
+                                      15.0 if args.window is None else args.window)
+        return bench.run(args.kernel, args.out, 4.0 if args.window is None else args.window,
+                         args.readers, pace_fps=args.pace,
                          repeat=args.repeat)
     if args.command == "expected-failures":
         from . import resultsfile, xfail

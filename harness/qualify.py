@@ -88,7 +88,7 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
                     f"{', '.join(k_.name for k_ in ks)}); add --kernel {kn} or drop it")
             restricted.setdefault(n, []).append(kname)
     # a suite also given without kernels runs everywhere
-    suite_kernels = {n: _unique(v) for n, v in restricted.items() if n not in everywhere}
+    suite_kernels = {n: list(dict.fromkeys(v)) for n, v in restricted.items() if n not in everywhere}
     ss = ss or [s for s in all_suites.values() if s.default]
     for s in all_suites.values():
         for name in s.param_sets:
@@ -97,10 +97,6 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
                                      f"unknown set '{name}'")
     return Selection(_dedupe(ks), _dedupe(ms), _dedupe(ps), _dedupe(ss), profiles, k, expected,
                      suite_kernels)
-
-
-def _unique(names: list[str]) -> list[str]:
-    return list(dict.fromkeys(names))
 
 
 def _dedupe(items):

@@ -195,6 +195,19 @@ def memcpy_bandwidth(size: int = 64 << 20, seconds: float = 1.5) -> float:
     return n * size / (time.monotonic() - t0)
 
 
+def load_fresh(ko: str, params: dict) -> tuple[str | None, str]:
+    """Unload whatever module is loaded, load ko with params: (its first node, "") or
+    (None, why not)."""
+    if module_loaded():
+        rmmod()
+    before = video_nodes()
+    ok, msg = insmod(ko, params)
+    devices = wait_nodes(before) if ok else []
+    if not devices:
+        return None, msg if not ok else "no device node appeared"
+    return devices[0], ""
+
+
 def main(argv: list[str]) -> int:
     plan = json.loads(Path(argv[0]).read_text())
     out = Path(plan["out"])
@@ -216,15 +229,11 @@ def main(argv: list[str]) -> int:
                                             f"{m['producer']} x{m['readers']} reader(s)"
                                             + (f" paced {pace:g} fps" if pace else "")
                                             + f" (round {m.get('round', 1)})")
-            if module_loaded():
-                rmmod()
-            before = video_nodes()
-            ok, msg = insmod(mod["ko"], plan["params"])
-            devices = wait_nodes(before) if ok else []
-            if not devices:
-                entry["errors"].append(msg if not ok else "no device node appeared")
+            device, error = load_fresh(mod["ko"], plan["params"])
+            if device is None:
+                entry["errors"].append(error)
                 continue
-            entry["rows"].append(measure(devices[0], m["producer"], m["width"], m["height"],
+            entry["rows"].append(measure(device, m["producer"], m["width"], m["height"],
                                          m["readers"], plan["warmup_s"], plan["window_s"], pace))
             status = rmmod()
             if status != "ok":

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from .. import procgroup
-from .runner import emit, insmod, module_loaded, rmmod, video_nodes, wait_nodes
+from .bench import load_fresh
+from .runner import emit, rmmod
 
 CAP_VIDEO_CAPTURE = 0x1
 FFMPEG_PROGRESS = re.compile(r"frame=\s*(\d+).*?drop=\s*(\d+)")
@@ -232,17 +233,13 @@ def main(argv: list[str]) -> int:
             entry = result["modules"][mod["name"]]
             emit("step", cell=f"p{i}", step=f"{mod['name']}: {pair['writer']} writes, "
                                             f"{pair['reader']} reads")
-            if module_loaded():
-                rmmod()
-            before = video_nodes()
-            ok, msg = insmod(mod["ko"], plan["params"])
-            devices = wait_nodes(before) if ok else []
-            if not devices:
-                entry["errors"].append(msg if not ok else "no device node appeared")
+            device, error = load_fresh(mod["ko"], plan["params"])
+            if device is None:
+                entry["errors"].append(error)
                 continue
             log_dir = out / f"{mod['name']}-{pair['writer']}-to-{pair['reader']}"
             log_dir.mkdir(parents=True, exist_ok=True)
-            entry["rows"].append(measure(devices[0], pair, plan, log_dir))
+            entry["rows"].append(measure(device, pair, plan, log_dir))
             status = rmmod()
             if status != "ok":
                 entry["errors"].append(f"rmmod after {pair['writer']} -> {pair['reader']}: {status}")
