@@ -97,3 +97,15 @@ def test_compliance_limits_grow_with_the_kernels_time_factor():
     factor = data.load_kernels()["debian-6.12-debug"].time_factor
     assert factor > 1
     assert all(slow[n] == (t * factor, i * factor) for n, (t, i) in fast.items())
+
+
+def test_pytest_suite_limits_grow_with_the_kernels_time_factor():
+    """The sanitizer lane's contract suite hit its 900 s on the debug kernel beside four
+    guests: a suite's timeout_s is times the kernel's time_factor too."""
+    sel = qualify.select(["debian-6.12", "debian-6.12-debug"], ["patched"], ["ec1"],
+                         ["contract"], None)
+    (ps,) = sel.param_sets
+    (fast,) = qualify._cell_suites(ps, sel, {}, kernel="debian-6.12")
+    (slow,) = qualify._cell_suites(ps, sel, {}, kernel="debian-6.12-debug")
+    factor = data.load_kernels()["debian-6.12-debug"].time_factor
+    assert slow["timeout_s"] == fast["timeout_s"] * factor > fast["timeout_s"]
