@@ -86,12 +86,19 @@ def _size(path: str) -> int:
         return 0
 
 
+# A writer is judged by a reader that gets min_distinct distinct frames within this window
+# (it ends as soon as they have come). 4 s was too short for ffmpeg's 15 fps on sid's kernel
+# with three other guests on the machine (CI, stop 16).
+WRITER_WINDOW_S = 20.0
+
+
 def _judge_writer(cell, client: Client, rnd: int, min_distinct: int = 3):
-    frames, distinct, note = count_distinct_frames(cell.device, 4.0, START_TIMEOUT, client)
+    frames, distinct, note = count_distinct_frames(cell.device, WRITER_WINDOW_S, START_TIMEOUT,
+                                                   client, enough=min_distinct)
     assert distinct >= min_distinct, (
         f"{client.name} (round {rnd}) as writer: expected a reader to get at least "
-        f"{min_distinct} distinct non-blank frames in 4 s, got {frames} frames, {distinct} "
-        f"distinct. {note} Client output: {client.output(800)!r}")
+        f"{min_distinct} distinct non-blank frames in {WRITER_WINDOW_S:.0f} s, got {frames} "
+        f"frames, {distinct} distinct. {note} Client output: {client.output(800)!r}")
 
 
 def _judge_reader_file(client: Client, out: str, want_frames: int, rnd: int, size=FRAME):

@@ -114,7 +114,14 @@ def test_race_mmap_against_reqbufs(cell, openers):
     bt, dname = dirs[0]
     b = openers.proc("claimer")
     what = f"mmap/munmap racing REQBUFS({dname}) for {RACE_S:.1f} s"
-    a.send("fn", map_vs_reqbufs, RACE_S, bt, cell.max_buffers, set_format=not cell.keep_format)
+    # the mapper claims before the claimer starts: were the claimer's claim the first, with
+    # exclusive_caps=1 and keep_format=1 it would pin (and keep) the format, and the mapper,
+    # which did not set it, would see a CAPTURE-only node (X1) and its first REQBUFS(OUTPUT)
+    # would be EINVAL (seen on 6.1 ec1-keep in CI, stop 16)
+    if not cell.keep_format:
+        a.call("s_fmt", bt, 160, 120)
+    a.call("reqbufs", bt, 2)
+    a.send("fn", map_vs_reqbufs, RACE_S, bt, cell.max_buffers)
     # exclusive_caps=1 + keep_format=1: the mapper's claim pins the format and the kept
     # format shows CAPTURE only to an opener that did not set it (X1), so the claimer's OUTPUT
     # REQBUFS is EINVAL from then on (seen on 6.1 ec1-keep when the walk before left the

@@ -414,17 +414,15 @@ def disturb_loop(dev: Device, duration: float, kind: str, seed: int = 1,
 
 
 def map_vs_reqbufs(dev: Device, duration: float, bt: int, max_buffers: int,
-                   set_format: bool = True, seed: int = 1) -> dict:
+                   seed: int = 1) -> dict:
     """One opener, two threads: one mmaps, touches and munmaps its buffers (QUERYBUF + mmap
     by offset) while the other asks REQBUFS with counts 0..max_buffers+1. A4: reallocation
     while a buffer is mapped is EBUSY; a mapping that mmap() returned stays usable until
     munmap (touching it must not fault). bad: any other REQBUFS error, QUERYBUF/mmap errors
-    other than EINVAL (a buffer gone between the two calls), a REQBUFS(0) with count != 0."""
+    other than EINVAL (a buffer gone between the two calls), a REQBUFS(0) with count != 0.
+    The opener has claimed bt already (its format set, unless kept)."""
     rnd = random.Random(seed)
     res = _result()
-    if set_format:
-        dev.s_fmt(bt, 160, 120, YUYV)
-    dev.reqbufs(bt, 2)
     stop = threading.Event()
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if bt == OUT else 0)
 

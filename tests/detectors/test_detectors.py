@@ -30,6 +30,9 @@ TRIGGERS = ["none", "rcu", "ubsan", "odebug", "list", "kfence", "leak", "lockdep
 # runs those instead. tests/test_guest_detectors.py runs the list above.
 TRIGGERS = os.environ.get("LOOPQUAL_DETECTORS_TRIGGERS", " ".join(TRIGGERS)).split()
 KMEMLEAK = Path(health.KMEMLEAK_FILE)
+# KFENCE guards one allocation per sample interval (100 ms by default), the first after its
+# timer fires; for the kfence trigger the interval is 1 ms, then set back.
+KFENCE_INTERVAL = Path("/sys/module/kfence/parameters/sample_interval")
 
 
 def _guard() -> dict:
@@ -51,7 +54,12 @@ def test_detector(trigger):
         f"give the .ko's path")
     work = Path(cell["work_dir"])
     kmsg = KmsgReader()
+    interval = None
     try:
+        if trigger == "kfence":
+            assert KFENCE_INTERVAL.exists(), f"{KFENCE_INTERVAL} is missing: no KFENCE here"
+            interval = KFENCE_INTERVAL.read_text().strip()
+            KFENCE_INTERVAL.write_text("1")
         proc = subprocess.run(["insmod", ko, f"trigger={trigger}"], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, f"insmod {MODULE} trigger={trigger}: {proc.stderr.strip()}"
@@ -62,6 +70,8 @@ def test_detector(trigger):
         rm = subprocess.run(["rmmod", MODULE], capture_output=True, text=True, timeout=60)
         assert rm.returncode == 0, f"rmmod {MODULE}: {rm.stderr.strip()}"
     finally:
+        if interval is not None:
+            KFENCE_INTERVAL.write_text(interval)
         lines = kmsg.drain()
         kmsg.close()
         (work / f"detectors-{trigger}.log").write_text("".join(f"{x}\n" for x in lines))
