@@ -21,8 +21,9 @@ seen all 89 of its contents after about 90 s at 1 fps):
   window 4  Firefox carries on
 The browsers' pages report what they received every TICK_S seconds (LOOPQUAL_TICK {json}):
 frames, non-blank frames, distinct non-blank frames and changes (a non-blank frame unlike the
-one before) so far; ffmpeg writes each frame's MD5 (-f framemd5), flushed per frame. A program that is missing or does not start in time makes
-the scenario incomplete, never a pass or a skip.
+one before) so far; ffmpeg writes each frame's MD5 (-f framemd5), flushed per frame. A
+program that is missing or does not start in time makes the scenario incomplete, never a pass
+or a skip.
 """
 
 from __future__ import annotations
