@@ -44,10 +44,16 @@ console.log("LOOPQUAL_STARTED");
     const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
     const seen = new Set();
     const end = performance.now() + %(seconds)d * 1000;
+    // one read() outstanding at a time: reads given up still take the next frames, in order,
+    // and nobody would count or close them (K6's page lost every frame that way at 1 fps)
+    let pending = null;
     while (performance.now() < end && out.frames < 300) {
-      const r = await Promise.race([reader.read(),
+      if (!pending) pending = reader.read();
+      const r = await Promise.race([pending,
         new Promise(res => setTimeout(() => res({timeout: true}), 5000))]);
-      if (r.timeout || r.done) continue;
+      if (r.timeout) continue;
+      pending = null;
+      if (r.done) break;
       const f = r.value;
       out.frames++;
       try {

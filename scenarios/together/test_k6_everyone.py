@@ -93,14 +93,21 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 %(open)s    say("LOOPQUAL_OPENED");
     const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
     let next = performance.now();
+    // one read() outstanding at a time, kept across the 1 s ticks: reads given up still take
+    // the next frames, in order, so after a few 1 s timeouts every new frame went to a read
+    // nobody awaited (and nobody closed its frame): with OBS at 1 fps the first full runs'
+    // page counted 3-4 frames while Chromium's capture went on dequeuing one a second (strace)
+    let pending = null;
     while (performance.now() < until) {
       if (performance.now() >= next) {
         out.distinct = seen.size; out.ended = track.readyState === "ended";
         say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
       }
-      const r = await Promise.race([reader.read(),
+      if (!pending) pending = reader.read();
+      const r = await Promise.race([pending,
         new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
       if (r.timeout) continue;
+      pending = null;
       if (r.done) { await sleep(1000); continue; }
       const f = r.value;
       out.frames++;
