@@ -33,7 +33,10 @@ from .bench import load_fresh
 from .runner import emit, rmmod
 
 CAP_VIDEO_CAPTURE = 0x1
-FFMPEG_PROGRESS = re.compile(r"frame=\s*(\d+).*?drop=\s*(\d+)")
+# ffmpeg's progress line ("frame=  11 fps=0.0 q=-0.0 size=N/A time=... speed=0.719x") names
+# dup= and drop= only once they are not zero
+FFMPEG_FRAME = re.compile(r"^frame=\s*(\d+)")
+FFMPEG_DROP = re.compile(r"\bdrop=\s*(\d+)")
 GST_QOS_DROPPED = re.compile(r"dropped=\(guint64\)(\d+)")
 GST_CHAIN = re.compile(r"GstIdentity:(\w+): last-message = chain")
 FRAMEMD5 = re.compile(r"^\d+,\s*-?\d+,\s*-?\d+,\s*-?\d+,\s*\d+,\s*([0-9a-f]{32})\s*$")
@@ -123,10 +126,11 @@ def writer_counts(kind: str, lines: list[tuple[float, str]]) -> tuple[list[tuple
     samples, dropped = [], 0
     for t, line in lines:
         if kind == "ffmpeg":
-            m = FFMPEG_PROGRESS.search(line)
+            m = FFMPEG_FRAME.search(line)
             if m:
                 samples.append((t, int(m.group(1))))
-                dropped = int(m.group(2))
+                d = FFMPEG_DROP.search(line)
+                dropped = int(d.group(1)) if d else dropped
         else:
             if GST_CHAIN.search(line):
                 samples.append((t, len(samples) + 1))
@@ -183,7 +187,7 @@ def measure(device: str, pair: dict, plan: dict, log_dir: Path) -> dict:
                      log_dir / "writer.log")
     reader = None
     try:
-        if not wait(device_streams, limit):
+        if not wait(lambda: device_streams(device), limit):
             row["error"] = (f"the {w_kind} writer did not make the device stream within {limit} s "
                             f"(exit {writer.p.poll()}): {writer.tail()}")
             return row
