@@ -107,6 +107,7 @@ class Kernel:
     boot_timeout_s: int = 240  # to the guest runner's first sign of life (kernels.toml)
     time_factor: float = 1.0  # a cell here takes this many times a Debian kernel's (kernels.toml)
     guest_udev: bool = True  # False: the guest boots without udev's coldplug (kernels.toml)
+    guest_append: str = ""  # added to the guest kernel's command line (kernels.toml)
 
     @property
     def kind(self) -> str:
@@ -137,6 +138,8 @@ class _KernelEntry(_Entry):
     time_factor: float = Field(default=Kernel.time_factor, ge=1, le=100,
                                description="a number from 1 to 100")
     guest_udev: bool = True
+    guest_append: str = Field(default="", pattern=r"^(?:[A-Za-z0-9_.-]+=[A-Za-z0-9_.,-]+ ?)*$",
+                              description='kernel parameters, e.g. "kfence.sample_interval=10000"')
 
 
 _SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -158,7 +161,7 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
             out[name] = Kernel(name=name, description=k.description, image_package="",
                                headers_package="", default=k.default, debug=True,
                                boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
-                               guest_udev=k.guest_udev)
+                               guest_udev=k.guest_udev, guest_append=k.guest_append.strip())
             continue
         if k.image_package is None:
             raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
@@ -184,7 +187,7 @@ def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
                            build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
                            base_suite=k.base_suite, version=k.version,
                            boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
-                           guest_udev=k.guest_udev)
+                           guest_udev=k.guest_udev, guest_append=k.guest_append.strip())
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out

@@ -555,6 +555,7 @@ def run_lanes(lanes: list[Lane], plan: Plan, accel: dict[str, str], jobs: int) -
     info = {k.name: ik for k, ik, _cs in plan.to_boot}
     boot_limit = {k.name: k.boot_timeout_s for k, _ik, _cs in plan.to_boot}
     udev = {k.name: k.guest_udev for k, _ik, _cs in plan.to_boot}
+    append = {k.name: k.guest_append for k, _ik, _cs in plan.to_boot}
     labels = {c["id"]: f"{ln.kernel} {c['module']} {c['param_set']}" for ln in lanes for c in ln.cells}
     prog = Progress(len(labels), labels)
     if len(lanes) > 1 and jobs > 1:
@@ -571,7 +572,8 @@ def run_lanes(lanes: list[Lane], plan: Plan, accel: dict[str, str], jobs: int) -
         lt0 = time.monotonic()
         guest_plan = {"kernel": ln.kernel, "release": ik.release, "repo": str(REPO), "cells": ln.cells}
         gr = vm.run_plan(guest_plan, ik.vmlinuz, ln.work_dir, prog.with_tag(tag), accel[ln.kernel],
-                         boot_timeout_s=boot_limit[ln.kernel], udev=udev[ln.kernel])
+                         boot_timeout_s=boot_limit[ln.kernel], udev=udev[ln.kernel],
+                         append=append[ln.kernel])
         ln.boots, ln.wall_s = gr.boots, round(time.monotonic() - lt0, 1)
         (ln.work_dir / "console.log").write_text("\n".join(gr.console) + "\n")
         return gr

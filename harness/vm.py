@@ -188,14 +188,15 @@ WITHOUT_UDEV = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
 def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
                 memory: str = f"{GUEST_MEMORY_GIB}G",
                 cpus: int | None = None, exec_cmd: str | None = None,
-                guest_module: str = "loopqual.guest.runner", udev: bool = True) -> list[str]:
+                guest_module: str = "loopqual.guest.runner", udev: bool = True,
+                append: str = "") -> list[str]:
     cpus = cpus or guest_cpus()
     alias = shell_safe_alias(rwdir)
     if plan is not None and plan.is_relative_to(rwdir):
         plan = alias / plan.relative_to(rwdir)
     cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
            "-r", str(vmlinuz), "--rwdir", str(alias),
-           "--append", "panic=-1 printk.devkmsg=on"]
+           "--append", " ".join(["panic=-1 printk.devkmsg=on", append]).strip()]
     if accel != "kvm":
         cmd.append("--disable-kvm")
     if exec_cmd is None:
@@ -252,7 +253,8 @@ def cell_budget(cell: dict) -> float:
 
 
 def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None,
-             boot_timeout_s: float = BOOT_TIMEOUT_S, udev: bool = True) -> GuestRun:
+             boot_timeout_s: float = BOOT_TIMEOUT_S, udev: bool = True,
+             append: str = "") -> GuestRun:
     """Boot as often as needed to give every cell a result file (or a host-side verdict).
 
     boot(plan_path) -> (cell in progress when the guest ended or None, reason, console tail)
@@ -270,7 +272,8 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
     on_event = _with_cell_outcome(on_event, cells_dir)
     if boot is None:
         def boot(plan_path: Path):
-            return _boot_once(gr, vng_command(vmlinuz, rwdir, plan_path, accel, udev=udev),
+            cmd = vng_command(vmlinuz, rwdir, plan_path, accel, udev=udev, append=append)
+            return _boot_once(gr, cmd,
                               lambda cid: cell_budget(by_id[cid]), on_event, boot_timeout_s)
 
     def pending() -> list[dict]:

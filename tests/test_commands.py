@@ -69,3 +69,19 @@ def test_a_kernel_without_guest_udev_boots_vng_in_a_namespace_with_no_udevd(monk
     kernels = data.load_kernels()
     assert kernels["debian-6.12-debug"].guest_udev is False
     assert kernels["debian-6.12"].guest_udev is True
+
+
+def test_a_kernels_guest_append_goes_on_the_guest_kernels_command_line(monkeypatch, tmp_path):
+    """guest_append (the debug kernel: KFENCE's sample interval) is added after loopqual's own
+    parameters; a kernel without it boots with those alone."""
+    from loopqual import data
+
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    plan = tmp_path / "plan-boot1.json"
+    kernels = data.load_kernels()
+    debug = kernels["debian-6.12-debug"].guest_append
+    assert debug == "kfence.sample_interval=10000" and kernels["debian-6.12"].guest_append == ""
+    cmd = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1, append=debug)
+    assert cmd[cmd.index("--append") + 1] == "panic=-1 printk.devkmsg=on kfence.sample_interval=10000"
+    plain = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
+    assert plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"

@@ -485,3 +485,14 @@ def test_a_profile_exclusion_can_hold_for_one_tool_only(tmp_path):
                         'tools=["nope"], because="a reason here" }]\n')
     with pytest.raises(DataError, match=r"\[profile.p\] not_applicable names unknown tool 'nope'"):
         data.load_suites(p, data.PARAMS_FILE)
+
+
+def test_guest_append_takes_kernel_parameters_only(tmp_path):
+    """guest_append reaches the guest's command line: words of the form key=value, nothing a
+    shell or the boot loader would read as more."""
+    head = '[kernel.a]\nimage_package="x"\nheaders_package="y"\n'
+    ok = data.load_kernels(write(tmp_path, head + 'guest_append="kfence.sample_interval=10000 a.b=1,2"\n'))
+    assert ok["a"].guest_append == "kfence.sample_interval=10000 a.b=1,2"
+    for bad in ('"x=1; reboot"', '"init=/bin/sh $(id)"', '"quiet"', "5"):
+        with pytest.raises(DataError, match=r"kernel\.a.*guest_append"):
+            data.load_kernels(write(tmp_path, head + f"guest_append={bad}\n"))

@@ -72,6 +72,9 @@ def test_detector(trigger):
     finally:
         if interval is not None:
             KFENCE_INTERVAL.write_text(interval)
+            stats = Path("/sys/kernel/debug/kfence/stats")
+            if stats.exists():  # the pool's state, kept beside the trigger's kernel log
+                (work / "detectors-kfence-stats.txt").write_text(stats.read_text())
         lines = kmsg.drain()
         kmsg.close()
         (work / f"detectors-{trigger}.log").write_text("".join(f"{x}\n" for x in lines))
