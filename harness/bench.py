@@ -66,7 +66,8 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
             print(f"  {ev['step']}", file=sys.stderr, flush=True)
 
     per_measure = 2 * (2.0 + window_s + 15)
-    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench")
+    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench",
+                         udev=kernel.guest_udev, append=kernel.guest_append)
     _gr, reason, tail = vm.boot_once(cmd, len(measurements) * per_measure + 120, progress)
     result_file = rw / "bench-guest.json"
     if not result_file.exists():
@@ -284,7 +285,9 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
             print(f"  {ev['step']}", file=sys.stderr, flush=True)
 
     per = 2 * start_limit_s + warmup_s + window_s + 30
-    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench_programs")
+    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel,
+                         guest_module="loopqual.guest.bench_programs",
+                         udev=kernel.guest_udev, append=kernel.guest_append)
     _gr, reason, tail = vm.boot_once(cmd, len(PROGRAM_PAIRS) * len(built) * per + 180, progress)
     result_file = rw / "bench-programs-guest.json"
     if not result_file.exists():

@@ -9,6 +9,7 @@ import re
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import pexpect
 
@@ -56,6 +57,14 @@ def setup_lines(ko: str, module_params: dict, controls: dict) -> list[str]:
     return steps
 
 
+def guest_command(kernel: data.Kernel, vmlinuz: Path, accel: str) -> list[str]:
+    """The interactive guest's vng command: booted as qualify boots this kernel (its
+    guest_udev and guest_append from kernels.toml), with a shell instead of the runner."""
+    cmd = vm.vng_command(vmlinuz, rwdir=vm.REPO / "results", plan=None, accel=accel,
+                         exec_cmd="", udev=kernel.guest_udev, append=kernel.guest_append)
+    return [c for c in cmd if c != "--verbose"]
+
+
 def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
     if not sys.stdin.isatty():
         raise LoopqualError("loopqual shell needs an interactive terminal (stdin is not a tty)")
@@ -71,9 +80,7 @@ def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
     if b.status != "ok":
         raise LoopqualError(f"{src.name} does not build on {kernel.name}:\n{b.log_tail}")
     accel = vm.detect_accel(ik.vmlinuz)
-    cmd = vm.vng_command(ik.vmlinuz, rwdir=vm.REPO / "results", plan=None, accel=accel,
-                         exec_cmd="")
-    cmd = [c for c in cmd if c != "--verbose"]
+    cmd = guest_command(kernel, ik.vmlinuz, accel)
     print(f"loopqual: booting {ik.release} ({accel.upper()}), then loading {src.name} "
           f"with {ps.name}...", flush=True)
     child = pexpect.spawn(cmd[0], cmd[1:], timeout=vm.BOOT_TIMEOUT_S, encoding="utf-8",

@@ -85,3 +85,19 @@ def test_a_kernels_guest_append_goes_on_the_guest_kernels_command_line(monkeypat
     assert cmd[cmd.index("--append") + 1] == "panic=-1 printk.devkmsg=on kfence.sample_interval=10000"
     plain = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
     assert plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"
+
+
+def test_loopqual_shell_boots_a_kernel_as_qualify_does(monkeypatch):
+    """`loopqual shell` on the debug kernel boots it as qualify does: without udev and with its
+    guest_append; a production kernel with udev and loopqual's parameters alone. The shell gets
+    no --exec script and no --verbose (its console is the user's)."""
+    from loopqual import data
+
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    kernels = data.load_kernels()
+    debug = shell.guest_command(kernels["debian-6.12-debug"], Path("/boot/vmlinuz-x"), "tcg")
+    assert debug[:len(vm.WITHOUT_UDEV)] == vm.WITHOUT_UDEV
+    assert debug[debug.index("--append") + 1].endswith(" kfence.sample_interval=10000")
+    plain = shell.guest_command(kernels["debian-6.12"], Path("/boot/vmlinuz-x"), "tcg")
+    assert plain[0] == "/usr/bin/vng" and plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"
+    assert "--exec" not in plain and "--verbose" not in plain and "--disable-kvm" in plain
