@@ -123,9 +123,17 @@ gate: venv
 		$(GATE_SUITES) $(GATE_SELECT) --out results/gate); \
 	wait; echo "--- the side lane (results/gate-side.log, its end):"; \
 	tail -n 60 results/gate-side.log; \
-	for step in $(if $(GATE_WITH_SELFTEST),selftest )gate gate-sanitizer detectors; do \
+	failed=0; for step in $(if $(GATE_WITH_SELFTEST),selftest )gate gate-sanitizer detectors; do \
 	  code=$$(cat $(EXIT_CODES)/$$step); echo "gate: step $$step exit $$code"; \
-	  [ "$$code" = 0 ] || exit $$code; done
+	  [ "$$code" = 0 ] || [ "$$failed" != 0 ] || failed=$$code; done; \
+	for step in gate gate-sanitizer; do [ "$$(cat $(EXIT_CODES)/$$step)" = 0 ] && continue; \
+	  echo "--- step $$step failed: its cells and problems (results/$$step/report.html)"; \
+	  $(LOOPQUAL) report results/$$step --table | grep -v '^results/'; done; \
+	for step in $(if $(GATE_WITH_SELFTEST),selftest )detectors; do \
+	  [ "$$(cat $(EXIT_CODES)/$$step)" = 0 ] && continue; \
+	  echo "--- step $$step failed: its pytest lines (results/gate-side.log)"; \
+	  grep -E '^(FAILED|ERROR) |^E  ' results/gate-side.log | tail -n 40; done; \
+	exit $$failed
 	@$(call record,gate-rules,$(LOOPQUAL) compare --gated-must-hold results/gate)
 
 # The real desktop programs (Chromium, Firefox, OBS Studio), Mozilla's one-frame set-up and

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
+    r.add_argument("--table", action="store_true",
+                   help="also print the run's table and its problems, as qualify printed them")
 
     be = sub.add_parser("bench", help="patched vs its stock base (kernel/sources.toml) throughput, one boot; "
                                       "prints a table and writes bench.json")
@@ -236,7 +238,10 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "report":
         from . import report
 
-        print(report.rerender(args.dir))
+        html, table = report.rerender(args.dir)
+        if args.table:
+            print(table)
+        print(html)
         return 0
     if args.command == "series":
         return _series(args)

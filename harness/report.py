@@ -142,10 +142,12 @@ def write_html(path: Path, run: dict) -> None:
     atomic_write(path, html)
 
 
-def rerender(results_dir: Path) -> Path:
+def rerender(results_dir: Path) -> tuple[Path, str]:
+    """report.html written again from results.json; and the terminal table of the run (its
+    cells, their problems, where the time went), as qualify printed it at its end."""
     from . import resultsfile
 
     data = resultsfile.load(results_dir, for_report=True)
     out = results_dir / "report.html"
     write_html(out, data)
-    return out
+    return out, terminal_table(data)
