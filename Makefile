@@ -12,12 +12,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # of obs-studio, and recommendations are not installed here: it is named.
 # mmdebstrap makes the build roots of kernels from newer suites (kernel/kernels.toml entries
 # with a suite: sid, trixie-backports), which are never installed on the host.
+# gdb reads the core of a real program that died of a signal in a scenario (scenarios/lib/crash.py).
 APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 	build-essential kmod dwarves v4l-utils ffmpeg \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	python3-venv python3-dev busybox-static zstd udev chromium firefox-esr \
-	mmdebstrap flex bison bc libelf-dev libssl-dev obs-studio obs-plugins xvfb libgl1-mesa-dri
+	mmdebstrap flex bison bc libelf-dev libssl-dev obs-studio obs-plugins xvfb libgl1-mesa-dri gdb
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import pytest
+from lib import crash
 from lib.clients import count_distinct_frames
 from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
 from lib.v4l2 import YUYV, fourcc
@@ -91,7 +92,7 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
     home = tempfile.mkdtemp(prefix="loopqual-obs-")
     sessions: list[dict] = []
     try:
-        with xvfb(os.path.join(log_dir, "xvfb.log")) as display:
+        with xvfb(os.path.join(log_dir, "xvfb.log")) as display, crash.core_dumps(log_dir):
             obs = Obs(fresh_home(home), display, os.path.join(log_dir, "obs.log"))
             try:
                 startup_s = obs.wait_ready()
@@ -124,6 +125,9 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                 record_property("sessions", sessions)
                 ended = obs.exited()
                 obs.stop()
+                if where_it_died := obs.crash_report(log_dir):
+                    ended += f" ({where_it_died})"
+                    record_property("obs_crash", where_it_died)
                 log_tail = obs.camera_lines()
                 obs.keep_files(os.path.join(home, "config"), log_dir)
     finally:

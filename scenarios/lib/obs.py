@@ -23,6 +23,7 @@ from pathlib import Path
 
 from loopqual import procgroup
 
+from . import crash
 from .infra import InfrastructureProblem, need_program
 
 CONFIG = Path(__file__).resolve().parent.parent / "apps" / "obs-config"
@@ -111,13 +112,15 @@ class Obs:
         self.t0 = time.monotonic()
         # OBS logs through stdio, block-buffered into a file: line-buffered, a line that
         # explains a failure is in the log when the scenario reads it
+        # it may dump core: a crash is reported with its backtrace (lib/crash.py)
         self.p = procgroup.spawn(
-            ["stdbuf", "-oL", "-eL", self.program, "--multi", "--profile", "loopqual",
-             "--collection", "loopqual"],
+            [*crash.core_limit_prefix(), "stdbuf", "-oL", "-eL", self.program, "--multi",
+             "--profile", "loopqual", "--collection", "loopqual"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(os.environ, DISPLAY=display, **env), cwd=env["HOME"])
         self.client = None
         self.startup_s: float | None = None
+        self.killed_by: int | None = None  # the signal OBS died of, as exited() saw it
 
     def output(self, tail: int = 1500) -> str:
         try:
@@ -169,7 +172,16 @@ class Obs:
         if code is None:
             return ""
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if code < 0:
+            self.killed_by = -code
         return f"OBS Studio ended ({how})"
+
+    def crash_report(self, dest: str) -> str:
+        """Where OBS died, when exited() saw it die of a signal before the scenario stopped
+        it: gdb's backtrace of its core (in dest, within crash.core_dumps(dest)); else ""."""
+        if self.killed_by is None:
+            return ""
+        return crash.backtrace(self.program, self.p.pid, dest)
 
     def stats(self) -> dict:
         """OBS's own counters (GetStats): frames rendered and skipped by its graphics thread,

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import pytest
+from lib import crash
 from lib.browser import (
     START_LIMIT_S,
     BrowserRun,
@@ -299,7 +300,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
         return b
 
     try:
-        with xvfb(os.path.join(log_dir, "xvfb.log")) as display:
+        with xvfb(os.path.join(log_dir, "xvfb.log")) as display, crash.core_dumps(log_dir):
             obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,
                       os.path.join(log_dir, "obs.log"))
             try:
@@ -353,7 +354,10 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 ffmpeg.client.stop()
                 window(4, ["firefox"], "ffmpeg stopped")
             finally:
+                obs.exited()
                 obs.stop()
+                if where_it_died := obs.crash_report(log_dir):
+                    record_property("obs_crash", where_it_died)
                 obs.keep_files(os.path.join(home, "obs", "config"), log_dir)
     finally:
         record_property("programs", versions)
