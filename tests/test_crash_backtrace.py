@@ -53,6 +53,18 @@ def test_no_core_is_said_and_never_raises(tmp_path):
      "  Id   Target Id         Frame \n"
      "Thread 1 (LWP 32371):\n#0  __GI___clock_nanosleep (clock_id=0) at x.c:71\n",
      "__GI___clock_nanosleep (clock_nanosleep.c:71) < __GI___nanosleep (nanosleep.c:25) < ??"),
+    # recorded from gdb 13.1 on the core of OBS Studio 29.0.2 aborted (SIGABRT) in a guest:
+    # a line between the frame named on loading and the backtrace, C++ names with spaces
+    ("Program terminated with signal SIGABRT, Aborted.\n"
+     "#0  0x00007f74c7d38156 in ?? () from /lib/x86_64-linux-gnu/libQt5Gui.so.5\n"
+     "[Current thread is 1 (Thread 0x7f74bca68400 (LWP 281))]\n"
+     "#0  0x00007f74c7d38156 in ?? () from /lib/x86_64-linux-gnu/libQt5Gui.so.5\n"
+     "#1  0x00007f74c7ceb305 in QRasterPaintEngine::drawRects(QRectF const*, int) () "
+     "from /lib/x86_64-linux-gnu/libQt5Gui.so.5\n"
+     "#2  0x00007f74c7d8233c in ?? () from /lib/x86_64-linux-gnu/libQt5Gui.so.5\n"
+     "  Id   Target Id         Frame \n",
+     "?? (libQt5Gui.so.5) < QRasterPaintEngine::drawRects(QRectF const*, int) (libQt5Gui.so.5) "
+     "< ?? (libQt5Gui.so.5)"),
     ("#0  0x00007f in raise () from /lib/x86_64-linux-gnu/libc.so.6\n"
      "#1  0x00007f in abort () from /lib/x86_64-linux-gnu/libc.so.6\n",
      "raise (libc.so.6) < abort (libc.so.6)"),

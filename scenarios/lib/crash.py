@@ -27,7 +27,9 @@ CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 # the X server's and the GL driver's buffers are large and tell nothing of the crash)
 CORE_FILTER = "0x11"
 GDB_LIMIT_S = 300
-FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: (?:at|from) (\S+))?")
+# a frame: "#N  [0xADDR in ]FUNCTION (ARGS)[ at FILE:LINE| from LIBRARY]"; a C++ FUNCTION has
+# its own parentheses and spaces ("QRasterPaintEngine::drawRects(QRectF const*, int) ()")
+FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(.+?) \(.*\)(?: (?:at|from) (\S+))?$")
 
 
 def core_limit_prefix() -> list[str]:
@@ -82,6 +84,10 @@ def backtrace(program: str, pid: int, directory: str) -> str:
     if not cores:
         return f"no core dump of pid {pid} in {directory}"
     out_path = os.path.join(directory, f"backtrace.{pid}.txt")
+    try:
+        size_mb = os.path.getsize(cores[0]) / 2**20
+    except OSError as exc:
+        return f"the core {cores[0]} cannot be read: {exc}"
     cmd = ["gdb", "-batch", "-nx", "-q", "-iex", "set debuginfod enabled off",
            "-ex", "set pagination off", "-ex", "bt 30", "-ex", "info threads",
            "-ex", "thread apply all bt 15", program, cores[0]]
@@ -94,7 +100,6 @@ def backtrace(program: str, pid: int, directory: str) -> str:
     with contextlib.suppress(OSError):
         with open(out_path, "w") as f:
             f.write(f"$ {' '.join(cmd)}\n{text}")
-    size_mb = os.path.getsize(cores[0]) / 2**20
     for core in cores:
         with contextlib.suppress(OSError):
             os.unlink(core)
@@ -108,8 +113,8 @@ def summary(gdb_output: str, frames: int = 12) -> str:
     out = []
     for line in gdb_output.splitlines():
         m = FRAME.match(line.strip())
-        if not m:
-            if out and not line.startswith("#"):
+        if not m:  # gdb's lines between the frame it names on loading and the backtrace
+            if len(out) > 1:
                 break
             continue
         n = int(m.group(1))

@@ -120,7 +120,7 @@ class Obs:
             env=dict(os.environ, DISPLAY=display, **env), cwd=env["HOME"])
         self.client = None
         self.startup_s: float | None = None
-        self.killed_by: int | None = None  # the signal OBS died of, as exited() saw it
+        self.killed_by: int | None = None  # the signal OBS died of before stop()
 
     def output(self, tail: int = 1500) -> str:
         try:
@@ -172,13 +172,12 @@ class Obs:
         if code is None:
             return ""
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        if code < 0:
-            self.killed_by = -code
         return f"OBS Studio ended ({how})"
 
     def crash_report(self, dest: str) -> str:
-        """Where OBS died, when exited() saw it die of a signal before the scenario stopped
-        it: gdb's backtrace of its core (in dest, within crash.core_dumps(dest)); else ""."""
+        """Where OBS died, when it had died of a signal before stop() (not of stop's own
+        SIGTERM): gdb's backtrace of its core (in dest, within crash.core_dumps(dest));
+        else ""."""
         if self.killed_by is None:
             return ""
         return crash.backtrace(self.program, self.p.pid, dest)
@@ -248,6 +247,9 @@ class Obs:
         return sorted(set(nodes))
 
     def stop(self) -> None:
+        code = self.p.poll()
+        if code is not None and code < 0:
+            self.killed_by = -code
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.disconnect()

@@ -354,7 +354,6 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 ffmpeg.client.stop()
                 window(4, ["firefox"], "ffmpeg stopped")
             finally:
-                obs.exited()
                 obs.stop()
                 if where_it_died := obs.crash_report(log_dir):
                     record_property("obs_crash", where_it_died)
