@@ -710,7 +710,7 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
 
 
 GUEST_ENV_SKIP = {"LOOPQUAL_CACHE", "LOOPQUAL_ACCEL", "LOOPQUAL_MIRROR", "LOOPQUAL_GUEST_CPUS",
-                  "LOOPQUAL_JOBS"}
+                  "LOOPQUAL_GUEST_MEMORY_GIB", "LOOPQUAL_JOBS"}
 
 
 def passthrough_env() -> dict[str, str]:

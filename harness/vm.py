@@ -141,18 +141,26 @@ class GuestRun:
     boot_seconds: list[float] = field(default_factory=list)
 
 
-GUEST_MEMORY_GIB = 2  # each guest's --memory
+GUEST_MEMORY_GIB = 2  # each guest's --memory unless LOOPQUAL_GUEST_MEMORY_GIB says otherwise
+
+
+def guest_memory_gib() -> int:
+    """GiB of memory per guest: GUEST_MEMORY_GIB unless LOOPQUAL_GUEST_MEMORY_GIB says otherwise."""
+    value = os.environ.get("LOOPQUAL_GUEST_MEMORY_GIB", str(GUEST_MEMORY_GIB))
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise GuestError(f"LOOPQUAL_GUEST_MEMORY_GIB={value!r}: give a whole number of GiB from 1 to 256")
+    return int(value)
 
 
 def machine_jobs(cpus: int | None = None, mem_kib: int | None = None) -> int:
     """How many guests this machine carries at once: one per host core (a guest keeps one
-    core busy under TCG, and uses about one with KVM), and GUEST_MEMORY_GIB of memory each
+    core busy under TCG, and uses about one with KVM), and guest_memory_gib() of memory each
     with one guest's worth left for the host."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) or 1
     if mem_kib is None:
         mem_kib = _meminfo_kib("MemTotal")
-    by_memory = mem_kib // (GUEST_MEMORY_GIB * 1024 * 1024) - 1 if mem_kib else 1
+    by_memory = mem_kib // (guest_memory_gib() * 1024 * 1024) - 1 if mem_kib else 1
     return max(1, min(cpus, by_memory, 16))
 
 
@@ -186,11 +194,12 @@ WITHOUT_UDEV = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
 
 
 def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
-                memory: str = f"{GUEST_MEMORY_GIB}G",
+                memory: str | None = None,
                 cpus: int | None = None, exec_cmd: str | None = None,
                 guest_module: str = "loopqual.guest.runner", udev: bool = True,
                 append: str = "") -> list[str]:
     cpus = cpus or guest_cpus()
+    memory = memory or f"{guest_memory_gib()}G"
     alias = shell_safe_alias(rwdir)
     if plan is not None and plan.is_relative_to(rwdir):
         plan = alias / plan.relative_to(rwdir)

@@ -101,3 +101,26 @@ def test_loopqual_shell_boots_a_kernel_as_qualify_does(monkeypatch):
     plain = shell.guest_command(kernels["debian-6.12"], Path("/boot/vmlinuz-x"), "tcg")
     assert plain[0] == "/usr/bin/vng" and plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"
     assert "--exec" not in plain and "--verbose" not in plain and "--disable-kvm" in plain
+
+
+def test_guest_memory_comes_from_loopqual_guest_memory_gib(monkeypatch, tmp_path):
+    """Each guest gets 2 GiB unless LOOPQUAL_GUEST_MEMORY_GIB says otherwise; a value that is
+    not a whole number of GiB is refused with the variable's name, and the number of guests
+    the machine carries follows the memory each takes."""
+    import pytest
+
+    from loopqual.errors import LoopqualError
+
+    monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
+    plan = tmp_path / "plan-boot1.json"
+    monkeypatch.delenv("LOOPQUAL_GUEST_MEMORY_GIB", raising=False)
+    cmd = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
+    assert cmd[cmd.index("--memory") + 1] == "2G"
+    assert vm.machine_jobs(cpus=8, mem_kib=24 * 1024 * 1024) == 8
+    monkeypatch.setenv("LOOPQUAL_GUEST_MEMORY_GIB", "4")
+    cmd = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
+    assert cmd[cmd.index("--memory") + 1] == "4G"
+    assert vm.machine_jobs(cpus=8, mem_kib=24 * 1024 * 1024) == 5
+    monkeypatch.setenv("LOOPQUAL_GUEST_MEMORY_GIB", "4G")
+    with pytest.raises(LoopqualError, match="LOOPQUAL_GUEST_MEMORY_GIB='4G'"):
+        vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)

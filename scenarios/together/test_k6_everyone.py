@@ -46,6 +46,7 @@ from lib.browser import (
 from lib.clients import Client
 from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
+from lib.load import guest_load
 from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, xvfb
 
 OBS_FPS = 1
@@ -299,8 +300,10 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
         readers[name] = b
         return b
 
+    load = None
     try:
-        with xvfb(os.path.join(log_dir, "xvfb.log")) as display, crash.core_dumps(log_dir):
+        with (guest_load(os.path.join(log_dir, "guest-load.log")) as load,
+              xvfb(os.path.join(log_dir, "xvfb.log")) as display, crash.core_dumps(log_dir)):
             obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,
                       os.path.join(log_dir, "obs.log"))
             try:
@@ -362,6 +365,8 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
         record_property("programs", versions)
         record_property("steps", steps)
         record_property("windows", windows)
+        if load is not None:
+            record_property("guest_load", load.summary())
         for b in browsers:
             b.stop()
         if ffmpeg is not None and ffmpeg.client.alive():
