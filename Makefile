@@ -175,10 +175,11 @@ compare: venv
 bench: venv
 	$(LOOPQUAL) bench --out results/bench
 
-# Real programs through the device (ffmpeg and GStreamer as writers and readers), stock 0.13.2
-# and 0.15.4 against patched in one boot: figures and ratios, no verdict.
+# Real programs through the device (ffmpeg, GStreamer and OBS Studio's virtual camera as
+# writers; ffmpeg, GStreamer, headless Chromium and Firefox ESR as readers), stock 0.13.2 and
+# 0.15.4 against patched in one boot: figures and ratios, no verdict.
 bench-programs: venv
-	$(LOOPQUAL) bench --programs --out results/bench-programs
+	$(LOOPQUAL) bench --programs --pairs all --out results/bench-programs
 
 clean:
 	rm -rf results

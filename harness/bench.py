@@ -221,8 +221,15 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
 # --- loopqual bench --programs: real writers and readers (issue 10) ---
 
 PROGRAM_PAIRS = [("ffmpeg", "ffmpeg"), ("ffmpeg", "gst"), ("gst", "ffmpeg"), ("gst", "gst")]
+# The desktop programs (issue 10): OBS Studio's virtual camera as a writer, the browsers as
+# readers; minutes of start-up each under TCG, so a set of their own.
+DESKTOP_PAIRS = [("obs", "ffmpeg"), ("ffmpeg", "chromium"), ("ffmpeg", "firefox"), ("obs", "chromium")]
+PAIR_SETS = {"basic": PROGRAM_PAIRS, "desktop": DESKTOP_PAIRS, "all": PROGRAM_PAIRS + DESKTOP_PAIRS}
 PROGRAM_MODULES = ["debian-0.13.2", "debian-0.15.4", "patched"]
-PROGRAM_PACKAGES = {"ffmpeg": "ffmpeg", "gst": "gstreamer1.0-tools"}
+PROGRAM_PACKAGES = {"ffmpeg": "ffmpeg", "gst": "gstreamer1.0-tools", "obs": "obs-studio",
+                    "chromium": "chromium", "firefox": "firefox-esr"}
+DESKTOP_PROGRAMS = {"obs", "chromium", "firefox"}
+DESKTOP_START_LIMIT_S = 600  # as the guest side's (loopqual.guest.bench_programs)
 
 
 def _build_modules(names: list[str], ik, kernel_name: str) -> list[dict]:
@@ -250,16 +257,22 @@ def _package_version(package: str) -> str:
 
 def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
                  modules: list[str] | None = None, size: tuple[int, int] = (640, 480),
-                 fps: int = 30, warmup_s: float = 3.0, start_limit_s: float = 120.0) -> int:
-    """Real programs through the device: each pair of PROGRAM_PAIRS (writer, reader) on each
-    module, every module in the same boot, pair by pair. Prints the table, writes
+                 fps: int = 30, warmup_s: float = 3.0, start_limit_s: float = 120.0,
+                 pair_set: str = "basic") -> int:
+    """Real programs through the device: each pair (writer, reader) of PAIR_SETS[pair_set] on
+    each module, every module in the same boot, pair by pair. Prints the table, writes
     bench-programs.json. Measures; asserts nothing."""
     if window_s <= 0:
         raise LoopqualError(f"--window {window_s}: give a positive number of seconds")
+    if pair_set not in PAIR_SETS:
+        raise LoopqualError(f"--pairs {pair_set!r}: give one of {', '.join(PAIR_SETS)}")
+    pairs = PAIR_SETS[pair_set]
+    used = {prog for pair in pairs for prog in pair}
     all_kernels = data.load_kernels()
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
         next(k for k in all_kernels.values() if k.default)
-    versions = {prog: f"{pkg} {_package_version(pkg)}" for prog, pkg in PROGRAM_PACKAGES.items()}
+    versions = {prog: f"{pkg} {_package_version(pkg)}" for prog, pkg in PROGRAM_PACKAGES.items()
+                if prog in used}
     ik = kernels.resolve(kernel)
     names = modules or PROGRAM_MODULES
     built = _build_modules(names, ik, kernel.name)
@@ -270,25 +283,30 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
     rw.mkdir(parents=True)
     w, h = size
     plan = {"out": str(rw), "params": {"exclusive_caps": 1}, "modules": built,
-            "pairs": [{"writer": a, "reader": b} for a, b in PROGRAM_PAIRS],
+            "pairs": [{"writer": a, "reader": b} for a, b in pairs],
             "width": w, "height": h, "fps": fps, "warmup_s": warmup_s, "window_s": window_s,
             "start_limit_s": start_limit_s, "versions": versions}
     plan_path = rw / "bench-programs-plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
     accel = vm.detect_accel(ik.vmlinuz)
-    print(f"bench --programs: booting {ik.release} ({accel.upper()}); {len(PROGRAM_PAIRS)} pairs x "
-          f"{len(built)} modules, {w}x{h} YUYV at {fps} fps, {window_s:.0f} s windows",
+    print(f"bench --programs: booting {ik.release} ({accel.upper()}); {len(pairs)} pairs x "
+          f"{len(built)} modules, {w}x{h} YUYV at {fps} fps (OBS: its own 128x96 at 10 fps), "
+          f"{window_s:.0f} s windows",
           file=sys.stderr, flush=True)
 
     def progress(ev):
         if ev.get("event") == "step":
             print(f"  {ev['step']}", file=sys.stderr, flush=True)
 
-    per = 2 * start_limit_s + warmup_s + window_s + 30
+    def per_pair(pair: tuple[str, str]) -> float:
+        return sum(DESKTOP_START_LIMIT_S if prog in DESKTOP_PROGRAMS else start_limit_s
+                   for prog in pair) + warmup_s + window_s + 60
+
     cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel,
                          guest_module="loopqual.guest.bench_programs",
                          udev=kernel.guest_udev, append=kernel.guest_append)
-    _gr, reason, tail = vm.boot_once(cmd, len(PROGRAM_PAIRS) * len(built) * per + 180, progress)
+    limit = len(built) * sum(per_pair(pair) for pair in pairs) + 180
+    _gr, reason, tail = vm.boot_once(cmd, limit, progress)
     result_file = rw / "bench-programs-guest.json"
     if not result_file.exists():
         raise LoopqualError("the program bench did not finish: " + (reason or "no result file")
@@ -296,6 +314,7 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
     guest = json.loads(result_file.read_text())
     rows = program_rows(guest, names)
     doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "size": f"{w}x{h}",
+           "pairs": pair_set,
            "fps": fps, "window_s": window_s, "versions": versions, "guest": guest, "rows": rows}
     (out / "bench-programs.json").write_text(json.dumps(doc, indent=1))
     print(render_programs(rows, names, doc))
@@ -331,9 +350,11 @@ def render_programs(rows: list[dict], names: list[str], doc: dict) -> str:
     lines = [f"{doc['size']} YUYV, writer paced at {doc['fps']} fps, {doc['window_s']:.0f} s window after "
              f"the reader's first frame; {doc['release']} ({doc['accel'].upper()}); "
              + ", ".join(doc["versions"].values()),
-             "reader fps: distinct frames (ffmpeg: by MD5) or buffers (GStreamer) the reader got per "
-             "second; writer fps: frames it wrote per second in the window; dropped: what the "
-             "writer itself reported over the run"]
+             "reader fps: frames per second the reader got that differ from the frame before "
+             "(ffmpeg: by MD5; Chromium's page: by its pixels), buffers (GStreamer) or frames its "
+             "<video> presented (Firefox); writer fps: frames it wrote (OBS: rendered) per second "
+             "in the window; dropped: what the writer itself reported over the run (OBS: "
+             "skipped renders); OBS writes its own 128x96 scene at 10 fps"]
     head = f"{'writer -> reader':18}" + "".join(f" {n + ' rd/wr fps, drop':>30}" for n in names) + \
         "".join(f" {names[-1][:7] + '/' + n[-6:]:>15}" for n in names[:-1])
     lines += [head, "-" * len(head)]

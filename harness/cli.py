@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="real programs instead: ffmpeg and GStreamer as writers and readers, "
                          "640x480 at 30 fps, debian-0.13.2, debian-0.15.4 and patched in one boot "
                          "(--window: the window after the reader's first frame, default 15 s here)")
+    be.add_argument("--pairs", choices=["basic", "desktop", "all"], default="basic",
+                    help="with --programs: basic (ffmpeg and GStreamer both ways, the default), "
+                         "desktop (OBS Studio's virtual camera writing; headless Chromium and "
+                         "Firefox ESR reading: minutes of start-up each under TCG) or all")
 
     xf = sub.add_parser("expected-failures",
                         help="draft kernel/expected-failures.toml entries from a results directory")
@@ -250,7 +254,8 @@ def _dispatch(args, argv: list[str]) -> int:
 
         if args.programs:
             return bench.run_programs(args.kernel, args.out,
-                                      15.0 if args.window is None else args.window)
+                                      15.0 if args.window is None else args.window,
+                                      pair_set=args.pairs)
         return bench.run(args.kernel, args.out, 4.0 if args.window is None else args.window,
                          args.readers, pace_fps=args.pace,
                          repeat=args.repeat)

@@ -1,34 +1,44 @@
 """Guest side of `loopqual bench --programs`: frames per second that real programs pass
 through the device, each module of the plan loaded afresh for each pair.
 
-A pair is a real writer (ffmpeg's v4l2 output, GStreamer's v4l2sink) and a real reader
-(ffmpeg's v4l2 input, GStreamer's v4l2src). For each pair and module: the writer starts on a
-test pattern at the plan's size and rate (paced as a camera is); once the device streams the
-reader starts; once the reader has its first frame and the warm-up has passed, the window
-opens. What each program printed is timestamped as it arrives, so that the figures cover
-the window only and not the programs' start-up (under TCG, seconds to tens of seconds):
-- the reader's frames in the window (ffmpeg: distinct frames by their MD5, -f framemd5;
-  GStreamer: buffers through an identity element), per second;
+A pair is a real writer (ffmpeg's v4l2 output, GStreamer's v4l2sink, OBS Studio's virtual
+camera) and a real reader (ffmpeg's v4l2 input, GStreamer's v4l2src, headless Chromium or
+Firefox ESR through getUserMedia). For each pair and module: the writer starts (ffmpeg and
+GStreamer on a test pattern at the plan's size and rate, paced as a camera is; OBS with the
+K3 scenario's configuration: its 128x96 scene at its own 10 fps, under Xvfb); once the device
+streams the reader starts; once the reader has its first frame and the warm-up has passed, the
+window opens. What each program reported is timestamped as it arrives, so that the figures
+cover the window only and not the programs' start-up (under TCG, seconds to minutes):
+- the reader's frames in the window, per second: ffmpeg's frames that differ from the frame
+  before them (by MD5, -f framemd5); GStreamer's buffers through an identity element; a
+  browser page's frames that differ from the frame before them (lib/ticking.py's page, which
+  reports every second);
 - the writer's frames in the window (ffmpeg's frame= counter; GStreamer: buffers through an
-  identity element before v4l2sink), per second, and the frames the writer itself reports as
-  dropped over the whole run (ffmpeg's drop=, v4l2sink's QoS messages).
+  identity element before v4l2sink; OBS: frames its graphics thread rendered, from
+  obs-websocket's GetStats each second), per second, and the frames the writer itself
+  reports as dropped over the whole run (ffmpeg's drop=, v4l2sink's QoS messages, OBS's
+  skipped renders).
 
 Run as: python -m loopqual.guest.bench_programs PLAN.json
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from .. import procgroup
+from ..paths import SCENARIOS_DIR
 from .bench import load_fresh
 from .runner import emit, rmmod
 
@@ -40,6 +50,9 @@ FFMPEG_DROP = re.compile(r"\bdrop=\s*(\d+)")
 GST_QOS_DROPPED = re.compile(r"dropped=\(guint64\)(\d+)")
 GST_CHAIN = re.compile(r"GstIdentity:(\w+): last-message = chain")
 FRAMEMD5 = re.compile(r"^\d+,\s*-?\d+,\s*-?\d+,\s*-?\d+,\s*\d+,\s*([0-9a-f]{32})\s*$")
+BROWSERS = {"chromium": "chromium", "firefox": "firefox-esr"}  # reader kind -> program
+# Under TCG here OBS answered after 30-165 s and the browsers started in 70-120 s alone.
+DESKTOP_START_LIMIT_S = 600
 
 
 def writer_argv(kind: str, device: str, width: int, height: int, fps: int) -> list[str]:
@@ -179,46 +192,232 @@ def wait(pred, limit: float, step: float = 0.5) -> bool:
     return bool(pred())
 
 
+def changes(frames: list[tuple[float, str]]) -> int:
+    """Frames that differ from the frame before them."""
+    return sum(1 for i, (_t, k) in enumerate(frames) if i == 0 or k != frames[i - 1][1])
+
+
+def scenario_lib():
+    """The scenarios' own helpers for OBS and the browsers (scenarios/lib), importable as
+    `lib` here as in the scenarios."""
+    path = str(SCENARIOS_DIR)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+class ProgramWriter(Watched):
+    """ffmpeg or GStreamer writing a test pattern."""
+
+    def __init__(self, kind: str, device: str, plan: dict, log_dir: Path):
+        super().__init__(writer_argv(kind, device, plan["width"], plan["height"], plan["fps"]),
+                         log_dir / "writer.log")
+        self.kind = kind
+        self.start_limit_s = plan["start_limit_s"]
+
+    def counts(self) -> tuple[list[tuple[float, int]], int]:
+        return writer_counts(self.kind, self.lines)
+
+
+class ObsWriter:
+    """OBS Studio under Xvfb with the K3 scenario's configuration (scenarios/apps/obs-config),
+    its virtual camera started through obs-websocket. Written frames: what its graphics thread
+    rendered (GetStats each second); dropped: the renders it skipped."""
+
+    kind = "obs"
+
+    def __init__(self, log_dir: Path):
+        scenario_lib()
+        from lib.obs import Obs, fresh_home, xvfb
+
+        self.start_limit_s = DESKTOP_START_LIMIT_S
+        self.home = tempfile.mkdtemp(prefix="loopqual-bench-obs-")
+        self.stack = contextlib.ExitStack()
+        self.samples: list[tuple[float, int]] = []
+        self.skipped: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            display = self.stack.enter_context(xvfb(str(log_dir / "xvfb.log")))
+            self.obs = Obs(fresh_home(os.path.join(self.home, "obs")), display,
+                           str(log_dir / "writer.log"))
+        except BaseException:
+            self.stack.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise
+        self.p = self.obs.p
+        self.t0 = self.obs.t0
+        self.startup_s: float | None = None
+
+    def start_camera(self) -> str:
+        """"" once the virtual camera runs, else why it does not."""
+        self.startup_s = self.obs.wait_ready()
+        started, _s = self.obs.set_virtualcam(True)
+        if not started:
+            return f"OBS's virtual camera did not start: {self.obs.exited()} {self.obs.camera_lines()}"
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return ""
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            st = self.obs.stats()
+            if "error" in st:
+                return
+            self.samples.append((time.monotonic(), int(st.get("renderTotalFrames") or 0)))
+            self.skipped.append(int(st.get("renderSkippedFrames") or 0))
+
+    def counts(self) -> tuple[list[tuple[float, int]], int]:
+        dropped = self.skipped[-1] - self.skipped[0] if self.skipped else 0
+        return self.samples, dropped
+
+    def tail(self, n: int = 6) -> str:
+        return self.obs.exited() + " " + " | ".join(self.obs.output(600).splitlines()[-n:])
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.obs.stop()
+        finally:
+            self.stack.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+        return self.p.returncode
+
+
+class ProgramReader(Watched):
+    """ffmpeg or GStreamer reading the device."""
+
+    def __init__(self, kind: str, device: str, log_dir: Path):
+        super().__init__(reader_argv(kind, device), log_dir / "reader.log")
+        self.kind = kind
+
+    def first_frame(self) -> float | None:
+        frames = reader_frames(self.kind, self.lines)
+        return frames[0][0] if frames else None
+
+    def window(self, start: float, end: float) -> dict:
+        got = [(t, k) for t, k in reader_frames(self.kind, self.lines) if start <= t < end]
+        return {"reader_frames": len(got), "reader_distinct": len({k for _t, k in got}),
+                "reader_fps": round(changes(got) / (end - start), 2)}
+
+
+class BrowserReader:
+    """Headless Chromium or Firefox ESR on lib/ticking.py's page, which reports every second
+    what it has received; a thread reads its output. Chromium's page reads every frame
+    (MediaStreamTrackProcessor): its frames unlike the one before count. Firefox's page looks
+    at its <video> element only every 100 ms: the frames the element presented count
+    (requestVideoFrameCallback)."""
+
+    COUNTER = {"chromium": "changes", "firefox": "presented"}
+
+    def __init__(self, kind: str, device: str, log_dir: Path, run_s: int):
+        scenario_lib()
+        from lib import ticking
+        from lib.infra import need_program
+
+        self.kind = kind
+        with open(f"/sys/class/video4linux/{os.path.basename(device)}/name") as f:
+            card = f.read().strip()
+        self.home = tempfile.mkdtemp(prefix=f"loopqual-bench-{kind}-")
+        self.b = ticking.launch(kind, need_program(BROWSERS[kind]), self.home, str(log_dir), card,
+                                run_s, tick_s=1)
+        self.p = self.b.p
+        self.t0 = self.b.t0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set() and not self.b.log.closed and self.p.poll() is None:
+            self.b.pump(0.5)
+
+    def counts(self) -> list[tuple[float, int]]:
+        key = self.COUNTER[self.kind]
+        return [(t, int(report.get(key) or 0)) for t, report in self.b.history]
+
+    def first_frame(self) -> float | None:
+        return next((t for t, n in self.counts() if n > 0), None)
+
+    def window(self, start: float, end: float) -> dict:
+        fps = in_window(self.counts(), start, end)
+        return {"reader_frames": round(fps * (end - start)) if fps is not None else 0,
+                "reader_fps": fps if fps is not None else 0.0,
+                "reader_page": self.b.last}
+
+    def tail(self, n: int = 6) -> str:
+        return f"page: {self.b.state()}; output: {self.b.output_tail(400)}"
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.b.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+        return self.p.returncode
+
+
+def start_writer(kind: str, device: str, plan: dict, log_dir: Path):
+    if kind == "obs":
+        return ObsWriter(log_dir)
+    return ProgramWriter(kind, device, plan, log_dir)
+
+
+def start_reader(kind: str, device: str, plan: dict, log_dir: Path):
+    if kind in BROWSERS:
+        return BrowserReader(kind, device, log_dir,
+                             run_s=int(DESKTOP_START_LIMIT_S + plan["warmup_s"] + plan["window_s"] + 60))
+    return ProgramReader(kind, device, log_dir)
+
+
+def reader_limit(kind: str, plan: dict) -> float:
+    return DESKTOP_START_LIMIT_S if kind in BROWSERS else plan["start_limit_s"]
+
+
 def measure(device: str, pair: dict, plan: dict, log_dir: Path) -> dict:
     w_kind, r_kind = pair["writer"], pair["reader"]
     row = {"writer": w_kind, "reader": r_kind}
-    limit = plan["start_limit_s"]
-    writer = Watched(writer_argv(w_kind, device, plan["width"], plan["height"], plan["fps"]),
-                     log_dir / "writer.log")
-    reader = None
+    writer = reader = None
     try:
+        writer = start_writer(w_kind, device, plan, log_dir)
+        if isinstance(writer, ObsWriter):
+            why = writer.start_camera()
+            row["writer_startup_s"] = writer.startup_s
+            if why:
+                row["error"] = why
+                return row
+        limit = writer.start_limit_s
         if not wait(lambda: device_streams(device), limit):
             row["error"] = (f"the {w_kind} writer did not make the device stream within {limit} s "
                             f"(exit {writer.p.poll()}): {writer.tail()}")
             return row
         row["writer_streaming_s"] = round(time.monotonic() - writer.t0, 1)
-        reader = Watched(reader_argv(r_kind, device), log_dir / "reader.log")
-        t_reader = time.monotonic()
-        wait(lambda: reader_frames(r_kind, reader.lines) or reader.p.poll() is not None, limit)
-        first = reader_frames(r_kind, reader.lines)
-        if not first:
+        reader = start_reader(r_kind, device, plan, log_dir)
+        limit = reader_limit(r_kind, plan)
+        wait(lambda: reader.first_frame() is not None or reader.p.poll() is not None, limit)
+        first = reader.first_frame()
+        if first is None:
             row["error"] = (f"the {r_kind} reader got no frame within {limit} s (exit "
                             f"{reader.p.poll()}): {reader.tail()}; writer: {writer.tail(3)}")
             return row
-        row["reader_first_frame_s"] = round(first[0][0] - t_reader, 1)
+        row["reader_first_frame_s"] = round(first - reader.t0, 1)
         start = time.monotonic() + plan["warmup_s"]
         end = start + plan["window_s"]
-        time.sleep(max(0.0, end - time.monotonic()) + 0.5)
-        got = [(t, k) for t, k in reader_frames(r_kind, reader.lines) if start <= t < end]
-        row["reader_frames"] = len(got)
-        row["reader_distinct"] = len({k for _t, k in got})
-        row["reader_fps"] = round(row["reader_distinct"] / plan["window_s"], 2)
-        samples, _dropped = writer_counts(w_kind, writer.lines)
+        time.sleep(max(0.0, end - time.monotonic()) + 1.5)
+        row.update(reader.window(start, end))
+        samples, _dropped = writer.counts()
         row["writer_fps"] = in_window(samples, start, end)
         for name, proc in (("reader", reader), ("writer", writer)):
             if proc.p.poll() is not None:
                 row.setdefault("notes", []).append(f"the {name} ended during the window "
                                                    f"(exit {proc.p.returncode}): {proc.tail(3)}")
+    except Exception as exc:  # a program that cannot start (lib.infra's problems): said, not raised
+        row["error"] = f"{type(exc).__name__}: {exc}"[:1500]
     finally:
         if reader is not None:
             reader.stop()
-        writer.stop()
-        _samples, row["writer_dropped"] = writer_counts(w_kind, writer.lines)
+        if writer is not None:
+            writer.stop()
+            _samples, row["writer_dropped"] = writer.counts()
     return row
 
 

@@ -28,21 +28,14 @@ or a skip.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
 
 import pytest
-from lib import crash
-from lib.browser import (
-    START_LIMIT_S,
-    BrowserRun,
-    assert_idle_shows_output,
-    chromium_argv,
-    firefox_argv,
-)
+from lib import crash, ticking
+from lib.browser import START_LIMIT_S, assert_idle_shows_output
 from lib.clients import Client
 from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
@@ -61,142 +54,6 @@ READY_LIMIT_S = START_LIMIT_S + 300
 # how long the pages keep reading: the browsers' start, OBS's, the windows and the camera's steps
 RUN_S = 2 * READY_LIMIT_S + 2 * FIRST_FRAME_LIMIT_S + 8 * WINDOW_S + 4 * OUTPUT_LIMIT_S
 TIMEOUT_S = START_LIMIT_S + RUN_S + 300
-
-# Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
-# then the loopback device by its label; `until` is when the page stops reading.
-OPEN_JS = r"""    let stream = null;
-    const until = performance.now() + %(run_s)d * 1000;
-    while (!stream && performance.now() < until) {
-      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
-      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
-    }
-    out.error = null;
-    const devs = await navigator.mediaDevices.enumerateDevices();
-    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-      stream.getTracks().forEach(t => t.stop());
-      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
-    }
-    const track = stream.getVideoTracks()[0];
-    out.label = track.label;
-"""
-
-CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
-const say = (s) => console.log(s);
-say("LOOPQUAL_STARTED");
-const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-(async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, error: null,
-               devices: []};
-  const seen = new Set();
-  let last = null;
-  try {
-%(open)s    say("LOOPQUAL_OPENED");
-    const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
-    let next = performance.now();
-    // one read() outstanding at a time, kept across the 1 s ticks: reads given up still take
-    // the next frames, in order, so after a few 1 s timeouts every new frame went to a read
-    // nobody awaited (and nobody closed its frame): with OBS at 1 fps the first full runs'
-    // page counted 3-4 frames while Chromium's capture went on dequeuing one a second (strace)
-    let pending = null;
-    while (performance.now() < until) {
-      if (performance.now() >= next) {
-        out.distinct = seen.size; out.ended = track.readyState === "ended";
-        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
-      }
-      if (!pending) pending = reader.read();
-      const r = await Promise.race([pending,
-        new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
-      if (r.timeout) continue;
-      pending = null;
-      if (r.done) { await sleep(1000); continue; }
-      const f = r.value;
-      out.frames++;
-      try {
-        const buf = new Uint8Array(f.allocationSize());
-        await f.copyTo(buf);
-        let h = 0, nz = 0;
-        for (let i = 0; i < buf.length; i += 61) { h = (h * 31 + buf[i]) | 0; if (buf[i]) nz++; }
-        if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
-      } catch (e) { out.error = "copyTo: " + e; }
-      f.close();
-    }
-  } catch (e) { out.error = String(e); }
-  out.distinct = seen.size;
-  say("LOOPQUAL_RESULT " + JSON.stringify(out));
-})();
-</script></body></html>
-"""
-
-FIREFOX_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
-<video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
-const say = (s) => { dump(s + "\n"); };
-say("LOOPQUAL_STARTED");
-const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-(async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
-               error: null, devices: []};
-  const seen = new Set();
-  let last = null;
-  try {
-%(open)s    say("LOOPQUAL_OPENED");
-    const v = document.getElementById("v"), c = document.getElementById("c");
-    const ctx = c.getContext("2d", {willReadFrequently: true});
-    v.srcObject = stream;
-    await v.play();
-    const onFrame = () => { out.presented++; v.requestVideoFrameCallback(onFrame); };
-    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
-    let next = performance.now();
-    while (performance.now() < until) {
-      if (performance.now() >= next) {
-        out.distinct = seen.size; out.ended = track.readyState === "ended";
-        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
-      }
-      await sleep(100);
-      if (!v.videoWidth) continue;
-      ctx.drawImage(v, 0, 0, c.width, c.height);
-      const px = ctx.getImageData(0, 0, c.width, c.height).data;
-      let h = 0, nz = 0;
-      for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
-      out.frames++;
-      if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
-    }
-  } catch (e) { out.error = String(e); }
-  out.distinct = seen.size;
-  say("LOOPQUAL_RESULT " + JSON.stringify(out));
-})();
-</script></body></html>
-"""
-
-
-class TickingBrowser(BrowserRun):
-    """A browser whose page reports what it has received so far every TICK_S seconds; the
-    newest report is kept, and pump() reads its output for a while without waiting on a mark."""
-
-    def __init__(self, name: str, argv: list[str], env: dict, log_path: str):
-        super().__init__(argv, env, log_path)
-        self.name = name
-        self.last: dict = {}
-
-    def _scan(self, line: bytes) -> None:
-        super()._scan(line)
-        i = line.find(b"LOOPQUAL_TICK ")
-        if i >= 0:
-            js = line[i + len(b"LOOPQUAL_TICK "):].decode(errors="replace")
-            try:
-                self.last = json.loads(js[: js.rfind("}") + 1])
-            except ValueError:
-                pass
-
-    def pump(self, seconds: float) -> None:
-        self.wait_for("LOOPQUAL_NEVER", time.monotonic() - self.t0 + seconds)
-
-    def changes(self) -> int:
-        return int(self.last.get("changes") or 0)
-
-    def state(self) -> str:
-        return json.dumps(self.last)[:300]
 
 
 class FfmpegReader:
@@ -227,19 +84,6 @@ class FfmpegReader:
                 f"{self.client.output(300)!r}")
 
 
-def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
-    """Read every running browser's output for about `seconds` (a stopped one is left out:
-    its log is closed)."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        running = [b for b in browsers if not b.log.closed]
-        if not running:
-            time.sleep(left)
-            return
-        for b in running:
-            b.pump(min(0.5, max(0.05, left / len(running))))
-
-
 @pytest.mark.rules("K6", "K3", "K4", "K5")
 @pytest.mark.programs("obs", "Xvfb", "chromium", "firefox-esr", "ffmpeg")
 @pytest.mark.timeout(TIMEOUT_S)
@@ -259,7 +103,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
     home = tempfile.mkdtemp(prefix="loopqual-k6-")
     windows: list[dict] = []
     steps: dict[str, object] = {}
-    browsers: list[TickingBrowser] = []
+    browsers: list[ticking.TickingBrowser] = []
     ffmpeg = None
     obs = None
     readers: dict = {}
@@ -268,7 +112,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
         """Pump until each named reader has a new frame more than `since`, or limit."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < limit:
-            pump_all(browsers, 2.0)
+            ticking.pump_all(browsers, 2.0)
             if all(readers[n].changes() > since.get(n, 0) for n in names):
                 break
         steps[f"{what}_s"] = round(time.monotonic() - t0, 1)
@@ -281,21 +125,9 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
         assert not waiting, (f"{what}: not every reader received a new frame within {limit:.0f} s: "
                              f"{waiting}" + (f"; OBS: {obs.stats()} {obs.exited()}" if obs else ""))
 
-    def launch(name: str) -> TickingBrowser:
-        bhome = os.path.join(home, name)
-        os.makedirs(bhome)
-        page = os.path.join(bhome, "page.html")
-        with open(page, "w") as f:
-            js = OPEN_JS % {"card": json.dumps(card[:20]), "run_s": RUN_S}
-            f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
-                    % {"open": js, "tick_s": TICK_S})
-        env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
-                   XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
-        if name == "chromium":
-            argv = chromium_argv(programs["chromium"], bhome, f"file://{page}")
-        else:
-            argv, env["MOZ_HEADLESS"] = firefox_argv(programs["firefox-esr"], bhome, f"file://{page}"), "1"
-        b = TickingBrowser(name, argv, env, os.path.join(log_dir, f"{name}.log"))
+    def launch(name: str) -> ticking.TickingBrowser:
+        b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
+                           home, log_dir, card, RUN_S, TICK_S)
         browsers.append(b)
         readers[name] = b
         return b
@@ -330,7 +162,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
 
                 def window(n: int, names: list[str], before: str) -> None:
                     start = {nm: readers[nm].changes() for nm in names}
-                    pump_all(browsers, WINDOW_S)
+                    ticking.pump_all(browsers, WINDOW_S)
                     got = {nm: readers[nm].changes() - start[nm] for nm in names}
                     windows.append({"window": n, "after": before, "new_frames": got,
                                     "obs": obs.stats()})
@@ -347,7 +179,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 window(2, ["firefox", "ffmpeg"], "Chromium killed")
                 stopped, steps["obs_camera_stop_s"] = obs.set_virtualcam(False)
                 assert stopped, f"OBS's camera did not stop within {OUTPUT_LIMIT_S} s; {obs.camera_lines()}"
-                pump_all([firefox], 3.0)
+                ticking.pump_all([firefox], 3.0)
                 before = {n: readers[n].changes() for n in ("firefox", "ffmpeg")}
                 started, steps["obs_camera_restart_s"] = obs.set_virtualcam(True)
                 assert started, (f"OBS's camera did not start again within {OUTPUT_LIMIT_S} s "

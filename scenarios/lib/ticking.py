@@ -1,0 +1,189 @@
+"""A browser that reads the loopback device for a long time and reports as it goes: a page
+that opens the camera by its label (getUserMedia again every 3 s until it succeeds) and prints
+what it has received so far every `tick_s` seconds (LOOPQUAL_TICK {json}): frames, non-blank
+frames, distinct non-blank frames and changes (a non-blank frame unlike the one before).
+Chromium reads frames through MediaStreamTrackProcessor, Firefox draws its <video> element
+into a canvas every 100 ms. Used by K6 (suite together) and by `loopqual bench --programs`
+(browsers as readers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from .browser import BrowserRun, chromium_argv, firefox_argv
+
+# Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
+# then the loopback device by its label; `until` is when the page stops reading.
+OPEN_JS = r"""    let stream = null;
+    const until = performance.now() + %(run_s)d * 1000;
+    while (!stream && performance.now() < until) {
+      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
+      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
+    }
+    out.error = null;
+    const devs = await navigator.mediaDevices.enumerateDevices();
+    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
+      stream.getTracks().forEach(t => t.stop());
+      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
+    }
+    const track = stream.getVideoTracks()[0];
+    out.label = track.label;
+"""
+
+CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
+const say = (s) => console.log(s);
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, error: null,
+               devices: []};
+  const seen = new Set();
+  let last = null;
+  try {
+%(open)s    say("LOOPQUAL_OPENED");
+    const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
+    let next = performance.now();
+    // one read() outstanding at a time, kept across the 1 s ticks: reads given up still take
+    // the next frames, in order, so after a few 1 s timeouts every new frame went to a read
+    // nobody awaited (and nobody closed its frame): with OBS at 1 fps the first full runs'
+    // page counted 3-4 frames while Chromium's capture went on dequeuing one a second (strace)
+    let pending = null;
+    while (performance.now() < until) {
+      if (performance.now() >= next) {
+        out.distinct = seen.size; out.ended = track.readyState === "ended";
+        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+      }
+      if (!pending) pending = reader.read();
+      const r = await Promise.race([pending,
+        new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
+      if (r.timeout) continue;
+      pending = null;
+      if (r.done) { await sleep(1000); continue; }
+      const f = r.value;
+      out.frames++;
+      try {
+        const buf = new Uint8Array(f.allocationSize());
+        await f.copyTo(buf);
+        let h = 0, nz = 0;
+        for (let i = 0; i < buf.length; i += 61) { h = (h * 31 + buf[i]) | 0; if (buf[i]) nz++; }
+        if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
+      } catch (e) { out.error = "copyTo: " + e; }
+      f.close();
+    }
+  } catch (e) { out.error = String(e); }
+  out.distinct = seen.size;
+  say("LOOPQUAL_RESULT " + JSON.stringify(out));
+})();
+</script></body></html>
+"""
+
+FIREFOX_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
+<video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
+const say = (s) => { dump(s + "\n"); };
+say("LOOPQUAL_STARTED");
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
+               error: null, devices: []};
+  const seen = new Set();
+  let last = null;
+  try {
+%(open)s    say("LOOPQUAL_OPENED");
+    const v = document.getElementById("v"), c = document.getElementById("c");
+    const ctx = c.getContext("2d", {willReadFrequently: true});
+    v.srcObject = stream;
+    await v.play();
+    const onFrame = () => { out.presented++; v.requestVideoFrameCallback(onFrame); };
+    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
+    let next = performance.now();
+    while (performance.now() < until) {
+      if (performance.now() >= next) {
+        out.distinct = seen.size; out.ended = track.readyState === "ended";
+        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+      }
+      await sleep(100);
+      if (!v.videoWidth) continue;
+      ctx.drawImage(v, 0, 0, c.width, c.height);
+      const px = ctx.getImageData(0, 0, c.width, c.height).data;
+      let h = 0, nz = 0;
+      for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
+      out.frames++;
+      if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
+    }
+  } catch (e) { out.error = String(e); }
+  out.distinct = seen.size;
+  say("LOOPQUAL_RESULT " + JSON.stringify(out));
+})();
+</script></body></html>
+"""
+
+
+class TickingBrowser(BrowserRun):
+    """A browser whose page reports what it has received so far every tick_s seconds; the
+    newest report is kept (and every report, with the time it arrived), and pump() reads its
+    output for a while without waiting on a mark."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: str):
+        super().__init__(argv, env, log_path)
+        self.name = name
+        self.last: dict = {}
+        self.history: list[tuple[float, dict]] = []  # (arrival, report) per report
+
+    def _scan(self, line: bytes) -> None:
+        super()._scan(line)
+        i = line.find(b"LOOPQUAL_TICK ")
+        if i >= 0:
+            js = line[i + len(b"LOOPQUAL_TICK "):].decode(errors="replace")
+            try:
+                self.last = json.loads(js[: js.rfind("}") + 1])
+            except ValueError:
+                return
+            self.history.append((time.monotonic(), self.last))
+
+    def pump(self, seconds: float) -> None:
+        self.wait_for("LOOPQUAL_NEVER", time.monotonic() - self.t0 + seconds)
+
+    def changes(self) -> int:
+        return int(self.last.get("changes") or 0)
+
+    def state(self) -> str:
+        return json.dumps(self.last)[:300]
+
+
+def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
+    """Read every running browser's output for about `seconds` (a stopped one is left out:
+    its log is closed)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        running = [b for b in browsers if not b.log.closed]
+        if not running:
+            time.sleep(left)
+            return
+        for b in running:
+            b.pump(min(0.5, max(0.05, left / len(running))))
+
+
+def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: int,
+           tick_s: int = 2) -> TickingBrowser:
+    """Start `name` ("chromium" or "firefox") with a fresh profile under home/name on the
+    ticking page; the page reads for run_s seconds, looking for a camera whose label holds
+    the card's name; the browser's output goes to log_dir/NAME.log."""
+    bhome = os.path.join(home, name)
+    os.makedirs(bhome)
+    page = os.path.join(bhome, "page.html")
+    with open(page, "w") as f:
+        js = OPEN_JS % {"card": json.dumps(card[:20]), "run_s": run_s}
+        f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
+                % {"open": js, "tick_s": tick_s})
+    env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
+               XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
+    if name == "chromium":
+        argv = chromium_argv(program, bhome, f"file://{page}")
+    else:
+        argv, env["MOZ_HEADLESS"] = firefox_argv(program, bhome, f"file://{page}"), "1"
+    return TickingBrowser(name, argv, env, os.path.join(log_dir, f"{name}.log"))
