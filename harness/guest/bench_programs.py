@@ -221,7 +221,8 @@ class ProgramWriter(Watched):
 class ObsWriter:
     """OBS Studio under Xvfb with the K3 scenario's configuration (scenarios/apps/obs-config),
     its virtual camera started through obs-websocket. Written frames: what its graphics thread
-    rendered (GetStats each second); dropped: the renders it skipped."""
+    drew (GetStats each second: its frames less the renders it skipped); dropped: the renders
+    it skipped."""
 
     kind = "obs"
 
@@ -263,8 +264,10 @@ class ObsWriter:
             st = self.obs.stats()
             if "error" in st:
                 return
-            self.samples.append((time.monotonic(), int(st.get("renderTotalFrames") or 0)))
-            self.skipped.append(int(st.get("renderSkippedFrames") or 0))
+            skipped = int(st.get("renderSkippedFrames") or 0)
+            # renderTotalFrames counts the skipped renders too: what was drawn is the rest
+            self.samples.append((time.monotonic(), int(st.get("renderTotalFrames") or 0) - skipped))
+            self.skipped.append(skipped)
 
     def counts(self) -> tuple[list[tuple[float, int]], int]:
         dropped = self.skipped[-1] - self.skipped[0] if self.skipped else 0
