@@ -133,6 +133,7 @@ class TickingBrowser(BrowserRun):
         self.name = name
         self.last: dict = {}
         self.history: list[tuple[float, dict]] = []  # (arrival, report) per report
+        self.refused_since: float | None = None  # first of the reports in a row with an error
 
     def _scan(self, line: bytes) -> None:
         super()._scan(line)
@@ -143,10 +144,20 @@ class TickingBrowser(BrowserRun):
                 self.last = json.loads(js[: js.rfind("}") + 1])
             except ValueError:
                 return
-            self.history.append((time.monotonic(), self.last))
+            now = time.monotonic()
+            self.history.append((now, self.last))
+            if not self.last.get("error"):
+                self.refused_since = None
+            elif self.refused_since is None:
+                self.refused_since = now
 
     def pump(self, seconds: float) -> None:
         self.wait_for("LOOPQUAL_NEVER", time.monotonic() - self.t0 + seconds)
+
+    def refused_for(self) -> float:
+        """Seconds for which every report has carried an error (the page failing to open the
+        camera, trying again every 3 s); 0 while it reads or has said nothing."""
+        return 0.0 if self.refused_since is None else time.monotonic() - self.refused_since
 
     def changes(self) -> int:
         return int(self.last.get("changes") or 0)

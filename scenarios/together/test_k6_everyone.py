@@ -51,6 +51,10 @@ TICK_S = 2
 FIRST_FRAME_LIMIT_S = 180
 # from the last launch until every reader has its first frame
 READY_LIMIT_S = START_LIMIT_S + 300
+# A started page that keeps failing to open the camera (getUserMedia again every 3 s) for
+# this long ends the wait: stock 0.13.2 refused Chromium as a second reader from its first
+# try ("NotReadableError: Could not start video source"), and K6 waited out READY_LIMIT_S.
+REFUSED_FOR_S = 180
 # how long the pages keep reading: the browsers' start, OBS's, the windows and the camera's steps
 RUN_S = 2 * READY_LIMIT_S + 2 * FIRST_FRAME_LIMIT_S + 8 * WINDOW_S + 4 * OUTPUT_LIMIT_S
 TIMEOUT_S = START_LIMIT_S + RUN_S + 300
@@ -109,11 +113,16 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
     readers: dict = {}
 
     def ready(names: list[str], since: dict[str, int], limit: float, what: str) -> None:
-        """Pump until each named reader has a new frame more than `since`, or limit."""
+        """Pump until each named reader has a new frame more than `since`, or limit, or a
+        started page has reported the same kind of failure to open the camera for
+        REFUSED_FOR_S (a module that refuses the reader: waiting longer shows nothing more)."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < limit:
             ticking.pump_all(browsers, 2.0)
             if all(readers[n].changes() > since.get(n, 0) for n in names):
+                break
+            if any(readers[n].refused_for() > REFUSED_FOR_S for n in names
+                   if isinstance(readers[n], ticking.TickingBrowser)):
                 break
         steps[f"{what}_s"] = round(time.monotonic() - t0, 1)
         not_started = [b for b in browsers if b.name in names and "LOOPQUAL_STARTED" not in b.marks]
@@ -122,7 +131,9 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 "; ".join(f"{versions[b.name]} did not start within {steps[f'{what}_s']:.0f} s "
                           f"(exit {b.p.poll()}): {b.output_tail(400)}" for b in not_started))
         waiting = {n: readers[n].state() for n in names if readers[n].changes() <= since.get(n, 0)}
-        assert not waiting, (f"{what}: not every reader received a new frame within {limit:.0f} s: "
+        assert not waiting, (f"{what}: not every reader received a new frame within "
+                             f"{steps[f'{what}_s']:.0f} s (limit {limit:.0f} s; a page whose "
+                             f"camera stays refused for {REFUSED_FOR_S} s ends the wait): "
                              f"{waiting}" + (f"; OBS: {obs.stats()} {obs.exited()}" if obs else ""))
 
     def launch(name: str) -> ticking.TickingBrowser:
