@@ -21,6 +21,7 @@ from pathlib import Path
 from . import build as buildmod
 from . import data, kernels, sources, vm
 from .errors import LoopqualError
+from .guest.bench_programs import BROWSERS, DESKTOP_START_LIMIT_S
 from .paths import REPO
 
 SIZES = [(640, 480), (1280, 720), (1920, 1080)]
@@ -228,8 +229,7 @@ PAIR_SETS = {"basic": PROGRAM_PAIRS, "desktop": DESKTOP_PAIRS, "all": PROGRAM_PA
 PROGRAM_MODULES = ["debian-0.13.2", "debian-0.15.4", "patched"]
 PROGRAM_PACKAGES = {"ffmpeg": "ffmpeg", "gst": "gstreamer1.0-tools", "obs": "obs-studio",
                     "chromium": "chromium", "firefox": "firefox-esr"}
-DESKTOP_PROGRAMS = {"obs", "chromium", "firefox"}
-DESKTOP_START_LIMIT_S = 600  # as the guest side's (loopqual.guest.bench_programs)
+DESKTOP_PROGRAMS = {"obs", *BROWSERS}
 
 
 def _build_modules(names: list[str], ik, kernel_name: str) -> list[dict]:
