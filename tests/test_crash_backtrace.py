@@ -73,3 +73,37 @@ def test_no_core_is_said_and_never_raises(tmp_path):
 ])
 def test_summary_of_gdb_output(gdb_output, expected):
     assert crash.summary(gdb_output) == expected
+
+
+def test_a_live_programs_threads_are_looked_at_and_left_running(tmp_path):
+    """crash.live_threads on a real live process (a sleeping program with a second thread):
+    each thread's kernel wait, gdb's backtrace of every thread, and the process runs on."""
+    sleeper = subprocess.Popen([sys.executable, "-c",
+                                "import threading, time\n"
+                                "threading.Thread(target=time.sleep, args=(120,)).start()\n"
+                                "time.sleep(120)\n"])
+    try:
+        for _ in range(50):  # until the second thread exists
+            if len(list(Path(f"/proc/{sleeper.pid}/task").iterdir())) == 2:
+                break
+            subprocess.run(["sleep", "0.1"])
+        line = crash.live_threads(sleeper.pid, str(tmp_path), "start-1")
+        assert sleeper.poll() is None, "gdb detached and the program runs on"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # nothing of it sleeps in v4l2loopback: the summary says so and names the main thread
+    assert line.startswith("none of its 2 thread(s) asleep in the module; main thread "), line
+    assert "state S" in line and line.endswith(f"(threads.{sleeper.pid}.start-1.txt)"), line
+    kept = (tmp_path / f"threads.{sleeper.pid}.start-1.txt").read_text()
+    assert kept.count(" python") + kept.count(" python3") >= 1, kept[:400]
+    assert "Thread 2" in kept and "Thread 1" in kept, kept[-1500:]
+
+
+def test_a_gone_process_is_said_and_never_raises(tmp_path):
+    done = subprocess.run(["true"])
+    assert done.returncode == 0
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert crash.live_threads(gone.pid, str(tmp_path), "start-1").startswith(
+        f"pid {gone.pid} has no threads to look at")

@@ -123,7 +123,9 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                         break
             finally:
                 record_property("sessions", sessions)
-                ended = obs.exited()
+                ended, stuck = obs.exited(), obs.stuck
+                if stuck:
+                    record_property("obs_stuck", stuck)
                 obs.stop()
                 if where_it_died := obs.crash_report(log_dir):
                     ended += f" ({where_it_died})"
@@ -138,7 +140,8 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
         where = f"{version}, session {s['session']} of {SESSIONS} (OBS started in {startup_s:.0f} s)"
         assert s["started"], (
             f"{where}: the virtual camera did not start within {OUTPUT_LIMIT_S} s of "
-            f"StartVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
+            f"StartVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}"
+            f"{'; ' + stuck if stuck else ''}")
         assert s["nodes"] == [os.path.realpath(cell.device)], (
             f"{where}: OBS's virtual camera holds {s['nodes'] or 'no /dev/video node'}, the "
             f"device under test is {cell.device} (OBS takes the first node whose QUERYCAP shows "
@@ -153,5 +156,6 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
             f"content: {s['first_wrong']}")
         assert s["stopped"], (
             f"{where}: the virtual camera did not stop within {OUTPUT_LIMIT_S} s of "
-            f"StopVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}")
+            f"StopVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}"
+            f"{'; ' + stuck if stuck else ''}")
     assert len(sessions) == SESSIONS

@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Iterator
 
 from .infra import need_program
+from .proc import describe_wait, in_module, kernel_wait
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 # coredump_filter bits: 0x01 anonymous private memory, 0x10 ELF headers (no shared memory:
@@ -128,3 +129,45 @@ def summary(gdb_output: str, frames: int = 12) -> str:
         return "gdb printed no frame (see the backtrace file)"
     more = "" if len(out) <= frames else f" < ... {len(out) - frames} more"
     return " < ".join(out[:frames]) + more
+
+
+def live_threads(pid: int, directory: str, label: str) -> str:
+    """While a real program (pid) runs but does not do what it was asked (OBS Studio silent
+    after StartVirtualCam): where each of its threads waits, from the kernel's side (state,
+    system call, kernel stack: is any of them asleep inside the module?) and from gdb's
+    (every thread's backtrace of the live process, attached and detached again), kept in
+    directory as threads.<pid>.<label>.txt and summed up in one line. Never raises: it only
+    adds to a failure."""
+    out_path = os.path.join(directory, f"threads.{pid}.{label}.txt")
+    lines, in_mod = [], []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as exc:
+        return f"pid {pid} has no threads to look at ({exc.strerror})"
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        info = kernel_wait(f"{pid}/task/{tid}")
+        lines.append(f"{tid} {comm}: {describe_wait(info)}")
+        if in_module(info):
+            in_mod.append(f"{comm} ({tid}): {describe_wait(info)}")
+    cmd = ["gdb", "-batch", "-nx", "-q", "-iex", "set debuginfod enabled off",
+           "-ex", "set pagination off", "-ex", "thread apply all bt 15", "-p", str(pid)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                              timeout=GDB_LIMIT_S)
+        gdb_text = done.stdout + done.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        gdb_text = f"gdb could not attach: {exc}"
+    with contextlib.suppress(OSError):
+        with open(out_path, "w") as f:
+            f.write("# each thread's kernel wait (/proc/PID/task/TID)\n" + "\n".join(lines)
+                    + f"\n\n$ {' '.join(cmd)}\n{gdb_text}")
+    main = lines[0] if lines else "the main thread is gone"
+    where = (f"{len(in_mod)} of {len(lines)} thread(s) asleep in the module: "
+             + "; ".join(in_mod[:4])) if in_mod else (
+        f"none of its {len(lines)} thread(s) asleep in the module; main thread {main}")
+    return f"{where}; gdb, first thread: {summary(gdb_text, 8)} ({os.path.basename(out_path)})"

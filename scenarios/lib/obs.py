@@ -121,6 +121,9 @@ class Obs:
         self.client = None
         self.startup_s: float | None = None
         self.killed_by: int | None = None  # the signal OBS died of before stop()
+        # where OBS's threads waited when it last did not reach a camera state it was asked for
+        self.stuck = ""
+        self.requests = 0
 
     def output(self, tail: int = 1500) -> str:
         try:
@@ -214,6 +217,7 @@ class Obs:
         seconds). OBS answers the request at once and starts the output on its own, so a
         start that failed in the module shows only as an output that never becomes active."""
         t = time.monotonic()
+        self.requests += 1
         if self.exited():
             return False, 0.0
         try:
@@ -232,7 +236,12 @@ class Obs:
             if self.p.poll() is not None:
                 break
             time.sleep(0.2)
-        return False, round(time.monotonic() - t, 2)
+        waited = round(time.monotonic() - t, 2)
+        if self.p.poll() is None:  # OBS runs but did not do it: where do its threads wait?
+            self.stuck = "where OBS's threads waited then: " + crash.live_threads(
+                self.p.pid, os.path.dirname(self.log_path),
+                f"{'start' if on else 'stop'}-{self.requests}")
+        return False, waited
 
     def video_nodes(self) -> list[str]:
         """The /dev/video* nodes OBS holds open (the virtual camera's device while it runs)."""

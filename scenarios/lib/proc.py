@@ -273,8 +273,9 @@ def _module_symbols(module: str = MODULE) -> set[str]:
     return names
 
 
-def kernel_wait(pid: int) -> dict:
-    """Where task `pid` (the main thread of a worker, which runs its Device calls) is now:
+def kernel_wait(pid: int | str) -> dict:
+    """Where task `pid` (the main thread of a worker, which runs its Device calls; or any
+    thread, as "PID/task/TID") is now:
     the state letter of /proc/<pid>/stat, /proc/<pid>/wchan, the frames of /proc/<pid>/stack
     ("function [module]"), and /proc/<pid>/syscall ("running", or the number and arguments of
     the system call it sleeps in). Any of them may be "" where the kernel does not say."""

@@ -154,7 +154,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 versions["obs"] = obs.version()
                 started, steps["obs_camera_start_s"] = obs.set_virtualcam(True)
                 assert started, (f"{versions['obs']}: the virtual camera did not start within "
-                                 f"{OUTPUT_LIMIT_S} s; {obs.exited()} {obs.camera_lines()}")
+                                 f"{OUTPUT_LIMIT_S} s; {obs.exited()} {obs.camera_lines()} {obs.stuck}")
                 steps["obs_nodes"] = obs.video_nodes()
                 assert steps["obs_nodes"] == [os.path.realpath(cell.device)], (
                     f"OBS's camera holds {steps['obs_nodes']}, the device under test is {cell.device}")
@@ -189,17 +189,20 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 chromium.stop()
                 window(2, ["firefox", "ffmpeg"], "Chromium killed")
                 stopped, steps["obs_camera_stop_s"] = obs.set_virtualcam(False)
-                assert stopped, f"OBS's camera did not stop within {OUTPUT_LIMIT_S} s; {obs.camera_lines()}"
+                assert stopped, (f"OBS's camera did not stop within {OUTPUT_LIMIT_S} s; "
+                                 f"{obs.camera_lines()} {obs.stuck}")
                 ticking.pump_all([firefox], 3.0)
                 before = {n: readers[n].changes() for n in ("firefox", "ffmpeg")}
                 started, steps["obs_camera_restart_s"] = obs.set_virtualcam(True)
                 assert started, (f"OBS's camera did not start again within {OUTPUT_LIMIT_S} s "
-                                 f"with Firefox and ffmpeg open; {obs.camera_lines()}")
+                                 f"with Firefox and ffmpeg open; {obs.camera_lines()} {obs.stuck}")
                 ready(["firefox", "ffmpeg"], before, FIRST_FRAME_LIMIT_S, "obs_restart_first_frames")
                 window(3, ["firefox", "ffmpeg"], "OBS's camera stopped and started again")
                 ffmpeg.client.stop()
                 window(4, ["firefox"], "ffmpeg stopped")
             finally:
+                if obs.stuck:
+                    record_property("obs_stuck", obs.stuck)
                 obs.stop()
                 if where_it_died := obs.crash_report(log_dir):
                     record_property("obs_crash", where_it_died)
