@@ -20,7 +20,7 @@ import time
 import pytest
 from lib import crash
 from lib.clients import count_distinct_frames
-from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, xvfb
+from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, output_size, xvfb
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
@@ -40,7 +40,7 @@ BACKGROUND_YUV = (141, 59, 189)
 TOLERANCE = 12
 # The profile's canvas and output (obs-config/), and where the reader looks: the lower right
 # quarter, away from the moving 32x24 pattern in the top left corner.
-WIDTH, HEIGHT = 128, 96
+WIDTH, HEIGHT = output_size()
 SAMPLES = [(x, y) for x in range(WIDTH // 2, WIDTH, 8) for y in range(HEIGHT // 2, HEIGHT, 8)]
 
 

@@ -71,6 +71,17 @@ def xvfb(log_path: str) -> Iterator[str]:
         log.close()
 
 
+def output_size() -> tuple[int, int]:
+    """The prepared profile's output size (basic.ini's OutputCX, OutputCY): the width and
+    height of the YUYV frames OBS's virtual camera writes."""
+    ini = CONFIG / "obs-studio" / "basic" / "profiles" / "loopqual" / "basic.ini"
+    text = ini.read_text()
+    size = [re.search(rf"(?m)^{key}=(\d+)$", text) for key in ("OutputCX", "OutputCY")]
+    if not all(size):
+        raise InfrastructureProblem(f"{ini}: no OutputCX= or OutputCY= line")
+    return int(size[0].group(1)), int(size[1].group(1))
+
+
 def fresh_home(root: str, fps: int | None = None) -> dict:
     """The prepared configuration copied into root (a fresh, writable home); OBS's
     environment: software OpenGL, no D-Bus session (there is none in the guest).

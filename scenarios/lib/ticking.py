@@ -2,8 +2,9 @@
 that opens the camera by its label (getUserMedia again every 3 s until it succeeds) and prints
 what it has received so far every `tick_s` seconds (LOOPQUAL_TICK {json}): frames, non-blank
 frames, distinct non-blank frames and changes (a non-blank frame unlike the one before).
-Chromium reads frames through MediaStreamTrackProcessor, Firefox draws its <video> element
-into a canvas every 100 ms. Used by K6 (suite together) and by `loopqual bench --programs`
+Chromium reads frames through MediaStreamTrackProcessor, Firefox draws each frame its <video>
+element was presented into a canvas (looked for every 100 ms). A page whose track ends opens
+the camera again (counted in `opened`). Used by K6 (suite together) and by `loopqual bench --programs`
 (browsers as readers).
 """
 
@@ -16,23 +17,26 @@ import time
 from .browser import BrowserRun, chromium_argv, firefox_argv
 
 # Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
-# then the loopback device by its label; `until` is when the page stops reading.
-OPEN_JS = r"""    let stream = null;
-    const until = performance.now() + %(run_s)d * 1000;
-    while (!stream && performance.now() < until) {
-      try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
-      catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
-    }
-    out.error = null;
-    const devs = await navigator.mediaDevices.enumerateDevices();
-    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-      stream.getTracks().forEach(t => t.stop());
-      stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
-    }
-    const track = stream.getVideoTracks()[0];
-    out.label = track.label;
+# then the loopback device by its label; `until` is when the page stops reading. A page whose
+# track ends (Chromium ends a capture that got no frame for 10 s: 10 poll timeouts of 1 s) opens
+# the camera again the same way and counts it (out.opened: 1 after the first opening).
+OPEN_JS = r"""      let stream = null;
+      while (!stream && performance.now() < until) {
+        try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
+        catch (e) { out.error = String(e); say("LOOPQUAL_TICK " + JSON.stringify(out)); await sleep(3000); }
+      }
+      if (!stream) break;
+      out.error = null;
+      const devs = await navigator.mediaDevices.enumerateDevices();
+      out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+      const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+      if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
+        stream.getTracks().forEach(t => t.stop());
+        stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
+      }
+      const track = stream.getVideoTracks()[0];
+      out.label = track.label;
+      out.opened++;
 """
 
 CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
@@ -40,40 +44,44 @@ const say = (s) => console.log(s);
 say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 (async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, error: null,
-               devices: []};
+  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, opened: 0,
+               error: null, devices: []};
   const seen = new Set();
   let last = null;
+  const until = performance.now() + %(run_s)d * 1000;
+  let next = performance.now();
   try {
-%(open)s    say("LOOPQUAL_OPENED");
-    const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
-    let next = performance.now();
-    // one read() outstanding at a time, kept across the 1 s ticks: reads given up still take
-    // the next frames, in order, so after a few 1 s timeouts every new frame went to a read
-    // nobody awaited (and nobody closed its frame): with OBS at 1 fps the first full runs'
-    // page counted 3-4 frames while Chromium's capture went on dequeuing one a second (strace)
-    let pending = null;
     while (performance.now() < until) {
-      if (performance.now() >= next) {
-        out.distinct = seen.size; out.ended = track.readyState === "ended";
-        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+%(open)s      if (out.opened === 1) say("LOOPQUAL_OPENED");
+      const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
+      // one read() outstanding at a time, kept across the 1 s ticks: reads given up still take
+      // the next frames, in order, so after a few 1 s timeouts every new frame went to a read
+      // nobody awaited (and nobody closed its frame): with OBS at 1 fps the first full runs'
+      // page counted 3-4 frames while Chromium's capture went on dequeuing one a second (strace)
+      let pending = null;
+      while (performance.now() < until) {
+        if (performance.now() >= next) {
+          out.distinct = seen.size; out.ended = track.readyState === "ended";
+          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+        }
+        if (!pending) pending = reader.read();
+        const r = await Promise.race([pending,
+          new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
+        if (r.timeout) continue;
+        pending = null;
+        if (r.done) break;  // the track ended: open the camera again
+        const f = r.value;
+        out.frames++;
+        try {
+          const buf = new Uint8Array(f.allocationSize());
+          await f.copyTo(buf);
+          let h = 0, nz = 0;
+          for (let i = 0; i < buf.length; i += 61) { h = (h * 31 + buf[i]) | 0; if (buf[i]) nz++; }
+          if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
+        } catch (e) { out.error = "copyTo: " + e; }
+        f.close();
       }
-      if (!pending) pending = reader.read();
-      const r = await Promise.race([pending,
-        new Promise(res => setTimeout(() => res({timeout: true}), 1000))]);
-      if (r.timeout) continue;
-      pending = null;
-      if (r.done) { await sleep(1000); continue; }
-      const f = r.value;
-      out.frames++;
-      try {
-        const buf = new Uint8Array(f.allocationSize());
-        await f.copyTo(buf);
-        let h = 0, nz = 0;
-        for (let i = 0; i < buf.length; i += 61) { h = (h * 31 + buf[i]) | 0; if (buf[i]) nz++; }
-        if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
-      } catch (e) { out.error = "copyTo: " + e; }
-      f.close();
+      stream.getTracks().forEach(t => t.stop());
     }
   } catch (e) { out.error = String(e); }
   out.distinct = seen.size;
@@ -89,31 +97,40 @@ say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 (async () => {
   const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
-               error: null, devices: []};
+               opened: 0, error: null, devices: []};
   const seen = new Set();
   let last = null;
+  const until = performance.now() + %(run_s)d * 1000;
+  let next = performance.now();
+  const v = document.getElementById("v"), c = document.getElementById("c");
+  const ctx = c.getContext("2d", {willReadFrequently: true});
+  // a frame is drawn into the canvas once it was presented (requestVideoFrameCallback), not at
+  // every 100 ms poll: the page's own work must not take the vCPU from what it judges
+  let fresh = 0;
+  const onFrame = () => { out.presented++; fresh++; v.requestVideoFrameCallback(onFrame); };
+  if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
   try {
-%(open)s    say("LOOPQUAL_OPENED");
-    const v = document.getElementById("v"), c = document.getElementById("c");
-    const ctx = c.getContext("2d", {willReadFrequently: true});
-    v.srcObject = stream;
-    await v.play();
-    const onFrame = () => { out.presented++; v.requestVideoFrameCallback(onFrame); };
-    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
-    let next = performance.now();
     while (performance.now() < until) {
-      if (performance.now() >= next) {
-        out.distinct = seen.size; out.ended = track.readyState === "ended";
-        say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+%(open)s      if (out.opened === 1) say("LOOPQUAL_OPENED");
+      v.srcObject = stream;
+      await v.play();
+      while (performance.now() < until && track.readyState !== "ended") {
+        if (performance.now() >= next) {
+          out.distinct = seen.size; out.ended = false;
+          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+        }
+        await sleep(100);
+        if (!v.videoWidth || (v.requestVideoFrameCallback && !fresh)) continue;
+        fresh = 0;
+        ctx.drawImage(v, 0, 0, c.width, c.height);
+        const px = ctx.getImageData(0, 0, c.width, c.height).data;
+        let h = 0, nz = 0;
+        for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
+        out.frames++;
+        if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
       }
-      await sleep(100);
-      if (!v.videoWidth) continue;
-      ctx.drawImage(v, 0, 0, c.width, c.height);
-      const px = ctx.getImageData(0, 0, c.width, c.height).data;
-      let h = 0, nz = 0;
-      for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
-      out.frames++;
-      if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
+      out.ended = true;  // the track ended: open the camera again
+      stream.getTracks().forEach(t => t.stop());
     }
   } catch (e) { out.error = String(e); }
   out.distinct = seen.size;
@@ -188,9 +205,9 @@ def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: i
     os.makedirs(bhome)
     page = os.path.join(bhome, "page.html")
     with open(page, "w") as f:
-        js = OPEN_JS % {"card": json.dumps(card[:20]), "run_s": run_s}
+        js = OPEN_JS % {"card": json.dumps(card[:20])}
         f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
-                % {"open": js, "tick_s": tick_s})
+                % {"open": js, "tick_s": tick_s, "run_s": run_s})
     env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
                XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
     if name == "chromium":
