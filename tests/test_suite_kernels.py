@@ -56,8 +56,8 @@ def test_a_kernel_the_run_does_not_have_is_bad_input(arg, says):
 
 def test_the_gates_selection_runs_real_clients_in_ec0_on_one_kernel_and_browsers_on_all():
     """The Makefile's gate: clients in ec0 and ec1 on debian-6.12, in ec1 (suite clients-ec1)
-    on 6.1 and sid; browser in ec1 on every kernel (issue 10), apps on debian-6.12 only;
-    bookworm's v4l2-compliance on the bookworm kernels."""
+    on 6.1 and sid; browser in ec1 on every kernel (issue 10), apps and together (K6 with
+    the real programs) on debian-6.12 only; bookworm's v4l2-compliance on the bookworm kernels."""
     import re
 
     from loopqual.paths import REPO
@@ -74,7 +74,7 @@ def test_the_gates_selection_runs_real_clients_in_ec0_on_one_kernel_and_browsers
 
     assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients"]
     assert names("debian-6.12", "ec1") == ["contract", "compliance", "compliance-sid", "clients",
-                                           "browser", "apps"]
+                                           "browser", "apps", "together"]
     assert names("debian-6.1", "ec0") == ["contract", "compliance", "compliance-sid"]
     assert names("debian-6.1", "ec1") == ["contract", "compliance", "compliance-sid", "clients-ec1",
                                           "browser"]
