@@ -4,7 +4,10 @@ what it has received so far every `tick_s` seconds (LOOPQUAL_TICK {json}): frame
 frames, distinct non-blank frames and changes (a non-blank frame unlike the one before).
 Chromium reads frames through MediaStreamTrackProcessor, Firefox draws each frame its <video>
 element was presented into a canvas (looked for every 100 ms). A page whose track ends opens
-the camera again (counted in `opened`). Used by K6 (suite together) and by `loopqual bench --programs`
+the camera again (counted in `opened`). Firefox's page can begin with sessions (K5's "again and
+again"): its first `sessions` openings read for `session_s` seconds each and end the rude way
+(the tracks stopped, nothing else), each session's own counts reported in out.sessions; then it
+opens the camera again and reads as before. Used by K6 (suite together) and by `loopqual bench --programs`
 (browsers as readers).
 """
 
@@ -97,7 +100,7 @@ say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 (async () => {
   const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
-               opened: 0, error: null, devices: []};
+               opened: 0, error: null, devices: [], sessions: []};
   const seen = new Set();
   let last = null;
   const until = performance.now() + %(run_s)d * 1000;
@@ -114,7 +117,13 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 %(open)s      if (out.opened === 1) say("LOOPQUAL_OPENED");
       v.srcObject = stream;
       await v.play();
-      while (performance.now() < until && track.readyState !== "ended") {
+      // the first %(sessions)d openings are sessions of %(session_s)d s, each ended the rude way
+      const session = out.sessions.length < %(sessions)d;
+      const sessionEnd = performance.now() + %(session_s)d * 1000;
+      const sess = {frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: -out.presented};
+      const sSeen = new Set();
+      while (performance.now() < until && track.readyState !== "ended"
+             && !(session && performance.now() >= sessionEnd)) {
         if (performance.now() >= next) {
           out.distinct = seen.size; out.ended = false;
           say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
@@ -126,8 +135,19 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
         const px = ctx.getImageData(0, 0, c.width, c.height).data;
         let h = 0, nz = 0;
         for (let i = 0; i < px.length; i += 7) { h = (h * 31 + px[i]) | 0; if (px[i]) nz++; }
-        out.frames++;
-        if (nz > 0) { out.nonblank++; seen.add(h); if (h !== last) out.changes++; last = h; }
+        out.frames++; sess.frames++;
+        if (nz > 0) {
+          out.nonblank++; sess.nonblank++; seen.add(h); sSeen.add(h);
+          if (h !== last) { out.changes++; sess.changes++; } last = h;
+        }
+      }
+      if (session && track.readyState !== "ended" && performance.now() >= sessionEnd) {
+        // the rude stop: the tracks go, nothing is released in order; then the camera again
+        sess.distinct = sSeen.size; sess.presented += out.presented;
+        out.sessions.push(sess);
+        track.stop();
+        v.srcObject = null;
+        continue;
       }
       out.ended = true;  // the track ended: open the camera again
       stream.getTracks().forEach(t => t.stop());
@@ -197,17 +217,21 @@ def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
 
 
 def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: int,
-           tick_s: int = 2) -> TickingBrowser:
+           tick_s: int = 2, sessions: int = 0, session_s: int = 8) -> TickingBrowser:
     """Start `name` ("chromium" or "firefox") with a fresh profile under home/name on the
     ticking page; the page reads for run_s seconds, looking for a camera whose label holds
-    the card's name; the browser's output goes to log_dir/NAME.log."""
+    the card's name; the browser's output goes to log_dir/NAME.log. Firefox's page first reads
+    `sessions` sessions of session_s seconds, each ended by a rude stop (Chromium's has none)."""
+    if sessions and name == "chromium":
+        raise ValueError("the rude-stop sessions are Firefox's page's (K5)")
     bhome = os.path.join(home, name)
     os.makedirs(bhome)
     page = os.path.join(bhome, "page.html")
     with open(page, "w") as f:
         js = OPEN_JS % {"card": json.dumps(card[:20])}
         f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
-                % {"open": js, "tick_s": tick_s, "run_s": run_s})
+                % {"open": js, "tick_s": tick_s, "run_s": run_s, "sessions": sessions,
+                   "session_s": session_s})
     env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
                XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
     if name == "chromium":

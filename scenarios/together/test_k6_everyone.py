@@ -9,7 +9,11 @@ itself, so a count of frames never seen before stops growing after a minute or t
 seen all 89 of its contents after about 90 s at 1 fps):
   an ffmpeg writer starts in OBS's own format (YUYV at the profile's output size, OBS_FPS
   frames per second); ffmpeg joins as a reader, then Chromium and Firefox start at once and
-  read it
+  read it; each must have opened the loopback device by its label (K4, K5)
+  Firefox's page begins with FIREFOX_SESSIONS sessions of SESSION_S seconds, each ended the
+  rude way (the tracks stopped, nothing else) and each judged by its own distinct frames,
+  then opens the camera again and reads on (K5's "again and again", Chromium and ffmpeg
+  reading beside it)
   OBS starts (Xvfb, software OpenGL, the prepared scene at OBS_FPS frames per second), its
   camera off; the ffmpeg writer stops and OBS's camera takes over with the three readers
   open: each receives OBS's frames (Chromium ends a capture that gets no frame for 10 s and
@@ -52,6 +56,14 @@ from lib.load import guest_load
 from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, output_size, xvfb
 
 OBS_FPS = 1
+# Firefox's rude-stop sessions (K5): SESSION_S seconds each at OBS_FPS; each must see at least
+# SESSION_MIN_DISTINCT distinct non-blank frames
+FIREFOX_SESSIONS = 3
+SESSION_S = 8
+SESSION_MIN_DISTINCT = 2
+# from the browsers' first frames until Firefox's page has ended its sessions (each one's
+# getUserMedia again; under TCG a camera open took seconds to tens of seconds)
+SESSIONS_LIMIT_S = FIREFOX_SESSIONS * (SESSION_S + 90)
 WINDOW_S = 20
 MIN_NEW_FRAMES = 3  # per reader per window (OBS_FPS * WINDOW_S frames are written)
 TICK_S = 2
@@ -65,7 +77,8 @@ READY_LIMIT_S = START_LIMIT_S + 300
 # try ("NotReadableError: Could not start video source"), and K6 waited out READY_LIMIT_S.
 REFUSED_FOR_S = 180
 # how long the pages keep reading: the browsers' start, OBS's, the windows and the camera's steps
-RUN_S = 2 * READY_LIMIT_S + 2 * FIRST_FRAME_LIMIT_S + 8 * WINDOW_S + 4 * OUTPUT_LIMIT_S
+RUN_S = (2 * READY_LIMIT_S + SESSIONS_LIMIT_S + 2 * FIRST_FRAME_LIMIT_S + 8 * WINDOW_S
+         + 4 * OUTPUT_LIMIT_S)
 TIMEOUT_S = START_LIMIT_S + RUN_S + 300
 
 
@@ -105,6 +118,30 @@ class FfmpegReader:
         alive = "running" if self.client.alive() else f"exited ({self.client.p.returncode})"
         return (f"{len(d)} frames, {len(set(d))} distinct, {self.changes()} changes, {alive}; "
                 f"{self.client.output(300)!r}")
+
+
+def judge_labels_and_sessions(browsers: list[ticking.TickingBrowser],
+                              firefox: ticking.TickingBrowser, card: str, versions: dict,
+                              steps: dict) -> None:
+    """Each browser reads the loopback device (chosen by its label); Firefox's page then ends
+    its FIREFOX_SESSIONS sessions the rude way, and each session saw distinct frames."""
+    steps["labels"] = labels = {b.name: b.last.get("label") for b in browsers}
+    wrong = {name: label for name, label in labels.items() if card[:20] not in (label or "")}
+    inputs = {b.name: b.last.get("devices") for b in browsers}
+    assert not wrong, (f"the browsers opened {wrong}, expected the loopback device {card!r}; "
+                       f"video inputs: {inputs}")
+    t0 = time.monotonic()
+    while (len(firefox.last.get("sessions") or []) < FIREFOX_SESSIONS and not firefox.log.closed
+           and time.monotonic() - t0 < SESSIONS_LIMIT_S):
+        ticking.pump_all(browsers, 2.0)
+    steps["firefox_sessions_s"] = round(time.monotonic() - t0, 1)
+    steps["firefox_sessions"] = sessions = firefox.last.get("sessions") or []
+    assert len(sessions) == FIREFOX_SESSIONS and all(
+        x["distinct"] >= SESSION_MIN_DISTINCT for x in sessions), (
+        f"{versions['firefox']}: each of {FIREFOX_SESSIONS} capture sessions of {SESSION_S} s, "
+        f"ended by a rude stop, should see at least {SESSION_MIN_DISTINCT} distinct non-blank "
+        f"frames; after {steps['firefox_sessions_s']:.0f} s (limit {SESSIONS_LIMIT_S} s) the page "
+        f"had ended {len(sessions)}: {sessions}; its last report: {firefox.state()}")
 
 
 @pytest.mark.rules("K6", "K3", "K4", "K5")
@@ -158,7 +195,9 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
 
     def launch(name: str) -> ticking.TickingBrowser:
         b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
-                           home, log_dir, card, RUN_S, TICK_S)
+                           home, log_dir, card, RUN_S, TICK_S,
+                           sessions=FIREFOX_SESSIONS if name == "firefox" else 0,
+                           session_s=SESSION_S)
         browsers.append(b)
         readers[name] = b
         return b
@@ -177,6 +216,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
             ready(["firefox", "chromium"], {}, READY_LIMIT_S, "browsers_ready")
             steps["browser_startup_s"] = {b.name: b.marks.get("LOOPQUAL_STARTED") for b in browsers}
             steps["browser_open_s"] = {b.name: b.marks.get("LOOPQUAL_OPENED") for b in browsers}
+            judge_labels_and_sessions(browsers, firefox, card, versions, steps)
             obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,
                       os.path.join(log_dir, "obs.log"))
             try:
