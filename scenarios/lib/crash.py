@@ -151,9 +151,10 @@ def live_threads(pid: int, directory: str, label: str) -> str:
         except OSError:
             continue
         info = kernel_wait(f"{pid}/task/{tid}")
-        lines.append(f"{tid} {comm}: {describe_wait(info)}")
+        waits = describe_wait(info)
+        lines.append(f"{tid} {comm}: {waits}")
         if in_module(info):
-            in_mod.append(f"{comm} ({tid}): {describe_wait(info)}")
+            in_mod.append(f"{comm} ({tid}): {waits}")
     cmd = ["gdb", "-batch", "-nx", "-q", "-iex", "set debuginfod enabled off",
            "-ex", "set pagination off", "-ex", "thread apply all bt 15", "-p", str(pid)]
     try:

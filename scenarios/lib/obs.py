@@ -71,10 +71,15 @@ def xvfb(log_path: str) -> Iterator[str]:
         log.close()
 
 
+def profile_ini(config: Path) -> Path:
+    """The prepared profile's settings file (basic.ini) in a configuration directory."""
+    return config / "obs-studio" / "basic" / "profiles" / "loopqual" / "basic.ini"
+
+
 def output_size() -> tuple[int, int]:
     """The prepared profile's output size (basic.ini's OutputCX, OutputCY): the width and
     height of the YUYV frames OBS's virtual camera writes."""
-    ini = CONFIG / "obs-studio" / "basic" / "profiles" / "loopqual" / "basic.ini"
+    ini = profile_ini(CONFIG)
     text = ini.read_text()
     size = [re.search(rf"(?m)^{key}=(\d+)$", text) for key in ("OutputCX", "OutputCY")]
     if not all(size):
@@ -94,7 +99,7 @@ def fresh_home(root: str, fps: int | None = None) -> dict:
     config = os.path.join(root, "config")
     shutil.copytree(CONFIG, config, ignore=shutil.ignore_patterns("README.md"))
     if fps is not None:  # the profile's frame rate (FPSType=1: an integer rate) changed
-        ini = Path(config) / "obs-studio" / "basic" / "profiles" / "loopqual" / "basic.ini"
+        ini = profile_ini(Path(config))
         text = ini.read_text()
         if "FPSInt=" not in text:
             raise InfrastructureProblem(f"{ini}: no FPSInt= line to set {fps} frames per second")
