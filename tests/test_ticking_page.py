@@ -1,28 +1,35 @@
 """scenarios/lib/ticking.py: the reports of the long-reading browser page, as K6 and the
 program bench read them. The lines are recorded from real K6 runs (debian-6.1, OBS writing at
 1 fps, 2026-12-03): patched, where both browsers read; and stock 0.13.2, which refused
-Chromium as a second reader. Chromium prints the page's console through its log (with its
-own prefix and suffix), Firefox prints dump() as is."""
+Chromium as a second reader. The *-sessions-6.12 lines: a K6 run on debian-6.12 (patched, an
+ffmpeg writer at 1 fps, 2026-12-04) whose Firefox page began with three rude-stop sessions.
+Chromium prints the page's console through its log (with its own prefix and suffix), Firefox
+prints dump() as is."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scenarios"))
 
-from lib.ticking import TickingBrowser  # noqa: E402
+from lib.ticking import TickingBrowser, judge_labels_and_sessions  # noqa: E402
 
 RECORDED = Path(__file__).parent / "fixtures/ticking"
 
 
-def _fed(name: str, recording: str = "6.1", b: TickingBrowser | None = None) -> TickingBrowser:
-    """A TickingBrowser given a recorded log line by line (no browser is started)."""
+def _fed(name: str, recording: str = "6.1", b: TickingBrowser | None = None,
+         lines: int | None = None) -> TickingBrowser:
+    """A TickingBrowser given a recorded log line by line (no browser is started); lines: only
+    the first so many."""
     if b is None:
         b = TickingBrowser.__new__(TickingBrowser)
         b.name, b.last, b.history, b.marks, b.result, b.t0 = name, {}, [], {}, None, 0.0
         b.refused_since = None
-    for line in (RECORDED / f"recorded-k6-{name}-{recording}.log").read_bytes().splitlines():
+    for line in (RECORDED / f"recorded-k6-{name}-{recording}.log").read_bytes().splitlines()[:lines]:
         b._scan(line)
     return b
 
@@ -54,3 +61,42 @@ def test_a_page_refused_the_camera_counts_how_long_until_it_reads():
     assert b.refused_since == b.history[0][0] and b.refused_for() > 0
     _fed("chromium", "6.1", b)
     assert b.refused_since is None and b.refused_for() == 0.0 and b.changes() == 228
+
+
+def _judge(firefox: TickingBrowser, chromium: TickingBrowser, card: str) -> dict:
+    """K6's judgement of the browsers' labels and Firefox's rude-stop sessions, on browsers fed
+    recorded lines whose logs are closed (nothing more to read: the judge does not wait)."""
+    for b in (firefox, chromium):
+        b.log = io.BytesIO()
+        b.log.close()
+    steps: dict = {}
+    judge_labels_and_sessions([firefox, chromium], firefox, card, "Firefox ESR (recorded)", steps)
+    return steps
+
+
+CARD = "Dummy video device (0x0000)"
+
+
+def test_k6_judges_firefoxs_three_rude_stop_sessions_from_a_real_run():
+    """Recorded from a real K6 run (debian-6.12, patched, an ffmpeg writer at 1 fps,
+    2026-12-04): Firefox's page read three 8 s sessions (9, 7 and 9 distinct frames), each
+    ended the rude way, then opened the camera a fourth time; both browsers read the loopback
+    device by its label."""
+    steps = _judge(_fed("firefox", "sessions-6.12"), _fed("chromium", "sessions-6.12"), CARD)
+    assert [s["distinct"] for s in steps["firefox_sessions"]] == [9, 7, 9]
+    assert steps["labels"] == {"firefox": CARD, "chromium": CARD}
+
+
+def test_k6_fails_when_firefox_ends_fewer_sessions_than_it_should():
+    """The same recording cut off after Firefox's second opening (one session ended) and the
+    browser gone: the judge fails and says how many sessions it saw."""
+    firefox = _fed("firefox", "sessions-6.12", lines=16)
+    assert len(firefox.last["sessions"]) == 1
+    with pytest.raises(AssertionError, match="had ended 1"):
+        _judge(firefox, _fed("chromium", "sessions-6.12"), CARD)
+
+
+def test_k6_fails_when_a_browser_opened_another_camera():
+    with pytest.raises(AssertionError, match="expected the loopback device"):
+        _judge(_fed("firefox", "sessions-6.12"), _fed("chromium", "sessions-6.12"),
+               "loopqual's other card")

@@ -7,14 +7,13 @@ does not start in time makes the scenario incomplete, not a K4 failure.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from lib.browser import (
     CAPTURE_S,
     ONE_FRAME_MIN_FRAMES,
     ONE_FRAME_S,
     browser_set_up,
+    camera_by_label_js,
     chromium_argv,
     judge_capture,
     judge_writer,
@@ -23,21 +22,15 @@ from lib.browser import (
 )
 
 PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
+%(by_label)s
 const report = (o) => { const s = "LOOPQUAL_RESULT " + JSON.stringify(o);
   console.log(s); document.title = s; };
 console.log("LOOPQUAL_STARTED");
 (async () => {
   const out = {label: null, frames: 0, distinct: 0, nonblank: 0, error: null, devices: []};
   try {
-    let stream = await navigator.mediaDevices.getUserMedia({video: true});
-    const devs = await navigator.mediaDevices.enumerateDevices();
-    out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-    const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-    if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-      stream.getTracks().forEach(t => t.stop());
-      stream = await navigator.mediaDevices.getUserMedia(
-        {video: {deviceId: {exact: wanted.deviceId}}});
-    }
+    const stream = await cameraByLabel(
+      await navigator.mediaDevices.getUserMedia({video: true}), out);
     const track = stream.getVideoTracks()[0];
     out.label = track.label;
     console.log("LOOPQUAL_OPENED");
@@ -79,7 +72,7 @@ console.log("LOOPQUAL_STARTED");
 @pytest.mark.timeout(scenario_timeout())
 def test_k4_chromium_get_user_media(cell, openers, record_property):
     def page(card: str) -> str:
-        return PAGE % {"card": json.dumps(card[:20]), "seconds": CAPTURE_S}
+        return PAGE % {"by_label": camera_by_label_js(card), "seconds": CAPTURE_S}
 
     with browser_set_up(cell, openers, "Chromium", "chromium", page) as s:
         argv = chromium_argv(s.program, s.home, s.page_url)
@@ -96,7 +89,7 @@ def test_k4_chromium_after_a_one_frame_writer_left(cell, openers, record_propert
     exits at once): Chromium opens the device after the writer has gone and must keep receiving
     that frame, repeated at the device's frame rate, for the whole window."""
     def page(card: str) -> str:
-        return PAGE % {"card": json.dumps(card[:20]), "seconds": ONE_FRAME_S}
+        return PAGE % {"by_label": camera_by_label_js(card), "seconds": ONE_FRAME_S}
 
     with browser_set_up(cell, openers, "Chromium", "chromium", page, one_frame=True) as s:
         argv = chromium_argv(s.program, s.home, s.page_url)

@@ -9,13 +9,12 @@ not start in time makes the scenario incomplete, not a K5 failure.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from lib.browser import (
     ONE_FRAME_MIN_FRAMES,
     ONE_FRAME_S,
     browser_set_up,
+    camera_by_label_js,
     firefox_argv,
     judge_capture,
     judge_writer,
@@ -28,6 +27,7 @@ SESSION_S = 4
 
 PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
 <video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
+%(by_label)s
 const say = (s) => { dump(s + "\n"); };
 say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
@@ -39,15 +39,8 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
     const ctx = c.getContext("2d", {willReadFrequently: true});
     const seenAll = new Set();
     for (let s = 0; s < %(sessions)d; s++) {
-      let stream = await navigator.mediaDevices.getUserMedia({video: true});
-      const devs = await navigator.mediaDevices.enumerateDevices();
-      out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-      const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-      if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-        stream.getTracks().forEach(t => t.stop());
-        stream = await navigator.mediaDevices.getUserMedia(
-          {video: {deviceId: {exact: wanted.deviceId}}});
-      }
+      const stream = await cameraByLabel(
+        await navigator.mediaDevices.getUserMedia({video: true}), out);
       const track = stream.getVideoTracks()[0];
       out.label = track.label;
       if (s === 0) say("LOOPQUAL_OPENED");
@@ -97,7 +90,7 @@ def _firefox(s, record_property, seconds: float):
 @pytest.mark.timeout(scenario_timeout(SESSIONS * SESSION_S))
 def test_k5_firefox_get_user_media_again_and_again(cell, openers, record_property):
     def page(card: str) -> str:
-        return PAGE % {"card": json.dumps(card[:20]), "seconds": SESSION_S, "sessions": SESSIONS}
+        return PAGE % {"by_label": camera_by_label_js(card), "seconds": SESSION_S, "sessions": SESSIONS}
 
     with browser_set_up(cell, openers, "Firefox ESR", "firefox-esr", page) as s:
         cap = _firefox(s, record_property, SESSIONS * SESSION_S)
@@ -117,7 +110,7 @@ def test_k5_firefox_after_a_one_frame_writer_left(cell, openers, record_property
     exits at once): Firefox opens the device after the writer has gone and must keep receiving
     that frame, repeated at the device's frame rate, for the whole window."""
     def page(card: str) -> str:
-        return PAGE % {"card": json.dumps(card[:20]), "seconds": ONE_FRAME_S, "sessions": 1}
+        return PAGE % {"by_label": camera_by_label_js(card), "seconds": ONE_FRAME_S, "sessions": 1}
 
     with browser_set_up(cell, openers, "Firefox ESR", "firefox-esr", page, one_frame=True) as s:
         cap = _firefox(s, record_property, ONE_FRAME_S)

@@ -70,6 +70,26 @@ def scenario_timeout(capture_s: float = CAPTURE_S) -> int:
     return int(START_LIMIT_S + open_limit(START_LIMIT_S, capture_s) + 60)
 
 
+# A page's function cameraByLabel(stream, out): given the stream of a first getUserMedia (a
+# page sees the cameras' labels only once one was granted), the stream of the camera whose
+# label holds the card's name (its first 20 characters), opened by its deviceId if the first
+# was another; the video inputs' labels go to out.devices.
+CAMERA_BY_LABEL_JS = r"""const cameraByLabel = async (stream, out) => {
+  const devs = await navigator.mediaDevices.enumerateDevices();
+  out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
+  const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
+  if (!wanted || stream.getVideoTracks()[0].getSettings().deviceId === wanted.deviceId) return stream;
+  stream.getTracks().forEach(t => t.stop());
+  return await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
+};
+"""
+
+
+def camera_by_label_js(card: str) -> str:
+    """CAMERA_BY_LABEL_JS for the loopback device whose card name is `card`."""
+    return CAMERA_BY_LABEL_JS % {"card": json.dumps(card[:20])}
+
+
 def chromium_argv(program: str, home: str, page_url: str) -> list[str]:
     """Headless Chromium on a page, with a fresh profile under home."""
     return [program, "--headless=new", "--no-sandbox", "--disable-gpu",

@@ -17,7 +17,16 @@ import json
 import os
 import time
 
-from .browser import BrowserRun, chromium_argv, firefox_argv
+from .browser import BrowserRun, camera_by_label_js, chromium_argv, firefox_argv
+
+# Firefox's rude-stop sessions (K5): SESSION_S seconds each (in K6, of a writer at 1 fps);
+# each must see at least SESSION_MIN_DISTINCT distinct non-blank frames
+FIREFOX_SESSIONS = 3
+SESSION_S = 8
+SESSION_MIN_DISTINCT = 2
+# from the browsers' first frames until Firefox's page has ended its sessions (each one's
+# getUserMedia again; under TCG a camera open took seconds to tens of seconds)
+SESSIONS_LIMIT_S = FIREFOX_SESSIONS * (SESSION_S + 90)
 
 # Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
 # then the loopback device by its label; `until` is when the page stops reading. A page whose
@@ -30,19 +39,14 @@ OPEN_JS = r"""      let stream = null;
       }
       if (!stream) break;
       out.error = null;
-      const devs = await navigator.mediaDevices.enumerateDevices();
-      out.devices = devs.filter(d => d.kind === "videoinput").map(d => d.label);
-      const wanted = devs.find(d => d.kind === "videoinput" && d.label.includes(%(card)s));
-      if (wanted && stream.getVideoTracks()[0].getSettings().deviceId !== wanted.deviceId) {
-        stream.getTracks().forEach(t => t.stop());
-        stream = await navigator.mediaDevices.getUserMedia({video: {deviceId: {exact: wanted.deviceId}}});
-      }
+      stream = await cameraByLabel(stream, out);
       const track = stream.getVideoTracks()[0];
       out.label = track.label;
       out.opened++;
 """
 
 CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
+%(by_label)s
 const say = (s) => console.log(s);
 say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
@@ -95,6 +99,7 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 
 FIREFOX_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
 <video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
+%(by_label)s
 const say = (s) => { dump(s + "\n"); };
 say("LOOPQUAL_STARTED");
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
@@ -228,10 +233,9 @@ def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: i
     os.makedirs(bhome)
     page = os.path.join(bhome, "page.html")
     with open(page, "w") as f:
-        js = OPEN_JS % {"card": json.dumps(card[:20])}
         f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
-                % {"open": js, "tick_s": tick_s, "run_s": run_s, "sessions": sessions,
-                   "session_s": session_s})
+                % {"open": OPEN_JS, "by_label": camera_by_label_js(card), "tick_s": tick_s,
+                   "run_s": run_s, "sessions": sessions, "session_s": session_s})
     env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
                XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
     if name == "chromium":
@@ -239,3 +243,28 @@ def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: i
     else:
         argv, env["MOZ_HEADLESS"] = firefox_argv(program, bhome, f"file://{page}"), "1"
     return TickingBrowser(name, argv, env, os.path.join(log_dir, f"{name}.log"))
+
+
+def judge_labels_and_sessions(browsers: list[TickingBrowser],
+                              firefox: TickingBrowser, card: str, firefox_version: str,
+                              steps: dict) -> None:
+    """Each browser reads the loopback device (chosen by its label); Firefox's page then ends
+    its FIREFOX_SESSIONS sessions the rude way (launched with sessions=FIREFOX_SESSIONS,
+    session_s=SESSION_S), and each session saw distinct frames. Records what it saw in steps."""
+    steps["labels"] = labels = {b.name: b.last.get("label") for b in browsers}
+    wrong = {name: label for name, label in labels.items() if card[:20] not in (label or "")}
+    inputs = {b.name: b.last.get("devices") for b in browsers}
+    assert not wrong, (f"the browsers opened {wrong}, expected the loopback device {card!r}; "
+                       f"video inputs: {inputs}")
+    t0 = time.monotonic()
+    while (len(firefox.last.get("sessions") or []) < FIREFOX_SESSIONS and not firefox.log.closed
+           and time.monotonic() - t0 < SESSIONS_LIMIT_S):
+        pump_all(browsers, 2.0)
+    steps["firefox_sessions_s"] = round(time.monotonic() - t0, 1)
+    steps["firefox_sessions"] = sessions = firefox.last.get("sessions") or []
+    assert len(sessions) == FIREFOX_SESSIONS and all(
+        x["distinct"] >= SESSION_MIN_DISTINCT for x in sessions), (
+        f"{firefox_version}: each of {FIREFOX_SESSIONS} capture sessions of {SESSION_S} s, "
+        f"ended by a rude stop, should see at least {SESSION_MIN_DISTINCT} distinct non-blank "
+        f"frames; after {steps['firefox_sessions_s']:.0f} s (limit {SESSIONS_LIMIT_S} s) the page "
+        f"had ended {len(sessions)}: {sessions}; its last report: {firefox.state()}")

@@ -54,16 +54,9 @@ from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
 from lib.load import guest_load
 from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, output_size, xvfb
+from lib.ticking import FIREFOX_SESSIONS, SESSION_S, SESSIONS_LIMIT_S, judge_labels_and_sessions
 
 OBS_FPS = 1
-# Firefox's rude-stop sessions (K5): SESSION_S seconds each at OBS_FPS; each must see at least
-# SESSION_MIN_DISTINCT distinct non-blank frames
-FIREFOX_SESSIONS = 3
-SESSION_S = 8
-SESSION_MIN_DISTINCT = 2
-# from the browsers' first frames until Firefox's page has ended its sessions (each one's
-# getUserMedia again; under TCG a camera open took seconds to tens of seconds)
-SESSIONS_LIMIT_S = FIREFOX_SESSIONS * (SESSION_S + 90)
 WINDOW_S = 20
 MIN_NEW_FRAMES = 3  # per reader per window (OBS_FPS * WINDOW_S frames are written)
 TICK_S = 2
@@ -118,30 +111,6 @@ class FfmpegReader:
         alive = "running" if self.client.alive() else f"exited ({self.client.p.returncode})"
         return (f"{len(d)} frames, {len(set(d))} distinct, {self.changes()} changes, {alive}; "
                 f"{self.client.output(300)!r}")
-
-
-def judge_labels_and_sessions(browsers: list[ticking.TickingBrowser],
-                              firefox: ticking.TickingBrowser, card: str, versions: dict,
-                              steps: dict) -> None:
-    """Each browser reads the loopback device (chosen by its label); Firefox's page then ends
-    its FIREFOX_SESSIONS sessions the rude way, and each session saw distinct frames."""
-    steps["labels"] = labels = {b.name: b.last.get("label") for b in browsers}
-    wrong = {name: label for name, label in labels.items() if card[:20] not in (label or "")}
-    inputs = {b.name: b.last.get("devices") for b in browsers}
-    assert not wrong, (f"the browsers opened {wrong}, expected the loopback device {card!r}; "
-                       f"video inputs: {inputs}")
-    t0 = time.monotonic()
-    while (len(firefox.last.get("sessions") or []) < FIREFOX_SESSIONS and not firefox.log.closed
-           and time.monotonic() - t0 < SESSIONS_LIMIT_S):
-        ticking.pump_all(browsers, 2.0)
-    steps["firefox_sessions_s"] = round(time.monotonic() - t0, 1)
-    steps["firefox_sessions"] = sessions = firefox.last.get("sessions") or []
-    assert len(sessions) == FIREFOX_SESSIONS and all(
-        x["distinct"] >= SESSION_MIN_DISTINCT for x in sessions), (
-        f"{versions['firefox']}: each of {FIREFOX_SESSIONS} capture sessions of {SESSION_S} s, "
-        f"ended by a rude stop, should see at least {SESSION_MIN_DISTINCT} distinct non-blank "
-        f"frames; after {steps['firefox_sessions_s']:.0f} s (limit {SESSIONS_LIMIT_S} s) the page "
-        f"had ended {len(sessions)}: {sessions}; its last report: {firefox.state()}")
 
 
 @pytest.mark.rules("K6", "K3", "K4", "K5")
@@ -216,7 +185,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
             ready(["firefox", "chromium"], {}, READY_LIMIT_S, "browsers_ready")
             steps["browser_startup_s"] = {b.name: b.marks.get("LOOPQUAL_STARTED") for b in browsers}
             steps["browser_open_s"] = {b.name: b.marks.get("LOOPQUAL_OPENED") for b in browsers}
-            judge_labels_and_sessions(browsers, firefox, card, versions, steps)
+            judge_labels_and_sessions(browsers, firefox, card, versions["firefox"], steps)
             obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,
                       os.path.join(log_dir, "obs.log"))
             try:
