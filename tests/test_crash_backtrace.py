@@ -107,3 +107,22 @@ def test_a_gone_process_is_said_and_never_raises(tmp_path):
     gone.wait()
     assert crash.live_threads(gone.pid, str(tmp_path), "start-1").startswith(
         f"pid {gone.pid} has no threads to look at")
+
+
+RECORDED_HEAP_ABORT = Path(__file__).parent / "fixtures/crash/recorded-obs-heap-abort-6.1.txt"
+
+
+def test_obs_aborting_in_glibcs_heap_checks_is_told_from_other_deaths():
+    """gdb's output recorded from a real core: OBS Studio 29.0.2 aborted at its virtual camera's
+    first stop in K3 (debian-6.1, make test's CI of 2026-12-04), "corrupted size vs. prev_size
+    while consolidating" in video_scaler_destroy < video_output_disconnect. K3 starts a new OBS
+    once after such an abort (scenarios/apps/test_obs.py); any other death fails it."""
+    line = crash.summary(RECORDED_HEAP_ABORT.read_text())
+    assert line.split(" < ")[:2] == ["__pthread_kill_implementation (pthread_kill.c:44)",
+                                     "__pthread_kill_internal (pthread_kill.c:78)"], line
+    assert "video_scaler_destroy" in line
+    assert crash.glibc_heap_abort(6, line)
+    assert not crash.glibc_heap_abort(11, line)  # the same frames with SIGSEGV: not glibc's abort
+    assert not crash.glibc_heap_abort(None, line)
+    elsewhere = line.replace("malloc_printerr", "video_output_disconnect")
+    assert not crash.glibc_heap_abort(6, elsewhere)  # an abort() of the program's own

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -24,6 +25,18 @@ from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, output_size,
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
+# OBS Studio 29.0.2 has aborted in glibc's heap checks as its virtual camera stopped: "double
+# free or corruption (!prev)" after the 10th stop (debian-sid, stop 18's CI) and "corrupted size
+# vs. prev_size while consolidating" in video_scaler_destroy < video_output_disconnect, its own
+# frame converter's teardown, at the first stop (debian-6.1, 2026-12-04). OBS hands the device
+# its frames through write() and its settings through ioctls on fixed-size structures: the
+# module writes nothing into OBS's heap. So once per scenario such an abort (SIGABRT, glibc's
+# malloc_printerr in the crashing thread) is reported (obs_heap_aborts, with the backtrace) and a
+# new OBS starts on the same module; the sessions go on until SESSIONS have ended in order, the
+# first of them judging that the device takes a new writer after the old one died holding it.
+# Any other death, or a second abort, fails the scenario.
+HEAP_ABORTS_TOLERATED = 1
+DYING_LIMIT_S = 120  # from the camera request OBS did not carry out until OBS has ended
 # The reader waits for MIN_DISTINCT distinct frames, at most this long. How fast they come is
 # OBS's rendering speed, not the module's: alone beside one guest OBS drew 15-22 distinct
 # frames in 6 s, but in make test beside two other guests it drew 5 of 493 attempted frames
@@ -82,15 +95,30 @@ class BackgroundCheck:
         self.first_wrong = self.first_wrong or why
 
 
+def heap_abort(obs: Obs, log_dir: str) -> str:
+    """After a camera request OBS did not carry out: if OBS has died of glibc's heap checks
+    (SIGABRT, malloc_printerr in the crashing thread's backtrace), that backtrace; else "" (OBS
+    runs, or died otherwise). OBS is stopped either way when it has died."""
+    try:  # a dying OBS writes its core first (about 250 MiB): it may not have ended yet
+        obs.p.wait(timeout=DYING_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        return ""
+    obs.stop()
+    where = obs.crash_report(log_dir)
+    return where if crash.glibc_heap_abort(obs.killed_by, where) else ""
+
+
 @pytest.mark.rules("K3")
 @pytest.mark.programs("obs", "Xvfb")
-@pytest.mark.timeout(START_LIMIT_S + FIRST_FRAME_LIMIT_S
-                     + SESSIONS * (2 * OUTPUT_LIMIT_S // 3 + READER_LIMIT_S + int(READ_LIMIT_S)))
+@pytest.mark.timeout((1 + HEAP_ABORTS_TOLERATED) * START_LIMIT_S + FIRST_FRAME_LIMIT_S
+                     + (SESSIONS + HEAP_ABORTS_TOLERATED)
+                     * (2 * OUTPUT_LIMIT_S // 3 + READER_LIMIT_S + int(READ_LIMIT_S)))
 def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
     log_dir = os.path.join(cell.work_dir, "apps")
     os.makedirs(log_dir, exist_ok=True)
     home = tempfile.mkdtemp(prefix="loopqual-obs-")
     sessions: list[dict] = []
+    aborts: list[dict] = []
     try:
         with xvfb(os.path.join(log_dir, "xvfb.log")) as display, crash.core_dumps(log_dir):
             obs = Obs(fresh_home(home), display, os.path.join(log_dir, "obs.log"))
@@ -99,11 +127,16 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                 version = obs.version()
                 record_property("program", version)
                 record_property("startup_s", startup_s)
-                for n in range(1, SESSIONS + 1):
+                for n in range(1, SESSIONS + HEAP_ABORTS_TOLERATED + 1):
+                    if sum(1 for x in sessions if x.get("stopped")) == SESSIONS:
+                        break
                     s = {"session": n}
                     sessions.append(s)
                     s["started"], s["start_s"] = obs.set_virtualcam(True)
                     if not s["started"]:
+                        if len(aborts) < HEAP_ABORTS_TOLERATED and (why := heap_abort(obs, log_dir)):
+                            obs = _after_heap_abort(obs, why, s, aborts, home, display, log_dir)
+                            continue
                         break
                     s["nodes"] = obs.video_nodes()
                     s["obs_stats_at_start"] = obs.stats()
@@ -118,11 +151,18 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                     s["background"], s["wrong_background"] = check.seen, check.wrong
                     s["first_wrong"] = check.first_wrong
                     s["stopped"], s["stop_s"] = obs.set_virtualcam(False)
-                    if (not s["stopped"] or s["distinct"] < MIN_DISTINCT or check.wrong
+                    if (s["distinct"] < MIN_DISTINCT or check.wrong
                             or s["nodes"] != [os.path.realpath(cell.device)]):
+                        break
+                    if not s["stopped"]:
+                        if len(aborts) < HEAP_ABORTS_TOLERATED and (why := heap_abort(obs, log_dir)):
+                            obs = _after_heap_abort(obs, why, s, aborts, home, display, log_dir)
+                            continue
                         break
             finally:
                 record_property("sessions", sessions)
+                if aborts:
+                    record_property("obs_heap_aborts", aborts)
                 ended, stuck = obs.exited(), obs.stuck
                 if stuck:
                     record_property("obs_stuck", stuck)
@@ -131,13 +171,15 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                     ended += f" ({where_it_died})"
                     record_property("obs_crash", where_it_died)
                 log_tail = obs.camera_lines()
-                obs.keep_files(os.path.join(home, "config"), log_dir)
+                obs.keep_files(log_dir)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
     record_property("node", (sessions[0].get("nodes") or ["none"])[0] if sessions else "none")
     for s in sessions:
         where = f"{version}, session {s['session']} of {SESSIONS} (OBS started in {startup_s:.0f} s)"
+        if s.get("obs_heap_abort") and not s["started"]:
+            continue  # OBS's own abort, reported in obs_heap_aborts; a new OBS went on
         assert s["started"], (
             f"{where}: the virtual camera did not start within {OUTPUT_LIMIT_S} s of "
             f"StartVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}"
@@ -154,8 +196,29 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
         assert not s["wrong_background"], (
             f"{where}: {s['wrong_background']} of the frames read do not carry the scene's "
             f"content: {s['first_wrong']}")
+        if s.get("obs_heap_abort"):
+            continue
         assert s["stopped"], (
             f"{where}: the virtual camera did not stop within {OUTPUT_LIMIT_S} s of "
             f"StopVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}"
             f"{'; ' + stuck if stuck else ''}")
-    assert len(sessions) == SESSIONS
+    assert sum(1 for s in sessions if s.get("stopped")) == SESSIONS, sessions
+
+
+def _after_heap_abort(obs: Obs, why: str, session: dict, aborts: list[dict], home: str,
+                      display: str, log_dir: str) -> Obs:
+    """Report OBS's heap abort in that session, keep the dead OBS's files, and start a new OBS
+    (a fresh copy of the prepared configuration) on the same module; it answers or raises."""
+    k = len(aborts) + 2  # the new OBS's number
+    session["obs_heap_abort"] = why
+    aborts.append({"session": session["session"], "obs_log": os.path.basename(obs.log_path),
+                   "backtrace": why, "camera_log": obs.camera_lines()})
+    obs.keep_files(log_dir)
+    new = Obs(fresh_home(os.path.join(home, f"obs-{k}")), display,
+              os.path.join(log_dir, f"obs-{k}.log"))
+    try:
+        aborts[-1]["new_obs_startup_s"] = new.wait_ready()
+    except BaseException:
+        new.stop()
+        raise
+    return new

@@ -17,6 +17,7 @@ import glob
 import os
 import re
 import secrets
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -106,6 +107,13 @@ def backtrace(program: str, pid: int, directory: str) -> str:
             os.unlink(core)
     return f"backtrace ({os.path.basename(out_path)}, from a {size_mb:.0f} MiB core): " \
            f"{summary(text)}"
+
+
+def glibc_heap_abort(signal_number: int | None, where: str) -> bool:
+    """Did a program die of glibc's own heap checks? SIGABRT, raised from malloc_printerr in the
+    crashing thread (where: backtrace()'s line, or summary() of gdb's output): the program found
+    its own heap corrupted (a double free, an overrun into a chunk's header)."""
+    return signal_number == signal.SIGABRT and "malloc_printerr" in where
 
 
 def summary(gdb_output: str, frames: int = 12) -> str:

@@ -124,6 +124,7 @@ class Obs:
         logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
         self._ws = obsws_python
         self.log_path = log_path
+        self.config_dir = env["XDG_CONFIG_HOME"]  # fresh_home's copy of the configuration
         self.log = open(log_path, "wb")
         self.t0 = time.monotonic()
         # OBS logs through stdio, block-buffered into a file: line-buffered, a line that
@@ -213,10 +214,10 @@ class Obs:
                 "outputSkippedFrames", "averageFrameRenderTime", "activeFps")
         return {k: round(s[k], 1) if isinstance(s.get(k), float) else s.get(k) for k in keys}
 
-    def keep_files(self, config: str, dest: str) -> None:
+    def keep_files(self, dest: str) -> None:
         """OBS's own log files and crash reports, kept beside the scenario's logs."""
         for sub in ("logs", "crashes"):
-            src = os.path.join(config, "obs-studio", sub)
+            src = os.path.join(self.config_dir, "obs-studio", sub)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(dest, f"obs-{sub}"), dirs_exist_ok=True)
 

@@ -242,7 +242,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 obs.stop()
                 if where_it_died := obs.crash_report(log_dir):
                     record_property("obs_crash", where_it_died)
-                obs.keep_files(os.path.join(home, "obs", "config"), log_dir)
+                obs.keep_files(log_dir)
     finally:
         record_property("programs", versions)
         record_property("steps", steps)
