@@ -10,8 +10,8 @@ seen all 89 of its contents after about 90 s at 1 fps):
   an ffmpeg writer starts in OBS's own format (YUYV at the profile's output size, OBS_FPS
   frames per second); ffmpeg joins as a reader, then Chromium and Firefox start at once and
   read it; each must have opened the loopback device by its label (K4, K5)
-  Firefox's page begins with FIREFOX_SESSIONS sessions of SESSION_S seconds, each ended the
-  rude way (the tracks stopped, nothing else) and each judged by its own distinct frames,
+  Firefox's page begins with FIREFOX_SESSIONS sessions, each ended the rude way (the tracks
+  stopped, nothing else) once it has seen SESSION_DISTINCT distinct non-blank frames,
   then opens the camera again and reads on (K5's "again and again", Chromium and ffmpeg
   reading beside it)
   OBS starts (Xvfb, software OpenGL, the prepared scene at OBS_FPS frames per second), its
@@ -54,7 +54,7 @@ from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
 from lib.load import guest_load
 from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, output_size, xvfb
-from lib.ticking import FIREFOX_SESSIONS, SESSION_S, SESSIONS_LIMIT_S, judge_labels_and_sessions
+from lib.ticking import FIREFOX_SESSIONS, SESSIONS_LIMIT_S, judge_labels_and_sessions
 
 OBS_FPS = 1
 WINDOW_S = 20
@@ -165,8 +165,7 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
     def launch(name: str) -> ticking.TickingBrowser:
         b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
                            home, log_dir, card, RUN_S, TICK_S,
-                           sessions=FIREFOX_SESSIONS if name == "firefox" else 0,
-                           session_s=SESSION_S)
+                           sessions=FIREFOX_SESSIONS if name == "firefox" else 0)
         browsers.append(b)
         readers[name] = b
         return b
