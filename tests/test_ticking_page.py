@@ -2,7 +2,8 @@
 program bench read them. The lines are recorded from real K6 runs (debian-6.1, OBS writing at
 1 fps, 2026-12-03): patched, where both browsers read; and stock 0.13.2, which refused
 Chromium as a second reader. The *-sessions-6.12 lines: a K6 run on debian-6.12 (patched, an
-ffmpeg writer at 1 fps, 2026-12-04) whose Firefox page began with three rude-stop sessions.
+ffmpeg writer at 1 fps, 2026-12-04) whose Firefox page began with three rude-stop sessions of
+3 distinct frames each.
 Chromium prints the page's console through its log (with its own prefix and suffix), Firefox
 prints dump() as is."""
 
@@ -79,18 +80,19 @@ CARD = "Dummy video device (0x0000)"
 
 def test_k6_judges_firefoxs_three_rude_stop_sessions_from_a_real_run():
     """Recorded from a real K6 run (debian-6.12, patched, an ffmpeg writer at 1 fps,
-    2026-12-04): Firefox's page read three 8 s sessions (9, 7 and 9 distinct frames), each
-    ended the rude way, then opened the camera a fourth time; both browsers read the loopback
-    device by its label."""
+    2026-12-04): Firefox's page read three sessions of 3 distinct frames (in 2.8, 2.8 and
+    1.4 s), each ended the rude way, then opened the camera a fourth time; both browsers read
+    the loopback device by its label."""
     steps = _judge(_fed("firefox", "sessions-6.12"), _fed("chromium", "sessions-6.12"), CARD)
-    assert [s["distinct"] for s in steps["firefox_sessions"]] == [9, 7, 9]
+    assert [(s["distinct"], s["s"]) for s in steps["firefox_sessions"]] == [
+        (3, 2.8), (3, 2.8), (3, 1.4)]
     assert steps["labels"] == {"firefox": CARD, "chromium": CARD}
 
 
 def test_k6_fails_when_firefox_ends_fewer_sessions_than_it_should():
     """The same recording cut off after Firefox's second opening (one session ended) and the
     browser gone: the judge fails and says how many sessions it saw."""
-    firefox = _fed("firefox", "sessions-6.12", lines=16)
+    firefox = _fed("firefox", "sessions-6.12", lines=20)
     assert len(firefox.last["sessions"]) == 1
     with pytest.raises(AssertionError, match="had ended 1"):
         _judge(firefox, _fed("chromium", "sessions-6.12"), CARD)
