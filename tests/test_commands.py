@@ -82,9 +82,10 @@ def test_a_kernels_guest_append_goes_on_the_guest_kernels_command_line(monkeypat
     debug = kernels["debian-6.12-debug"].guest_append
     assert debug == "kfence.sample_interval=10000" and kernels["debian-6.12"].guest_append == ""
     cmd = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1, append=debug)
-    assert cmd[cmd.index("--append") + 1] == "panic=-1 printk.devkmsg=on kfence.sample_interval=10000"
+    assert cmd[cmd.index("--append") + 1] == ("panic=-1 printk.devkmsg=on transparent_hugepage=never "
+                                              "kfence.sample_interval=10000")
     plain = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, plan, "tcg", cpus=1)
-    assert plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"
+    assert plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on transparent_hugepage=never"
 
 
 def test_loopqual_shell_boots_a_kernel_as_qualify_does(monkeypatch):
@@ -99,7 +100,8 @@ def test_loopqual_shell_boots_a_kernel_as_qualify_does(monkeypatch):
     assert debug[:len(vm.WITHOUT_UDEV)] == vm.WITHOUT_UDEV
     assert debug[debug.index("--append") + 1].endswith(" kfence.sample_interval=10000")
     plain = shell.guest_command(kernels["debian-6.12"], Path("/boot/vmlinuz-x"), "tcg")
-    assert plain[0] == "/usr/bin/vng" and plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on"
+    assert plain[0] == "/usr/bin/vng"
+    assert plain[plain.index("--append") + 1] == "panic=-1 printk.devkmsg=on transparent_hugepage=never"
     assert "--exec" not in plain and "--verbose" not in plain and "--disable-kvm" in plain
 
 

@@ -127,15 +127,24 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                 version = obs.version()
                 record_property("program", version)
                 record_property("startup_s", startup_s)
+
+                def goes_on_after_heap_abort(s: dict) -> bool:
+                    """A camera request OBS did not carry out: True if OBS died of its own heap
+                    abort, tolerated once per run, and a new OBS now runs."""
+                    nonlocal obs
+                    if len(aborts) < HEAP_ABORTS_TOLERATED and (why := heap_abort(obs, log_dir)):
+                        obs = _after_heap_abort(obs, why, s, aborts, home, display, log_dir)
+                        return True
+                    return False
+
                 for n in range(1, SESSIONS + HEAP_ABORTS_TOLERATED + 1):
-                    if sum(1 for x in sessions if x.get("stopped")) == SESSIONS:
+                    if stopped(sessions) == SESSIONS:
                         break
                     s = {"session": n}
                     sessions.append(s)
                     s["started"], s["start_s"] = obs.set_virtualcam(True)
                     if not s["started"]:
-                        if len(aborts) < HEAP_ABORTS_TOLERATED and (why := heap_abort(obs, log_dir)):
-                            obs = _after_heap_abort(obs, why, s, aborts, home, display, log_dir)
+                        if goes_on_after_heap_abort(s):
                             continue
                         break
                     s["nodes"] = obs.video_nodes()
@@ -155,8 +164,7 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
                             or s["nodes"] != [os.path.realpath(cell.device)]):
                         break
                     if not s["stopped"]:
-                        if len(aborts) < HEAP_ABORTS_TOLERATED and (why := heap_abort(obs, log_dir)):
-                            obs = _after_heap_abort(obs, why, s, aborts, home, display, log_dir)
+                        if goes_on_after_heap_abort(s):
                             continue
                         break
             finally:
@@ -202,7 +210,12 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
             f"{where}: the virtual camera did not stop within {OUTPUT_LIMIT_S} s of "
             f"StopVirtualCam{'; ' + ended if ended else ''}; OBS's log about it: {log_tail}"
             f"{'; ' + stuck if stuck else ''}")
-    assert sum(1 for s in sessions if s.get("stopped")) == SESSIONS, sessions
+    assert stopped(sessions) == SESSIONS, sessions
+
+
+def stopped(sessions: list[dict]) -> int:
+    """Sessions whose camera stopped when asked."""
+    return sum(1 for s in sessions if s.get("stopped"))
 
 
 def _after_heap_abort(obs: Obs, why: str, session: dict, aborts: list[dict], home: str,
