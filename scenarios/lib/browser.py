@@ -138,8 +138,9 @@ FIREFOX_PREFS = {
     # Fewer processes, each of which costs its start-up under TCG: no WebExtensions process
     # (the built-in add-ons load in the browser's), no socket process, no content process
     # started ahead or per site, no preloaded new-tab page (a "Privileged Content" process
-    # that used 15-25% of the vCPU for minutes in K6 on debian-sid). On debian-6.12, one guest,
-    # the K5 page alone: 65 CPU-s in Firefox's processes against 75-84 s without these.
+    # that used 16-27% of the vCPU for minutes in K6 on debian-sid). On debian-6.12, one guest,
+    # the K5 page alone: 65 CPU-s in Firefox's processes against 75 without these (87 on the
+    # boot's first, cold start).
     "extensions.webextensions.remote": False,
     "network.process.enabled": False,
     "dom.ipc.processPrelaunch.enabled": False,
