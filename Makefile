@@ -78,8 +78,10 @@ selftest: venv
 # over to OBS's camera; Firefox's page begins with three sessions ended the rude way). K6's
 # browsers judge K4 and K5 (each opens the loopback device by its label and reads distinct
 # frames), so the browser suite (each browser alone, started a second time) runs in `make
-# qualify-programs` and `make compare`, not here. Then the rules table of what ran (patched
-# per kernel), which fails unless every rule of the contract holds on each.
+# qualify-programs` and `make compare`, not here. Delivery measured by content (issue 24,
+# S7-S9 and D1-D3): suite delivery in cells ec0 and ec1 of every kernel, delivery-buf8 (8
+# buffers) on debian-6.12. Then the rules table of what ran (patched per kernel), which fails
+# unless every rule of the contract holds on each.
 # History: K6 on every kernel with the browser suite too took make test to 3191 s (stop 22);
 # without the browser suite 2275 s and 2462 s (stop 23: OBS aborted in K3, and a Firefox
 # session starved on debian-6.12, and debian-sid's guest logged an RCU stall beside two
@@ -93,10 +95,10 @@ selftest: venv
 GATE_KERNELS := --kernel debian-6.1 --kernel debian-6.12 --kernel debian-sid
 GATE_SUITES := --suite contract --suite compliance:debian-6.1,debian-6.12 --suite compliance-sid \
 	--suite clients:debian-6.12 --suite clients-ec1:debian-6.1,debian-sid \
-	--suite apps --suite together
+	--suite apps --suite together --suite delivery --suite delivery-buf8:debian-6.12
 # Its sanitizer lane (issue 12): patched on the KASAN + lockdep + kmemleak kernel (built once
 # into loopqual's cache), cell ec1: the contract (with its 5 s random walk) and both
-# v4l2-compliance versions; a cell passes only with no sanitizer report, no leak through the
+# v4l2-compliance versions, and delivery at 10 fps (suite delivery-debug); a cell passes only with no sanitizer report, no leak through the
 # module (kmemleak scan after the cell) and a clean rmmod. `make compare` runs ec0 and ec1
 # there, every source, with the 60 s random walk (suite stress) too: in the gate it cost 3.5
 # minutes of the side lane, which is make test's longest (2026-12-02).
@@ -107,10 +109,12 @@ GATE_SUITES := --suite contract --suite compliance:debian-6.1,debian-6.12 --suit
 # 13 minutes to more than 24 here (udev's coldplug under KASAN and lockdep).
 # The real programs stay on the production kernels: there, ffmpeg alone took over 90 s to
 # start writing.
-SANITIZER_SUITES := --suite contract --suite stress --suite compliance --suite compliance-sid
+SANITIZER_SUITES := --suite contract --suite stress --suite compliance --suite compliance-sid \
+	--suite delivery-debug
 SANITIZER := --kernel debian-6.12-debug --params ec0 --params ec1 $(SANITIZER_SUITES)
 SANITIZER_GATE := --kernel debian-6.12-debug --params ec1 --params detectors --suite contract \
-	--suite compliance --suite compliance-sid --suite detectors --module patched
+	--suite compliance --suite compliance-sid --suite delivery-debug --suite detectors \
+	--module patched
 # The side lane runs one guest at a time beside the gate's two: in `make test` the harness's
 # own guest selftest first (GATE_WITH_SELFTEST=1; its detectors test reads the sanitizer
 # lane's cell instead of booting the debug kernel again), then the sanitizer lane.
@@ -171,7 +175,8 @@ compare: venv
 	@# the table is printed whatever the runs' verdicts; then make fails if a run did
 	@$(call keep_code,compare,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(COMPARE_MODULES) \
 		--suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
-		--suite apps --suite together --out results/compare); \
+		--suite apps --suite together --suite delivery --suite delivery-buf8 \
+		--out results/compare); \
 	$(call keep_code,compare-sanitizer,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(SANITIZER) \
 		$(COMPARE_MODULES) --out results/compare-sanitizer); \
 	$(LOOPQUAL) compare results/compare results/compare-sanitizer; \

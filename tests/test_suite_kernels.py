@@ -58,7 +58,8 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     """The Makefile's gate: clients in ec0 and ec1 on debian-6.12, in ec1 (suite clients-ec1)
     on 6.1 and sid; apps (K3 with the real OBS) and together (K6 with the real programs, whose
     browsers judge K4 and K5) in ec1 on every kernel (issue 10), the browser suite nowhere;
-    bookworm's v4l2-compliance on the bookworm kernels."""
+    bookworm's v4l2-compliance on the bookworm kernels; delivery (issue 24) in ec0 and ec1 on
+    every kernel, with 8 buffers (ec1-buf8) on debian-6.12."""
     import re
 
     from loopqual.paths import REPO
@@ -73,16 +74,20 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
         return [s["name"] for s in qualify._cell_suites(ps, sel, {}, kernel=kernel)
                 if not s.get("not_applicable")]
 
-    assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients"]
+    assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients",
+                                           "delivery"]
     assert names("debian-6.12", "ec1") == ["contract", "compliance", "compliance-sid", "clients",
-                                           "apps", "together"]
-    assert names("debian-6.1", "ec0") == ["contract", "compliance", "compliance-sid"]
+                                           "apps", "together", "delivery"]
+    assert names("debian-6.12", "ec1-buf8") == ["contract", "compliance", "compliance-sid",
+                                                "delivery-buf8"]
+    assert names("debian-6.1", "ec0") == ["contract", "compliance", "compliance-sid", "delivery"]
     assert names("debian-6.1", "ec1") == ["contract", "compliance", "compliance-sid", "clients-ec1",
-                                          "apps", "together"]
+                                          "apps", "together", "delivery"]
+    assert names("debian-6.1", "ec1-buf8") == ["contract", "compliance", "compliance-sid"]
     # sid's kernel: sid's v4l2-compliance only
-    assert names("debian-sid", "ec0") == ["contract", "compliance-sid"]
+    assert names("debian-sid", "ec0") == ["contract", "compliance-sid", "delivery"]
     assert names("debian-sid", "ec1") == ["contract", "compliance-sid", "clients-ec1", "apps",
-                                          "together"]
+                                          "together", "delivery"]
 
 
 def test_compliance_limits_grow_with_the_kernels_time_factor():

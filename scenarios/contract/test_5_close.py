@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from lib.common import (
@@ -18,7 +19,6 @@ from lib.common import (
     skip_if_keep,
     start_proc_writer,
     sysfs_attr,
-    wait_until,
 )
 from lib.v4l2 import (
     CAP,
@@ -32,14 +32,45 @@ from lib.v4l2 import (
     ename,
 )
 
+WINDOW_S = 3.0
+# C1 judges that the other openers carry on: a reader gets at least this share of the frames
+# its writer publishes meanwhile, counted by content (D1 judges the full rate, with readers that
+# provably keep up).
+MIN_SHARE = 0.75
+# ... and that a writer keeps publishing: at least this share of the frames its pace asks for
+# (the pump sleeps a period after each frame, so a busy TCG guest gets well below its pace).
+MIN_PACE_SHARE = 0.3
 
-def _frames_grow(w, what: str, secs: float = 5.0):
+
+def _keeps_publishing(w, fps: float, what: str, secs: float = WINDOW_S) -> None:
+    """Writer pump `w`, paced at `fps`, publishes at least MIN_PACE_SHARE of fps * secs
+    frames."""
     n0 = w.call("pump_status")["frames"]
-    ok = wait_until(lambda: w.call("pump_status")["frames"] > n0 + 1, secs)
+    time.sleep(secs)
     st = w.call("pump_status")
-    assert ok and st["error"] is None, (
-        f"{what}: expected {w.name} to keep going, it did {st['frames'] - n0} more frames in "
-        f"{secs:.0f} s (error: {st['error']})")
+    made = st["frames"] - n0
+    assert made >= MIN_PACE_SHARE * fps * secs and st["error"] is None, (
+        f"{what}: expected {w.name} to keep publishing at {fps:g} fps, it published {made} "
+        f"frames in {secs:.0f} s (at least {MIN_PACE_SHARE:.0%} of {fps * secs:.0f}; error: "
+        f"{st['error']})")
+
+
+def _carries_on(r, w, what: str, secs: float = WINDOW_S) -> None:
+    """Reader pump `r` receives, whole and counted by content, at least MIN_SHARE of the frames
+    writer pump `w` publishes over `secs` (the writer numbers its frames 0, 1, ...)."""
+    w0, s0 = w.call("pump_status")["frames"], len(r.call("pump_status")["seen"])
+    time.sleep(secs)
+    ws, rs = w.call("pump_status"), r.call("pump_status")
+    published = set(range(w0, ws["frames"]))
+    new = rs["seen"][s0:]
+    got = {n for n, _seq, _used, whole in new if whole} & published
+    torn = sum(1 for *_rest, whole in new if not whole)
+    assert published and len(got) >= MIN_SHARE * len(published) and not torn \
+        and rs["error"] is None and ws["error"] is None, (
+            f"{what}: expected {r.name} to receive at least {MIN_SHARE:.0%} of the frames "
+            f"{w.name} published in {secs:.0f} s, whole: it received {len(got)} of "
+            f"{len(published)}, {torn} torn (reader error: {rs['error']}, writer error: "
+            f"{ws['error']})")
 
 
 @pytest.mark.rules("C1")
@@ -49,23 +80,23 @@ def test_c1_close_releases_and_others_carry_on(cell, openers):
     w.call("start_writer", "mmap", count=2, fps=20, set_format=not cell.keep_format)
     r1 = openers.proc("reader1")
     r1.call("start_reader", "mmap", 2)
-    _frames_grow(r1, "reader1 with the writer streaming")
+    _carries_on(r1, w, "reader1 with the writer streaming")
     r1.stop()
-    _frames_grow(w, "writer after reader1 closed")
+    _keeps_publishing(w, 20, "writer after reader1 closed")
     r2 = openers.proc("reader2")
     try:
         r2.call("start_reader", "mmap", 2)
     except OSError as exc:
         pytest.fail(f"a new reader after reader1 closed: expected its claim to succeed (reader1's "
                     f"claim released), got {exc}")
-    _frames_grow(r2, "reader2")
+    _carries_on(r2, w, "reader2")
     w.stop()
     w2 = openers.proc("writer2")
     try:
         start_proc_writer(cell, w2, "mmap", count=2, fps=20, set_format=False)
     except OSError as exc:
         pytest.fail(f"a new writer after the first writer closed: expected success, got {exc}")
-    _frames_grow(r2, "reader2 after the writer closed and a new one started")
+    _carries_on(r2, w2, "reader2 after the writer closed and a new one started")
 
 
 @pytest.mark.rules("C1", "A3")
@@ -84,7 +115,7 @@ def test_c1_close_with_three_readers(cell, openers):
         rs.append(r)
     rs[0].stop()
     for r in rs[1:]:
-        _frames_grow(r, "after reader0 closed")
+        _carries_on(r, w, "after reader0 closed")
     w.kill()
     w2 = openers.proc("writer2")
     try:
@@ -93,7 +124,7 @@ def test_c1_close_with_three_readers(cell, openers):
         pytest.fail(f"a new writer after the first writer was killed: expected success, got "
                     f"{exc}")
     for r in rs[1:]:
-        _frames_grow(r, "after the writer was killed and a new one started")
+        _carries_on(r, w2, "after the writer was killed and a new one started")
 
 
 # victim, blocked-in, setup: how to block the victim in the named call
@@ -161,7 +192,7 @@ def test_c2_sigkill(cell, openers, victim, state):
             other.stop()
             other = None
         if state != "DQBUF(OUTPUT)":
-            _frames_grow(v, f"{what}, before the kill")
+            _keeps_publishing(v, 50, f"{what}, before the kill")
     else:
         w = openers.proc("writer")
         v = openers.proc("victim-reader", flags=os.O_RDWR)
@@ -183,7 +214,7 @@ def test_c2_sigkill(cell, openers, victim, state):
         else:
             w.call("start_writer", "mmap", count=2, fps=50, set_format=False)
             v.call("start_reader", "mmap", 2)
-            _frames_grow(v, f"{what}, before the kill")
+            _carries_on(v, w, f"{what}, before the kill")
         other = w
     gone = v.kill()
     assert gone, f"{what}: expected the process to exit within 5 s, got it stuck in the kernel"

@@ -20,14 +20,23 @@ ENV = dict(os.environ, LC_ALL="C")
 class Client:
     """A program in its own session (process group), so stop() reaches it and its children."""
 
-    def __init__(self, argv: list[str], name: str, log_dir: str, env: dict | None = None):
+    def __init__(self, argv: list[str], name: str, log_dir: str, env: dict | None = None,
+                 stdin_pipe: bool = False):
         self.argv = argv
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self.log = open(self.log_path, "wb")
         self.p = procgroup.spawn(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env or ENV)
+                                 stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                                 env=env or ENV)
         self.started = time.monotonic()
+        self.feeder = None
+
+    def feed(self, size: int, fps: float) -> None:
+        """Feed numbered frames (lib/delivery.pattern) into its stdin at fps from now on."""
+        from .delivery import Feeder
+
+        self.feeder = Feeder(self.p.stdin, size, fps)
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -40,6 +49,8 @@ class Client:
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGINT (clean stop, as a user's Ctrl-C), then SIGKILL to the whole session."""
+        if self.feeder is not None:
+            self.feeder.stop()
         procgroup.stop(self.p, grace=grace, sig=signal.SIGINT, reap_s=5.0)
         self.log.close()
         return self.p.returncode

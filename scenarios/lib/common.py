@@ -129,14 +129,18 @@ class Reader:
         self.dev.qbuf(CAP, b["index"])
         return b
 
-    def get_newer(self, than: int, timeout: float = 3.0) -> dict:
+    def get_frame(self, n: int, timeout: float = 3.0) -> dict:
+        """Dequeue until frame number n arrives. Frames before it are passed over: the newest
+        frame published before the reader started, which it gets first (S7), may be another
+        writer's, whose numbers are not this writer's (kept across writers by keep_format,
+        F5)."""
         deadline = time.monotonic() + timeout
         while True:
             b = self.get(max(0.05, deadline - time.monotonic()))
-            if b["frame"] > than:
+            if b["frame"] == n:
                 return b
             if time.monotonic() > deadline:
-                raise V4L2Error(errno.ETIMEDOUT, f"a frame newer than {than}")
+                raise V4L2Error(errno.ETIMEDOUT, f"frame {n} (last got frame {b['frame']})")
 
 
 # -- exclusive_caps=1 with keep_format=1: later writers come back through write() ---------
@@ -277,7 +281,7 @@ def new_writer_works(cell, openers, what: str):
                     f"writer streaming: {exc}")
     f = wr.send()
     try:
-        b = r.get_newer(f["frame"] - 1, 5.0)
+        b = r.get_frame(f["frame"], 5.0)
     except OSError as exc:
         pytest.fail(f"after {what}: the new writer's frame did not reach a reader: {exc}")
     assert b["frame"] == f["frame"]

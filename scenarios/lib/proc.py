@@ -66,7 +66,8 @@ class _Pump:
         self.period = 1.0 / fps
         self.count = count
         self.frames = 0
-        self.seen: list[tuple[int, int, int]] = []  # (frame number, sequence, bytesused)
+        # (frame number, sequence, bytesused, whole: the buffer is all that frame's content)
+        self.seen: list[tuple[int, int, int, bool]] = []
         self.error: str | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -118,7 +119,8 @@ class _Pump:
                     if exc.errno == errno.ETIMEDOUT:
                         continue
                     raise
-                self.seen.append((frame_number(data), -1, len(data)))
+                n = frame_number(data)
+                self.seen.append((n, -1, len(data), data == _frame(n, len(data))))
             else:
                 try:
                     b = d.wait_dqbuf(CAP, 1.0)
@@ -126,8 +128,9 @@ class _Pump:
                     if exc.errno == errno.ETIMEDOUT:
                         continue
                     raise
-                self.seen.append((d.read_frame_number(CAP, b["index"]), b["sequence"],
-                                  b["bytesused"]))
+                data = bytes(d.maps[(CAP, b["index"])][:self.size])
+                n = frame_number(data)
+                self.seen.append((n, b["sequence"], b["bytesused"], data == _frame(n, self.size)))
                 d.qbuf(CAP, b["index"])
             self.frames = len(self.seen)
 
