@@ -28,11 +28,28 @@ SIZES = [(640, 480), (1280, 720), (1920, 1080)]
 PRODUCERS = ["write", "mmap"]
 
 
+def parse_sizes(texts: list[str] | None) -> list[tuple[int, int]]:
+    """--size WxH (repeatable) -> [(w, h)]; none given: every size of SIZES."""
+    if not texts:
+        return list(SIZES)
+    out = []
+    for t in texts:
+        try:
+            w, h = (int(v) for v in t.lower().split("x"))
+        except ValueError:
+            raise LoopqualError(f"--size {t}: give WIDTHxHEIGHT, e.g. 1920x1080") from None
+        if not (2 <= w <= 8192 and 1 <= h <= 8192):
+            raise LoopqualError(f"--size {t}: width 2..8192 and height 1..8192")
+        out.append((w, h))
+    return out
+
+
 def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int,
         stock: str | None = None, patched: str = "patched", pace_fps: float = 30.0,
-        repeat: int = 1) -> int:
+        repeat: int = 1, sizes: list[tuple[int, int]] | None = None) -> int:
     if repeat < 1:
         raise LoopqualError(f"--repeat {repeat}: give 1 or more rounds")
+    sizes = sizes or list(SIZES)
     all_kernels = data.load_kernels()
     _mirror, all_sources = data.load_sources()
     if stock is None:  # the stock source the series is built on
@@ -51,7 +68,7 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     # load falls on every measurement alike; the summary takes the median over the rounds.
     measurements = [{"width": w, "height": h, "producer": p, "readers": r, "pace_fps": pace,
                      "round": k + 1}
-                    for k in range(repeat) for pace in paces for (w, h) in SIZES
+                    for k in range(repeat) for pace in paces for (w, h) in sizes
                     for p in PRODUCERS for r in (1, readers)]
     plan = {"out": str(rw), "params": {"exclusive_caps": 1, "max_buffers": 8},
             "modules": modules, "multi_reader_modules": [patched], "measurements": measurements,
@@ -75,8 +92,9 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
         raise LoopqualError("the benchmark did not finish: " + (reason or "no result file")
                             + "\n" + "\n".join(tail[-15:]))
     guest = json.loads(result_file.read_text())
-    summary = summarize(guest, stock, patched, readers, paces)
+    summary = summarize(guest, stock, patched, readers, paces, sizes)
     doc = {"kernel": kernel.name, "release": ik.release, "accel": accel, "window_s": window_s,
+           "sizes": [f"{w}x{h}" for w, h in sizes],
            "readers": readers, "paces": paces, "rounds": repeat, "guest": guest, "summary": summary,
            "targets": targets(summary, readers)}
     (out / "bench.json").write_text(json.dumps(doc, indent=1))
@@ -86,7 +104,7 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
     return 0
 
 
-MEDIAN_KEYS = ("mean_reader_fps", "reader_bytes_per_s", "writer_fps")
+MEDIAN_KEYS = ("mean_reader_fps", "min_reader_fps", "reader_bytes_per_s", "writer_fps")
 
 
 def _row(guest: dict, module: str, size: str, producer: str, readers: int,
@@ -100,18 +118,21 @@ def _row(guest: dict, module: str, size: str, producer: str, readers: int,
     good = [r for r in rows if "error" not in r]
     if not good:
         return rows[0] if rows else None
-    merged = {k: statistics.median(r[k] for r in good) for k in MEDIAN_KEYS}
+    # rows recorded before min_reader_fps existed have the mean only
+    merged = {k: statistics.median(r.get(k, r["mean_reader_fps"]) for r in good)
+              for k in MEDIAN_KEYS}
     fps = [r["mean_reader_fps"] for r in good]
     return {**merged, "rounds": len(good), "failed_rounds": len(rows) - len(good),
             "fps_range": (min(fps), max(fps))}
 
 
 def summarize(guest: dict, stock: str, patched: str, readers: int,
-              paces: list[float | None] = (None,)) -> list[dict]:
+              paces: list[float | None] = (None,),
+              sizes: list[tuple[int, int]] | None = None) -> list[dict]:
     memcpy = guest["memcpy_bytes_per_s"]
     out = []
     for pace in paces:
-        for (w, h) in SIZES:
+        for (w, h) in sizes or SIZES:
             for p in PRODUCERS:
                 out.append(_summary_row(guest, stock, patched, readers, memcpy, f"{w}x{h}", p, pace))
     return out
@@ -131,6 +152,17 @@ def _summary_row(guest: dict, stock: str, patched: str, readers: int, memcpy: fl
     row["patched_bytes_per_s"] = p1.get("reader_bytes_per_s") if p1 else None
     row["stock_writer_fps"] = s1.get("writer_fps") if s1 else None
     row["patched_writer_fps"] = p1.get("writer_fps") if p1 else None
+    row[f"patched_x{readers}_writer_fps"] = pn.get("writer_fps") if pn else None
+    row[f"patched_x{readers}_min_fps"] = pn.get("min_reader_fps") if pn else None
+    # the cost of the copies (issue 24): patched's writer and each of its readers, with 1 and
+    # with N readers, against stock's one-reader figures
+    sw = row["stock_writer_fps"]
+    if sw and row["patched_writer_fps"]:
+        row["writer_ratio"] = round(row["patched_writer_fps"] / sw, 3)
+    if sw and row[f"patched_x{readers}_writer_fps"]:
+        row["writer_ratio_xN"] = round(row[f"patched_x{readers}_writer_fps"] / sw, 3)
+    if row["stock_fps"] and row[f"patched_x{readers}_min_fps"]:
+        row["reader_ratio_xN"] = round(row[f"patched_x{readers}_min_fps"] / row["stock_fps"], 3)
     if row["stock_fps"] and row["patched_fps"]:
         row["ratio_patched_stock"] = round(row["patched_fps"] / row["stock_fps"], 3)
     if row["patched_bytes_per_s"]:
@@ -152,6 +184,12 @@ def targets(summary: list[dict], readers: int) -> list[dict]:
         for key, target, what in (
                 ("ratio_patched_stock", RATIO_TARGET,
                  f"1 reader: patched fps >= {RATIO_TARGET:.2f} x stock"),
+                ("writer_ratio", RATIO_TARGET,
+                 f"1 reader: patched writer >= {RATIO_TARGET:.2f} x stock's"),
+                ("writer_ratio_xN", RATIO_TARGET,
+                 f"{readers} readers: writer >= {RATIO_TARGET:.2f} x stock's 1-reader"),
+                ("reader_ratio_xN", RATIO_TARGET,
+                 f"{readers} readers: each >= {RATIO_TARGET:.2f} x stock's 1 reader"),
                 ("multi_reader_fraction", MULTI_READER_TARGET,
                  f"{readers} readers: each >= {MULTI_READER_TARGET:.2f} x the 1-reader fps")):
             vals = [(r[key], f"{r['size']} {r['producer']}") for r in rows if r.get(key) is not None]
@@ -179,7 +217,7 @@ def _range(r: tuple[float, float] | None) -> str:
 def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: int) -> str:
     head = (f"{'size':10} {'producer':8} {'writer fps s/p':>14} {stock + ' fps':>18} {patched + ' fps':>12} "
             f"{'ratio':>6} {'MB/s':>8} {'of memcpy':>9} {f'x{readers} fps/rdr':>12} "
-            f"{'x' + str(readers) + '/x1':>6}")
+            f"{'x' + str(readers) + '/x1':>6} {f'x{readers} wr/min rdr':>16}")
     rounds = max([r["stock_rounds"] for r in summary] + [r["patched_rounds"] for r in summary] + [1])
     lines = [f"guest memcpy: {guest['memcpy_bytes_per_s'] / 1e6:.0f} MB/s ({guest['release']}); "
              f"fps = distinct frames a reader dequeued per second (mean over readers)"
@@ -196,6 +234,7 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
             lines.append(f"-- producer paced at {pace_seen:g} fps (a camera's rate): every frame should "
                          f"reach every reader" if pace_seen else
                          "-- producer as fast as it can (saturates the guest's CPU)")
+        mn = f(r.get(f"patched_x{readers}_min_fps"), "<8.1f")
         lines.append(
             f"{r['size']:10} {r['producer']:8} "
             f"{f(r['stock_writer_fps'], '6.0f') + '/' + f(r['patched_writer_fps'], '<6.0f'):>14} "
@@ -203,7 +242,8 @@ def render(summary: list[dict], guest: dict, stock: str, patched: str, readers: 
             f"{f(r.get('ratio_patched_stock'), '6.2f')} "
             f"{f((r['patched_bytes_per_s'] or 0) / 1e6 if r['patched_bytes_per_s'] else None, '8.1f')} "
             f"{f(r.get('fraction_of_memcpy'), '9.3f')} {f(r[f'patched_x{readers}_fps'], '12.1f')} "
-            f"{f(r.get('multi_reader_fraction'), '6.2f')}"
+            f"{f(r.get('multi_reader_fraction'), '6.2f')} "
+            f"{f(r.get(f'patched_x{readers}_writer_fps'), '7.0f') + '/' + mn:>16}"
             + (f"  [{_range(r['stock_fps_range'])} / {_range(r['patched_fps_range'])}]"
                if rounds > 1 else ""))
     if any((r.get("fraction_of_memcpy") or 0) > 1 for r in summary):

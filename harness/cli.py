@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
     sh.add_argument("--module", "-m", metavar="M", default="patched", help="module source")
     sh.add_argument("--params", "-p", metavar="P", default="ec1", help="parameter set")
+    sh.add_argument("--run", action="append", metavar="COMMAND",
+                    help="run COMMAND in the guest (repeatable, in order) and print its output "
+                         "instead of opening a shell; exit with the first non-zero status")
+    sh.add_argument("--run-timeout", type=float, default=600, metavar="S",
+                    help="seconds each --run command may take (default 600)")
 
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--window", type=float, default=None, metavar="S",
                     help="measuring window per measurement in seconds (default 4; with "
                          "--programs 15)")
+    be.add_argument("--size", action="append", metavar="WxH",
+                    help="frame size (YUYV) to measure, repeatable (default 640x480, 1280x720 and "
+                         "1920x1080)")
     be.add_argument("--readers", type=int, default=4, metavar="N",
                     help="readers in the multi-reader measurements (default 4)")
     be.add_argument("--pace", type=float, default=30.0, metavar="FPS",
@@ -238,7 +246,7 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "shell":
         from . import shell
 
-        return shell.run(args.kernel, args.module, args.params)
+        return shell.run(args.kernel, args.module, args.params, args.run, args.run_timeout)
     if args.command == "report":
         from . import report
 
@@ -258,7 +266,7 @@ def _dispatch(args, argv: list[str]) -> int:
                                       pair_set=args.pairs)
         return bench.run(args.kernel, args.out, 4.0 if args.window is None else args.window,
                          args.readers, pace_fps=args.pace,
-                         repeat=args.repeat)
+                         repeat=args.repeat, sizes=bench.parse_sizes(args.size))
     if args.command == "expected-failures":
         from . import resultsfile, xfail
 

@@ -1,5 +1,7 @@
 """loopqual shell: boot a guest with the module loaded and hand the user its shell, to
-reproduce a regression by hand. Driven with pexpect on the guest console: the console
+reproduce a regression by hand; or, with --run, run the given commands there, print what each
+printed and stop the guest (for a script or a CI job). Driven with pexpect on the guest
+console: the console
 echoes what is typed, so the prompt and the exit-code marker are written in a way that
 cannot appear in an echoed command."""
 
@@ -59,15 +61,21 @@ def setup_lines(ko: str, module_params: dict, controls: dict) -> list[str]:
 
 def guest_command(kernel: data.Kernel, vmlinuz: Path, accel: str) -> list[str]:
     """The interactive guest's vng command: booted as qualify boots this kernel (its
-    guest_udev and guest_append from kernels.toml), with a shell instead of the runner."""
+    guest_udev and guest_append from kernels.toml), with a shell instead of the runner; the
+    repository's results/ is the guest's shared read-write directory (made if missing)."""
+    (vm.REPO / "results").mkdir(exist_ok=True)
     cmd = vm.vng_command(vmlinuz, rwdir=vm.REPO / "results", plan=None, accel=accel,
                          exec_cmd="", udev=kernel.guest_udev, append=kernel.guest_append)
     return [c for c in cmd if c != "--verbose"]
 
 
-def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
-    if not sys.stdin.isatty():
-        raise LoopqualError("loopqual shell needs an interactive terminal (stdin is not a tty)")
+def run(kernel_name: str | None, module_name: str, params_name: str,
+        commands: list[str] | None = None, timeout_s: float = 600) -> int:
+    """The interactive shell; or, given `commands`, each run in turn (each within timeout_s),
+    its output printed; returns the first non-zero exit status, else 0."""
+    if not commands and not sys.stdin.isatty():
+        raise LoopqualError("loopqual shell needs an interactive terminal (stdin is not a tty); "
+                            "give --run COMMAND to run commands without one")
     all_kernels = data.load_kernels()
     mirror, all_sources = data.load_sources()
     kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
@@ -86,7 +94,14 @@ def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
     child = pexpect.spawn(cmd[0], cmd[1:], timeout=vm.BOOT_TIMEOUT_S, encoding="utf-8",
                           codec_errors="replace", dimensions=(50, 200))
     t0 = time.monotonic()
-    child.expect([r"# $", r"\$ $", r"#\s*$"], timeout=vm.BOOT_TIMEOUT_S)
+    try:
+        child.expect([r"# $", r"\$ $", r"#\s*$"], timeout=vm.BOOT_TIMEOUT_S)
+    except (pexpect.EOF, pexpect.TIMEOUT) as exc:
+        child.terminate(force=True)
+        why = "ended" if isinstance(exc, pexpect.EOF) else \
+            f"gave no shell prompt within {vm.BOOT_TIMEOUT_S} s"
+        raise LoopqualError(f"the guest {why} before its shell came up; its last output: "
+                            f"{(child.before or '').strip()[-600:]}") from None
     child.sendline("export PS1='@@''LQSH>'")
     child.expect_exact(PROMPT)
     con = Console(child)
@@ -96,10 +111,25 @@ def run(kernel_name: str | None, module_name: str, params_name: str) -> int:
         if rc != 0:
             child.terminate(force=True)
             raise LoopqualError(f"in the guest, `{step}` failed (exit {rc}): {out.strip()}")
-    print(f"\nloopqual: guest up in {time.monotonic() - t0:.0f} s; {src.name} loaded with "
-          f"{' '.join(f'{k}={v}' for k, v in ps.all_params.items()) or 'defaults'}.\n"
-          f"Kernel {ik.release}. Leave the shell (exit or Ctrl-D) to stop the guest.",
-          flush=True)
+    loaded = (f"loopqual: guest up in {time.monotonic() - t0:.0f} s; {src.name} loaded with "
+              f"{' '.join(f'{k}={v}' for k, v in ps.all_params.items()) or 'defaults'}. "
+              f"Kernel {ik.release}.")
+    if commands:
+        print(loaded, flush=True)
+        first_failure = 0
+        try:
+            for command in commands:
+                try:
+                    rc, out = con.run(command, timeout=timeout_s)
+                except pexpect.TIMEOUT:
+                    raise LoopqualError(f"in the guest, `{command}` did not finish within "
+                                        f"{timeout_s:.0f} s") from None
+                print(f"$ {command}\n{out.rstrip()}\n[exit {rc}]", flush=True)
+                first_failure = first_failure or rc
+        finally:
+            child.terminate(force=True)
+        return first_failure
+    print(f"\n{loaded}\nLeave the shell (exit or Ctrl-D) to stop the guest.", flush=True)
     child.sendline("export PS1='loopqual-guest# '")
     child.interact()
     child.close()

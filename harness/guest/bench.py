@@ -106,7 +106,7 @@ def reader(device: str, start_at: float, stop_at: float) -> dict:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     frames = nbytes = repeats = 0
-    last_seq = None
+    last = None
     counting = False
     t_count = start_at
     while True:
@@ -122,12 +122,14 @@ def reader(device: str, start_at: float, stop_at: float) -> dict:
             fcntl.ioctl(fd, raw.IOC.DQBUF, b)
         except BlockingIOError:
             continue
-        # A frame counts once: a buffer handed back with a sequence already seen carries
-        # no new frame (a slow writer's last frame, repeated), and is counted apart.
-        if b.sequence != last_seq:
+        # A frame counts once, by content (the writer's counter in its first 4 bytes): a
+        # buffer that holds the frame before it again (a slow writer's last frame, repeated)
+        # is counted apart.
+        number = bytes(bufs[b.index][1][:4])
+        if number != last:
             frames += 1
             nbytes += b.bytesused
-            last_seq = b.sequence
+            last = number
         else:
             repeats += 1
         fcntl.ioctl(fd, raw.IOC.QBUF, b)
@@ -181,6 +183,7 @@ def measure(device: str, kind: str, width: int, height: int, readers: int,
         fps = [r["frames"] / r["seconds"] for r in res_readers]
         bps = [r["bytes"] / r["seconds"] for r in res_readers]
         row.update(reader_fps=[round(x, 2) for x in fps], mean_reader_fps=round(sum(fps) / len(fps), 2),
+                   min_reader_fps=round(min(fps), 2),
                    reader_bytes_per_s=round(sum(bps) / len(bps)),
                    writer_fps=round(res_writer["frames"] / res_writer["seconds"], 2))
     return row
