@@ -8,7 +8,7 @@ dequeuing) receive them in processes of their own. Each reader's figure (frames 
 frames published while it streamed, torn, repeated, out of order, held buffers overwritten) is
 recorded as a measurement and judged as a ratio of what the writer published in the same run.
 
-LOOPQUAL_DELIVERY_FPS (default 30) and LOOPQUAL_DELIVERY_SECONDS (default 5) set the writer's
+LOOPQUAL_DELIVERY_FPS (default 30) and LOOPQUAL_DELIVERY_SECONDS (default 4) set the writer's
 rate and each run's window (suite delivery-debug: a slower rate for the sanitizer kernel).
 """
 
@@ -23,7 +23,7 @@ from lib.delivery import Kind, keeps_up_problems, run, summary
 from lib.infra import InfrastructureProblem
 
 FPS = float(os.environ.get("LOOPQUAL_DELIVERY_FPS", "30"))
-SECONDS = float(os.environ.get("LOOPQUAL_DELIVERY_SECONDS", "5"))
+SECONDS = float(os.environ.get("LOOPQUAL_DELIVERY_SECONDS", "4"))
 MIN_RATIO = 0.99  # D1, D2
 # Fewer frames owed than this (published while the reader had a buffer queued for them) and the
 # guest was too starved to judge a reader: the scenario is incomplete rather than a verdict.
