@@ -27,6 +27,7 @@ from lib.v4l2 import (
     ename,
     err,
     frame_bytes,
+    frame_number,
 )
 
 W, H = 160, 120
@@ -72,8 +73,13 @@ class ObsVirtualCam:
         self.dev.close()
 
 
+MIN_SHARE = 0.9  # D4: a capture call gets 90% of the frames, less one
+
+
 def _reader_frames(dev: Device, count: int, n_frames: int, what: str, timeout_polls: int = 10):
-    """Chromium/Firefox capture loop: poll(POLLIN, 1000 ms), DQBUF, check bytesused, QBUF."""
+    """Chromium/Firefox capture loop: poll(POLLIN, 1000 ms), DQBUF, check bytesused, QBUF.
+    Each buffer's frame is read by content (the writer pump's numbered frames): "frame" and
+    "whole" (every byte is that frame's)."""
     got = []
     timeouts = 0
     while len(got) < n_frames:
@@ -97,9 +103,32 @@ def _reader_frames(dev: Device, count: int, n_frames: int, what: str, timeout_po
                             f"{timeouts} times in a row after {len(got)} frames")
             continue
         timeouts = 0
+        data = bytes(dev.maps[(CAP, b["index"])][:b["bytesused"]])
+        b["frame"] = frame_number(data) if len(data) >= 8 else -1
+        b["whole"] = len(data) >= 8 and data == frame_bytes(b["frame"], len(data))
         got.append(b)
         _step(f"{what}: QBUF(CAPTURE, {b['index']})", dev.qbuf, CAP, b["index"])
+    _judge_share(got, what)
     return got
+
+
+def _judge_share(got: list[dict], what: str) -> None:
+    """The frames one capture call got, counted by content: whole, each once, in order, and
+    at least MIN_SHARE of those the writer published from the first to the last, less one
+    (a call reads a few frames: one frame is 10-50% of them)."""
+    numbers = [b["frame"] for b in got if b["whole"]]
+    torn = len(got) - len(numbers)
+    span = max(numbers) - min(numbers) + 1 if numbers else 0
+    missing = span - len(set(numbers))
+    bad = []
+    if torn:
+        bad.append(f"{torn} torn")
+    if len(set(numbers)) != len(numbers) or numbers != sorted(numbers):
+        bad.append(f"frames repeated or out of order: {numbers}")
+    if missing > max(1, (1 - MIN_SHARE) * span):
+        bad.append(f"{len(set(numbers))} of the {span} frames published from its first to its "
+                   f"last ({numbers})")
+    assert not bad, f"{what}: " + "; ".join(bad)
 
 
 class ChromiumCapture:
@@ -201,8 +230,9 @@ class FirefoxCapture:
 
 
 def _writer(openers, cell):
+    # 15 fps: a replayed capture that also enumerates and sets up between its calls keeps up
     w = openers.proc("writer")
-    w.call("start_writer", "mmap", count=2, fps=30, width=W, height=H,
+    w.call("start_writer", "mmap", count=2, fps=15, width=W, height=H,
            set_format=not cell.keep_format)
     return w
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from loopqual import procgroup
 
@@ -93,29 +94,43 @@ def wait_for_writer(dev_path: str, timeout: float, client: Client | None = None)
     return f"no writer became visible within {timeout:.0f} s: {why}"
 
 
-def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 60.0,
-                          client: Client | None = None,
-                          on_frame: Callable[[memoryview, dict], None] | None = None,
-                          first_frame_timeout: float = 0.0, enough: int = 0) -> tuple[int, int, str]:
+@dataclass
+class Window:
+    """What a reader got in its window: frames, distinct non-blank frames, changes (non-blank
+    frames unlike the frame before them), and why it got nothing ("" if it did)."""
+
+    frames: int = 0
+    distinct: int = 0
+    changes: int = 0
+    note: str = ""
+
+
+def read_window(dev_path: str, seconds: float, setup_timeout: float = 60.0,
+                client: Client | None = None,
+                on_frame: Callable[[memoryview, dict], None] | None = None,
+                first_frame_timeout: float = 0.0, enough: int = 0,
+                until: Callable[[], bool] | None = None, until_every_s: float = 0.5,
+                on_edge: Callable[[str], None] | None = None) -> Window:
     """Wait for a writer to stream (wait_for_writer), open a reader (retrying while the
     writer starts up), collect frames for `seconds`; on_frame(data, format) sees each
     non-blank frame (the reader's G_FMT(CAPTURE)), to judge its content. With
     first_frame_timeout, the window starts at the first frame, awaited that long (a writer
     that streams before it renders, as OBS under software OpenGL). With enough, the window
-    ends early once that many distinct non-blank frames have come.
-
-    Returns (frames, distinct non-blank frames, note).
-    """
+    ends early once that many distinct non-blank frames have come; with until, once it returns
+    True (asked every until_every_s seconds; the reader does not dequeue while it is asked).
+    on_edge("start") and on_edge("end") are called as the window opens and closes (to read the
+    writer's own counters at the same moments)."""
     deadline = time.monotonic() + setup_timeout
     why = wait_for_writer(dev_path, setup_timeout, client)
     if why:
-        return 0, 0, why
+        return Window(note=why)
     last_err = ""
     d = None
     r = None
     while time.monotonic() < deadline:
         if client is not None and not client.alive():
-            return 0, 0, f"{client.name} exited ({client.p.returncode}): {client.output(600)}"
+            return Window(note=f"{client.name} exited ({client.p.returncode}): "
+                               f"{client.output(600)}")
         try:
             d = Device(dev_path)
             r = Reader(d, count=2)
@@ -127,34 +142,49 @@ def count_distinct_frames(dev_path: str, seconds: float, setup_timeout: float = 
                 d = None
             time.sleep(0.5)
     if r is None:
-        return 0, 0, f"no reader could start within {setup_timeout:.0f} s: {last_err}"
+        return Window(note=f"no reader could start within {setup_timeout:.0f} s: {last_err}")
     fmt = d.g_fmt(0x1) if on_frame is not None else {}
-    frames = 0
+    w = Window()
     seen = set()
+    last = None
     if first_frame_timeout > 0:
         try:
             b = d.wait_dqbuf(0x1, first_frame_timeout)
             d.qbuf(0x1, b["index"])
         except V4L2Error as exc:
             d.close()
-            return 0, 0, f"no frame within {first_frame_timeout:.0f} s of the reader's start: {exc}"
+            return Window(note=f"no frame within {first_frame_timeout:.0f} s of the reader's "
+                               f"start: {exc}")
     end = time.monotonic() + seconds
+    asked = 0.0
+    if on_edge is not None:
+        on_edge("start")
     # frames published before the reader started may be returned first: collect for a while
     try:
         while time.monotonic() < end:
+            if until is not None and time.monotonic() - asked >= until_every_s:
+                asked = time.monotonic()
+                if until():
+                    break
             try:
-                b = d.wait_dqbuf(0x1, max(0.1, end - time.monotonic()))
+                b = d.wait_dqbuf(0x1, max(0.1, min(0.5, end - time.monotonic())))
             except V4L2Error:
                 continue
             data = d.maps[(0x1, b["index"])][: b["bytesused"] or None]
             if any(data[::97]):
-                seen.add(digest(data))
+                key = digest(data)
+                seen.add(key)
+                w.changes += key != last
+                last = key
                 if on_frame is not None:
                     on_frame(data, fmt)
-            frames += 1
+            w.frames += 1
             d.qbuf(0x1, b["index"])
             if enough and len(seen) >= enough:
                 break
     finally:
+        if on_edge is not None:
+            on_edge("end")
         d.close()
-    return frames, len(seen), ""
+    w.distinct = len(seen)
+    return w
