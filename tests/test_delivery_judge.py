@@ -3,7 +3,8 @@
 The *.raw.gz fixtures are what GStreamer's `v4l2src ! queue ! identity sleep-time=40000 !
 filesink` wrote in suite clients on debian-6.12, cell ec1 (2026-12-06), reading 45 frames of
 loopqual's paced writer (160x120 YUYV, 15 fps): through the patched module, and through stock
-0.13.2 in the same boot."""
+0.13.2 in the same boot. The *.json.gz fixture is what the writer and four readers of suite
+delivery reported in make test (debian-6.1, cell ec1, patched)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,61 @@ def test_span_figures_count_losses_repeats_and_order():
     assert (fig["repeated"], fig["out_of_order"], fig["torn"]) == (1, 1, 1)
     assert fig["ratio"] == round(5 / 6, 4)
     assert any("5 of the 6 frames" in p for p in program_problems(fig, 0.95, 3))
+
+
+def _recorded_run() -> dict:
+    """What the writer (QBUF, 30 fps) and four readers of test_d2_four_readers_hold_buffers_back
+    reported through the patched module in cell ec1 of debian-6.1 (make test, 2026-12-06)."""
+    import json
+
+    return json.loads(gzip.decompress(
+        (RECORDED / "recorded-6.1-patched-ec1-d2-four-readers-qbuf.json.gz").read_bytes()))
+
+
+def test_figures_of_four_recorded_readers_through_patched():
+    from lib.delivery import figures, keeps_up_problems
+
+    run = _recorded_run()
+    for name, rep in run["readers"].items():
+        fig = figures(run["writer"], rep)
+        assert fig["published"] >= 150 and fig["owed"] == fig["published"], name
+        assert fig["ratio"] == 1.0 and fig["sequence_consistent"] is True, name
+        assert keeps_up_problems(fig, 0.99) == [], name
+
+
+def test_figures_count_a_lost_frame_a_torn_one_and_one_out_of_order():
+    from lib.delivery import figures, keeps_up_problems
+
+    run = _recorded_run()
+    rep = run["readers"]["holds N-1, gives back oldest first"]
+    writer = run["writer"]
+    start = writer["began"].index(next(b for b in writer["began"] if b >= rep["start"]))
+    got = [g for g in rep["got"] if g[0] != start + 20]  # frame start+20 lost
+    got[30][1] = False  # torn
+    got[40], got[41] = got[41], got[40]  # two frames the other way round
+    fig = figures(writer, {**rep, "got": got})
+    assert fig["received"] == fig["owed"] - 2  # the lost and the torn one
+    assert (fig["torn"], fig["out_of_order"]) == (1, 1)
+    problems = keeps_up_problems(fig, 0.999)
+    assert any("1 torn" in p for p in problems) and any("out of order" in p for p in problems)
+
+
+def test_a_frame_published_while_the_reader_held_every_buffer_is_not_owed():
+    """S7 lets a reader with no buffer queued miss frames. One buffer, frames 0..9 published at
+    t = 0..9; the reader starts at 0.5, gives its buffer back right after frames 1, 2 and from 7
+    on, but holds it from frame 3 until 6.5, when it gets the newest frame (6) at once: frames
+    4, 5 and 6 came while it held its only buffer and are not owed; it got every owed frame."""
+    from lib.delivery import figures
+
+    writer = {"began": [float(t) for t in range(10)],
+              "returned": [t + 0.01 for t in range(10)]}
+    got = [[1, True, 0, 1.02], [2, True, 1, 2.02], [3, True, 2, 3.02], [6, True, 5, 6.52],
+           [7, True, 6, 7.02], [8, True, 7, 8.02], [9, True, 8, 9.02]]
+    queued = [0.5, 1.03, 2.03, 6.5, 6.53, 7.03, 8.03, 9.03]
+    reader = {"start": 0.5, "stop": 9.5, "count": 1, "got": got, "queued": queued}
+    fig = figures(writer, reader)
+    assert (fig["published"], fig["owed"], fig["received"]) == (9, 6, 6)
+    assert fig["ratio"] == 1.0 and fig["kept_up"] == round(6 / 9, 4)
+    # lose frame 8 as well: now one owed frame is missing
+    fig = figures(writer, {**reader, "got": [g for g in got if g[0] != 8]})
+    assert (fig["owed"], fig["received"]) == (6, 5)
