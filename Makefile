@@ -22,7 +22,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: all deps apt venv lint unit selftest gate test qualify qualify-programs compare compare-programs bench bench-programs clean
+.PHONY: all deps apt venv lint unit selftest gate test qualify qualify-programs compare compare-programs compare-delivery bench bench-programs clean
 all: test
 
 # make ends with its own exit 2 whenever a recipe fails, whatever the recipe returned. Each
@@ -182,6 +182,16 @@ compare: venv
 	$(LOOPQUAL) compare results/compare results/compare-sanitizer; \
 	for step in compare compare-sanitizer; do code=$$(cat $(EXIT_CODES)/$$step); \
 	  [ "$$code" = 0 ] || exit $$code; done
+
+# Delivery for every source (issue 24), the part of `make compare` that judges S7-S9 and D1-D4:
+# suites delivery (ec0, ec1), delivery-buf8 (ec1-buf8) and clients (ec0, ec1: the real programs'
+# frames counted by content) on the default kernel, all five sources, then their rules table.
+compare-delivery: venv
+	$(PY) -m compileall -q harness scenarios >/dev/null
+	@$(call keep_code,compare-delivery,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) \
+		$(COMPARE_MODULES) --suite delivery --suite delivery-buf8 --suite clients \
+		--out results/compare-delivery); \
+	$(LOOPQUAL) compare results/compare-delivery; exit $$(cat $(EXIT_CODES)/compare-delivery)
 
 # The real programs for every source (issue 10), the part of `make compare` that judges K3,
 # K4, K5 and K6 with OBS Studio, Chromium, Firefox ESR and ffmpeg: cell ec1 (the browsers need

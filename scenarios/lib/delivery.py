@@ -576,11 +576,14 @@ def run(device: str, how: str, kinds: list[Kind], request: int, fps: float,
 
 # -- real programs: frames counted by content in what they pass on ---------------------------
 
-def span_figures(frames: list[tuple[int, bool]]) -> dict:
+def span_figures(frames: list[tuple[int, bool]], warmup: int = 0) -> dict:
     """Figures of the frames a program passed on, in the order it did, as (number, whole):
     received (distinct whole frames), span (from the first frame number it passed to the
     last: the frames published while it ran), ratio = received / span, torn, repeated,
-    out_of_order. Needs no clock: the frames' own numbers say what was published meanwhile."""
+    out_of_order. Needs no clock: the frames' own numbers say what was published meanwhile.
+    The first `warmup` frames it passed on are left out: a program still opening its encoders
+    holds every buffer it has, and a capture device drops what it cannot queue (S7)."""
+    frames = frames[warmup:]
     numbers = [n for n, whole in frames if whole]
     torn = sum(1 for _n, whole in frames if not whole)
     distinct = set(numbers)
@@ -593,7 +596,8 @@ def span_figures(frames: list[tuple[int, bool]]) -> dict:
     return {"received": len(distinct), "span": span,
             "ratio": round(len(distinct) / span, 4) if span else 0.0,
             "torn": torn, "repeated": len(numbers) - len(distinct), "out_of_order": out_of_order,
-            "first": min(numbers) if numbers else None, "last": max(numbers) if numbers else None}
+            "first": min(numbers) if numbers else None, "last": max(numbers) if numbers else None,
+            "warmup": warmup}
 
 
 def frames_in_file(path: str, size: int) -> list[tuple[int, bool]]:
