@@ -22,7 +22,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: all deps apt venv lint unit selftest gate test qualify qualify-programs compare compare-programs compare-delivery bench bench-programs clean
+.PHONY: all deps apt venv lint unit series-check selftest gate test qualify qualify-programs compare compare-programs compare-delivery bench bench-programs clean
 all: test
 
 # make ends with its own exit 2 whenever a recipe fails, whatever the recipe returned. Each
@@ -58,6 +58,13 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 
 lint: venv
 	@$(call record,lint,$(VENV)/bin/ruff check harness scenarios tests)
+
+# The patch series as a reviewer reads it (issue 27): checkpatch.pl --strict on every patch,
+# no finding beyond kernel/checkpatch-baseline.toml. Seconds; the kernel tree it takes the
+# script from is the debug kernel's (downloaded and unpacked once, the sanitizer lane's too).
+series-check: venv
+	@mkdir -p results
+	@$(call record,series-check,$(LOOPQUAL) series check --out results/series-check.json)
 
 UNIT_ARGS ?=
 unit: venv
@@ -155,8 +162,8 @@ qualify-programs: venv
 	@$(call record,qualify-programs,$(LOOPQUAL) qualify $(GATE_KERNELS) --module patched \
 		--params ec1 --suite browser --suite apps --suite together --out results/qualify-programs)
 
-# make test: lint, the host unit tests, then the gate with the selftest in its side lane.
-test: lint unit
+# make test: lint, the host unit tests, the series check, then the gate with the selftest in its side lane.
+test: lint unit series-check
 	@$(MAKE) --no-print-directory gate GATE_WITH_SELFTEST=1
 
 qualify: venv

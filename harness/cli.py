@@ -146,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "a rule that is broken, incomplete, not run or only skipped fails")
 
     ser = sub.add_parser("series", help="edit the patch series as git commits")
-    ser.add_argument("action", choices=["edit", "export"],
+    ser.add_argument("action", choices=["edit", "export", "check"],
                      help="edit: make a git work tree of base + series; "
-                          "export: write its commits back to kernel/patches")
+                          "export: write its commits back to kernel/patches; "
+                          "check: judge the patches as a reviewer does (checkpatch.pl "
+                          "--strict against kernel/checkpatch-baseline.toml)")
+    ser.add_argument("--out", type=Path, metavar="FILE",
+                     help="check: also write its findings and verdict as JSON to FILE")
     ser.add_argument("--worktree", type=Path, metavar="DIR",
                      help="the work tree (default: .cache/series-work)")
     ser.add_argument("--force", action="store_true",
@@ -326,6 +330,10 @@ def _series(args) -> int:
     mirror, all_sources = data.load_sources()
     patched = all_sources["patched"]
     work = args.worktree or series.DEFAULT_WORK
+    if args.action == "check":
+        from . import seriescheck
+
+        return seriescheck.check(series.read_series(patched.patches), args.out)
     if args.action == "edit":
         base = sources.unpack_debian(all_sources[patched.base], mirror)
         tree = series.edit(base, work, patched.patches, force=args.force)
