@@ -48,6 +48,7 @@ or a skip.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -95,6 +96,9 @@ def ffmpeg_writer(device: str, log_dir: str) -> Client:
                    "-pix_fmt", "yuyv422", "-f", "v4l2", device], "ffmpeg-writer", log_dir)
 
 
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
 class FfmpegReader:
     """ffmpeg reading the device, each frame's MD5 flushed to a file as it arrives."""
 
@@ -106,11 +110,16 @@ class FfmpegReader:
                               "-y", self.out], "ffmpeg-reader", log_dir)
 
     def digests(self) -> list[str]:
+        """The MD5 of each frame line ffmpeg has finished writing: a line read while ffmpeg
+        writes it counts as a change, and then no longer (a wait on debian-sid in CI saw
+        ffmpeg's new frame, and the check right after it did not)."""
         try:
             with open(self.out) as f:
-                return [ln.rsplit(",", 1)[-1].strip() for ln in f if ln[:1].isdigit()]
+                lines = [ln.rsplit(",", 1)[-1].strip() for ln in f
+                         if ln[:1].isdigit() and ln.endswith("\n")]
         except OSError:
             return []
+        return [h for h in lines if _MD5.fullmatch(h)]
 
     def changes(self) -> int:
         d = self.digests()
