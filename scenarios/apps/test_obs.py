@@ -11,9 +11,12 @@ content (the orange background) where it looks, against the frames OBS's video o
 meanwhile (GetStats renderTotalFrames: one frame written to the camera per render, a skipped
 render sending the frame before again; OBS's log agrees: "Total frames output: 22 | Total drawn
 frames: 24"). It must get at least MIN_SHARE of them, less EDGE_SLACK frames for the window's
-edges (OBS's counter is read through obs-websocket, answered late when the guest is loaded, and
-a lagging OBS writes its repeats in bursts: seen on debian-6.1, 18 read of 25 written in 2.7 s
-while OBS drew 12). Frames are counted one by one, not as distinct pictures: OBS's own moving source lags
+edges (OBS's counter is read through obs-websocket, answered late when the guest is loaded).
+MIN_SHARE is a half: under TCG OBS lags (60-92% of its frames "lagged" in its log) and then
+writes the frame before again, back to back, which a reader with two buffers (as this one
+asks) cannot all take, on any module (S7: a reader with nothing queued misses frames). Seen in
+CI: 18 read of 25 written while OBS drew 12 (debian-6.1), 14 of 22 while it drew 8 (sid).
+Frames are counted one by one, not as distinct pictures: OBS's own moving source lags
 under TCG, and it then writes the same picture several times (seen on debian-6.12: 21 frames
 read of 22 written, 10 of them distinct). D4 itself is judged where the frames carry their
 numbers (suite clients). The report gives OBS's version, its start-up time under this
@@ -55,7 +58,7 @@ READ_LIMIT_S = 60.0
 WINDOW_FRAMES = 20
 # of the frames OBS writes: the reader (Python, beside OBS on the guest's one vCPU, asking OBS for
 # its counters every 2 s) keeps two buffers queued, a fifth of a second at 10 fps
-MIN_SHARE = 0.75
+MIN_SHARE = 0.5
 EDGE_SLACK = 2  # one frame at each edge of the window
 MIN_WRITTEN = 3  # fewer frames written in the whole window say nothing of the module
 READER_LIMIT_S = 30  # from the output's start to the reader's start
