@@ -34,7 +34,15 @@ import time
 import pytest
 from lib import crash
 from lib.clients import read_window
-from lib.obs import OUTPUT_LIMIT_S, START_LIMIT_S, Obs, fresh_home, output_size, xvfb
+from lib.obs import (
+    OUTPUT_LIMIT_S,
+    START_LIMIT_S,
+    Obs,
+    frames_made,
+    fresh_home,
+    output_size,
+    xvfb,
+)
 from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
@@ -241,16 +249,9 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
 
 
 def made(before: dict | None, after: dict | None, drawn: bool = False) -> int:
-    """Frames OBS's video output made between two GetStats replies (renderTotalFrames: one
-    frame written to the camera per render); with drawn, those its graphics thread drew anew
-    (less the skipped renders, which send the frame before again). 0 where OBS did not
-    answer."""
-    def count(st: dict | None) -> int | None:
-        try:
-            return int(st["renderTotalFrames"]) - (int(st["renderSkippedFrames"]) if drawn else 0)
-        except (KeyError, TypeError, ValueError):
-            return None
-    a, b = count(before), count(after)
+    """Frames OBS's video output made (with drawn: drew anew) between two GetStats replies
+    (lib.obs.frames_made); 0 where OBS did not answer."""
+    a, b = frames_made(before, drawn), frames_made(after, drawn)
     return b - a if a is not None and b is not None else 0
 
 

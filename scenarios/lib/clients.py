@@ -108,18 +108,17 @@ class Window:
 def read_window(dev_path: str, seconds: float, setup_timeout: float = 60.0,
                 client: Client | None = None,
                 on_frame: Callable[[memoryview, dict], None] | None = None,
-                first_frame_timeout: float = 0.0, enough: int = 0,
+                first_frame_timeout: float = 0.0,
                 until: Callable[[], bool] | None = None, until_every_s: float = 0.5,
                 on_edge: Callable[[str], None] | None = None) -> Window:
     """Wait for a writer to stream (wait_for_writer), open a reader (retrying while the
     writer starts up), collect frames for `seconds`; on_frame(data, format) sees each
     non-blank frame (the reader's G_FMT(CAPTURE)), to judge its content. With
     first_frame_timeout, the window starts at the first frame, awaited that long (a writer
-    that streams before it renders, as OBS under software OpenGL). With enough, the window
-    ends early once that many distinct non-blank frames have come; with until, once it returns
-    True (asked every until_every_s seconds; the reader does not dequeue while it is asked).
-    on_edge("start") and on_edge("end") are called as the window opens and closes (to read the
-    writer's own counters at the same moments)."""
+    that streams before it renders, as OBS under software OpenGL). With until, the window
+    ends early once it returns True (asked every until_every_s seconds; the reader does not
+    dequeue while it is asked). on_edge("start") and on_edge("end") are called as the window
+    opens and closes (to read the writer's own counters at the same moments)."""
     deadline = time.monotonic() + setup_timeout
     why = wait_for_writer(dev_path, setup_timeout, client)
     if why:
@@ -180,8 +179,6 @@ def read_window(dev_path: str, seconds: float, setup_timeout: float = 60.0,
                     on_frame(data, fmt)
             w.frames += 1
             d.qbuf(0x1, b["index"])
-            if enough and len(seen) >= enough:
-                break
     finally:
         if on_edge is not None:
             on_edge("end")

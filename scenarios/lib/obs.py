@@ -109,6 +109,17 @@ def fresh_home(root: str, fps: int | None = None) -> dict:
             "DBUS_SESSION_BUS_ADDRESS": "disabled:", "LC_ALL": "C.UTF-8"}
 
 
+
+def frames_made(stats: dict | None, drawn: bool = False) -> int | None:
+    """OBS's frames so far from a GetStats reply: renderTotalFrames (one frame written to the
+    camera per render), or with drawn those its graphics thread drew anew (less the skipped
+    renders, which send the frame before again). None where OBS did not answer."""
+    try:
+        return int(stats["renderTotalFrames"]) - (int(stats["renderSkippedFrames"]) if drawn
+                                                   else 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
 class Obs:
     """OBS Studio in its own session, its output in a file, driven through obs-websocket."""
 

@@ -60,7 +60,7 @@ from lib.clients import Client, wait_for_writer
 from lib.common import need_openers
 from lib.infra import InfrastructureProblem, need_program, package_version
 from lib.load import guest_load
-from lib.obs import OUTPUT_LIMIT_S, Obs, fresh_home, output_size, xvfb
+from lib.obs import OUTPUT_LIMIT_S, Obs, frames_made, fresh_home, output_size, xvfb
 from lib.ticking import FIREFOX_SESSIONS, SESSIONS_LIMIT_S, judge_labels_and_sessions
 
 OBS_FPS = 1
@@ -130,14 +130,6 @@ class FfmpegReader:
         alive = "running" if self.client.alive() else f"exited ({self.client.p.returncode})"
         return (f"{len(d)} frames, {len(set(d))} distinct, {self.changes()} changes, {alive}; "
                 f"{self.client.output(300)!r}")
-
-
-def drawn_so_far(stats: dict) -> float | None:
-    """OBS's frames drawn so far: rendered less skipped (None where OBS did not answer)."""
-    try:
-        return float(stats["renderTotalFrames"]) - float(stats["renderSkippedFrames"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def interpolate(samples: list[tuple[float, float | None]], t: float) -> float:
@@ -273,13 +265,13 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                 steps["camera_opened"] = {b.name: b.last.get("opened") for b in browsers}
 
                 def window(n: int, names: list[str], before: str) -> None:
-                    drew = [(time.monotonic(), drawn_so_far(obs.stats()))]
+                    drew = [(time.monotonic(), frames_made(obs.stats(), drawn=True))]
                     ffmpeg_at = [(drew[0][0], ffmpeg.changes())] if "ffmpeg" in names else []
                     end = time.monotonic() + WINDOW_S
                     while (left := end - time.monotonic()) > 0:
                         ticking.pump_all(browsers, min(TICK_S, left))
                         now = time.monotonic()
-                        drew.append((now, drawn_so_far(obs.stats())))
+                        drew.append((now, frames_made(obs.stats(), drawn=True)))
                         if ffmpeg_at:
                             ffmpeg_at.append((now, ffmpeg.changes()))
                     spans = {nm: reader_span(readers[nm], ffmpeg_at, drew[0][0], end + TICK_S)
