@@ -52,7 +52,7 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@# The guest reads the venv over 9p and cannot keep .pyc files: compile them here.
+	@# The guest's root is read-only and cannot keep .pyc files: compile them here.
 	$(PY) -m compileall -q -j 0 $(VENV)/lib harness scenarios >/dev/null || true
 	@touch $@
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, data, kernels, report, results, sources, tools, vm
+from . import __version__, data, guestroot, kernels, report, results, sources, tools, vm
 from . import build as buildmod
 from .errors import LoopqualError
 from .paths import REPO
@@ -407,6 +407,7 @@ class Plan:
     metas: list[dict]
     to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]]
     tools: dict = field(default_factory=dict)  # name -> tools.PreparedTool
+    guest_root: guestroot.GuestRoot | None = None
 
 
 def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
@@ -432,10 +433,13 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
         "boots": sum(gr.boots for gr in runs),
         "accel": accel,
         "boot_seconds": [s_ for gr in runs for s_ in gr.boot_seconds],
+        "guest_root": {**(plan.guest_root.record() if plan.guest_root else {}),
+                       "per_boot": [fs for gr in runs for fs in gr.root_fs]},
         "jobs": jobs,
         "lanes": [{"kernel": ln.kernel, "work_dir": str(ln.work_dir.relative_to(out)),
                    "cells": [c["id"] for c in ln.cells], "expected_s": round(ln.weight),
-                   "wall_s": ln.wall_s, "boots": ln.boots, "boot_seconds": gr.boot_seconds}
+                   "wall_s": ln.wall_s, "boots": ln.boots, "boot_seconds": gr.boot_seconds,
+                   "root_fs": gr.root_fs}
                   for ln, gr in zip(lanes, runs, strict=True)],
         "exit_code": code,
         "command": shlex.join([*env_prefix(env), "loopqual", *argv]),
@@ -483,6 +487,7 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
     plan = Plan([], [])
     # Roots of the tools the suites name (a newer v4l2-compliance), made before any guest boots.
     plan.tools = tools.prepare_for(sel.suites, mirror, say=lambda m: print(m, file=sys.stderr))
+    plan.guest_root = guestroot.prepare(say=lambda m: print(m, file=sys.stderr))
     for kernel in sel.kernels:
         mine = [(cid, m, ps) for cid, k, m, ps in matrix(sel)
                 if k.name == kernel.name and (only is None or cid in only)]

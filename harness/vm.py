@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import procgroup
+from . import guestroot, procgroup
 from .errors import LoopqualError
 from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
 from .paths import REPO, atomic_write, cache_dir
@@ -139,6 +139,7 @@ class GuestRun:
     console: list[str] = field(default_factory=list)  # every boot's console, in order
     host_incomplete: dict[str, dict] = field(default_factory=dict)  # cell id -> reason, tail
     boot_seconds: list[float] = field(default_factory=list)
+    root_fs: list[str] = field(default_factory=list)  # each boot's / as the guest saw it
 
 
 GUEST_MEMORY_GIB = 2  # each guest's --memory unless LOOPQUAL_GUEST_MEMORY_GIB says otherwise
@@ -208,13 +209,15 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
                 memory: str | None = None,
                 cpus: int | None = None, exec_cmd: str | None = None,
                 guest_module: str = "loopqual.guest.runner", udev: bool = True,
-                append: str = "") -> list[str]:
+                append: str = "", root: guestroot.GuestRoot | None = None) -> list[str]:
+    """root: how the guest sees the host's / (guestroot.prepare() when not given)."""
     cpus = cpus or guest_cpus()
+    before, root_opts = guestroot.vng_prefix(root or guestroot.prepare())
     memory = memory or f"{guest_memory_gib()}G"
     alias = shell_safe_alias(rwdir)
     if plan is not None and plan.is_relative_to(rwdir):
         plan = alias / plan.relative_to(rwdir)
-    cmd = [vng_path(), "--force-9p", "--verbose", "--cpus", str(cpus), "--memory", memory,
+    cmd = [*before, vng_path(), *root_opts, "--verbose", "--cpus", str(cpus), "--memory", memory,
            "-r", str(vmlinuz), "--rwdir", str(alias),
            "--append", " ".join([GUEST_APPEND, append]).strip()]
     if accel != "kvm":
@@ -396,6 +399,7 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event,
                     if name == "boot" and not booted:
                         booted = True
                         gr.boot_seconds.append(round(time.monotonic() - t0, 1))
+                        gr.root_fs.append(str(ev.get("root_fs") or "unknown"))
                         deadline = time.monotonic() + boot_timeout_s
                     elif name == "ready":
                         deadline = time.monotonic() + boot_timeout_s

@@ -7,10 +7,19 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from loopqual import shell, vm
+import pytest
+
+from loopqual import guestroot, shell, vm
 from loopqual.paths import REPO
 
 NASTY = Path("/tmp/out dir; touch /tmp/x")
+
+
+@pytest.fixture(autouse=True)
+def plain_9p_root(monkeypatch):
+    """These tests look at vng's command line, not at the guest root (tests/test_guest_root.py):
+    no virtiofsd root is made on the host for them."""
+    monkeypatch.setattr(guestroot, "prepare", lambda say=print: guestroot.GuestRoot("9p", "9p"))
 
 
 def test_guest_exec_line_splits_back_into_the_intended_argv(monkeypatch):

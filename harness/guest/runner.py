@@ -724,15 +724,29 @@ def run_cell(cell: dict, plan: dict, out_dir: Path) -> dict:
     return run.end()
 
 
+def root_fs(mounts_path: str = "/proc/self/mounts") -> str:
+    """The filesystem type the guest's / is (virtiofs or 9p): the host records it per boot."""
+    kind = ""
+    try:
+        with open(mounts_path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] == "/":
+                    kind = parts[2]  # the last mount at / is the one seen
+    except OSError:
+        pass
+    return kind
+
+
 def main(argv: list[str]) -> int:
     plan_path = Path(argv[0])
     plan = json.loads(plan_path.read_text())
     out_dir = Path(plan["out"])
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    emit("boot", release=os.uname().release, cells=len(plan["cells"]))
+    emit("boot", release=os.uname().release, cells=len(plan["cells"]), root_fs=root_fs())
     # Import the heavy modules once, here: every fork below starts with them loaded
-    # (the root is 9p under TCG: imports cost seconds each time).
+    # (on a 9p root under TCG imports cost seconds each time).
     t0 = time.monotonic()
     import linuxpy.video.raw  # noqa: F401
     import pytest  # noqa: F401
