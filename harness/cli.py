@@ -146,11 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
                            "a rule that is broken, incomplete, not run or only skipped fails")
 
     ser = sub.add_parser("series", help="edit the patch series as git commits")
-    ser.add_argument("action", choices=["edit", "export", "check"],
+    ser.add_argument("action", choices=["edit", "export", "check", "cover-letter"],
                      help="edit: make a git work tree of base + series; "
-                          "export: write its commits back to kernel/patches; "
+                          "export: write its commits back to kernel/patches (and the cover "
+                          "letter, given --results); "
                           "check: judge the patches as a reviewer does (checkpatch.pl "
-                          "--strict against kernel/checkpatch-baseline.toml)")
+                          "--strict against kernel/checkpatch-baseline.toml); "
+                          "cover-letter: write kernel/patches/0000-cover-letter.patch from "
+                          "--results")
+    ser.add_argument("--results", type=Path, metavar="DIR", action="append", default=[],
+                     help="cover-letter, export: a results directory whose rules table and "
+                          "delivery figures go into the cover letter (repeatable; "
+                          "`make compare-delivery` makes one with every source)")
+    ser.add_argument("--checkpatch", type=Path, metavar="FILE",
+                     default=Path("results/series-check.json"),
+                     help="cover-letter: the `series check --out` file whose totals it quotes "
+                          "(default results/series-check.json, left out when absent)")
     ser.add_argument("--out", type=Path, metavar="FILE",
                      help="check: also write its findings and verdict as JSON to FILE")
     ser.add_argument("--worktree", type=Path, metavar="DIR",
@@ -339,9 +350,17 @@ def _series(args) -> int:
         tree = series.edit(base, work, patched.patches, force=args.force)
         print(f"{tree}: base = pristine {patched.base}, one commit per patch. Edit the commits, "
               f"then `loopqual series export`.")
-    else:
+    elif args.action == "export":
         written = series.export(work, patched.patches.parent, patched.base or "its base source")
         print(f"wrote {len(written)} patch(es) and {patched.patches}")
+    if args.action == "cover-letter" or args.action == "export" and args.results:
+        from . import coverletter
+
+        if not args.results:
+            raise coverletter.CoverLetterError("cover-letter needs --results DIR (a results "
+                                               "directory with every source: make compare-delivery)")
+        dest = coverletter.write(args.results, patched.patches.parent, args.checkpatch)
+        print(f"wrote {dest}")
     return 0
 
 

@@ -183,17 +183,41 @@ def render(v: Verdict, baseline: dict[str, _Allowed]) -> str:
     return "\n".join(lines)
 
 
+def cover_letter_problem(patches: list[Path]) -> str | None:
+    """Why the series' cover letter is missing or stale (its shortlog is not the series'
+    subjects in order), or None."""
+    from . import coverletter
+
+    if not patches:
+        return None
+    cover = patches[0].parent / coverletter.COVER_NAME
+    redo = "write it with `loopqual series cover-letter --results DIR` (make compare-delivery)"
+    if not cover.is_file():
+        return f"{cover} is missing: {redo}"
+    listed = coverletter.listed_patches(cover.read_text(errors="replace"))
+    subjects = [coverletter.patch_header(p.read_text(errors="replace"))[1] for p in patches]
+    if listed != subjects:
+        return (f"{cover.name} lists {len(listed)} patch(es), not the series' {len(subjects)} "
+                f"subjects in order: {redo}")
+    return None
+
+
 def check(patches: list[Path], out: Path | None = None) -> int:
-    """Run, print, write JSON to `out`; 0 when no finding goes beyond the baseline, else 1."""
+    """Run, print, write JSON to `out`; 0 when no finding goes beyond the baseline and the
+    cover letter lists the series, else 1."""
     baseline = load_baseline()
     text = run_checkpatch(checkpatch_path(), patches)
     v = judge([p.name for p in patches], parse_checkpatch(text), baseline)
     print(render(v, baseline))
+    cover = cover_letter_problem(patches)
+    if cover:
+        print(f"series check: FAIL: {cover}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
             "tool": "checkpatch.pl " + " ".join(CHECKPATCH_ARGS), "passed": v.passed,
             "totals": v.totals(), "patches": v.patches, "types": v.counts,
             "regressions": v.regressions, "improvements": v.improvements,
-            "findings": [asdict(f) for f in v.findings]}, indent=1))
-    return 0 if v.passed else 1
+            "findings": [asdict(f) for f in v.findings], "cover_letter": cover or "current"},
+            indent=1))
+    return 0 if v.passed and not cover else 1

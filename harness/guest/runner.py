@@ -393,7 +393,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             from loopqual.guest.recorder import Recorder
 
             args = [*(os.path.join(repo, p) for p in suite["paths"]),
-                    "-p", "no:cacheprovider", "-q", "-rN",
+                    "-p", "no:cacheprovider", "-q", "-rN", "--tb=short",
                     "--rootdir", os.path.join(repo, "scenarios")]
             if cell.get("k"):
                 args += ["-k", cell["k"]]
