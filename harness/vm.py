@@ -77,7 +77,9 @@ def venv_bin() -> Path:
 
 def vng_path() -> str:
     """vng runs virtme-run by name: the venv's bin must be on PATH (we put it there)."""
-    os.environ["PATH"] = f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if str(venv_bin()) not in parts:
+        os.environ["PATH"] = os.pathsep.join([str(venv_bin()), *parts])
     path = shutil.which("vng")
     if not path:
         raise GuestError("vng (virtme-ng) not found: run `make deps` to install the venv")
@@ -212,12 +214,13 @@ def vng_command(vmlinuz: Path, rwdir: Path, plan: Path | None, accel: str,
                 append: str = "", root: guestroot.GuestRoot | None = None) -> list[str]:
     """root: how the guest sees the host's / (guestroot.prepare() when not given)."""
     cpus = cpus or guest_cpus()
+    vng = vng_path()  # first: it puts the venv's bin on PATH, which the prefix passes on
     before, root_opts = guestroot.vng_prefix(root or guestroot.prepare())
     memory = memory or f"{guest_memory_gib()}G"
     alias = shell_safe_alias(rwdir)
     if plan is not None and plan.is_relative_to(rwdir):
         plan = alias / plan.relative_to(rwdir)
-    cmd = [*before, vng_path(), *root_opts, "--verbose", "--cpus", str(cpus), "--memory", memory,
+    cmd = [*before, vng, *root_opts, "--verbose", "--cpus", str(cpus), "--memory", memory,
            "-r", str(vmlinuz), "--rwdir", str(alias),
            "--append", " ".join([GUEST_APPEND, append]).strip()]
     if accel != "kvm":

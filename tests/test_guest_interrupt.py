@@ -20,12 +20,35 @@ pytestmark = pytest.mark.guest
 
 
 def qemu_of(out) -> list[str]:
-    """QEMU processes of this run: their command line names one of its guest directories
-    (as vng got it: a plain link to it under the cache, see vm.shell_safe_alias)."""
+    """QEMU processes of this run (pgrep -af lines), on either guest root: over 9p QEMU's own
+    command line names one of its guest directories (as vng got it: a plain link to it under
+    the cache, see vm.shell_safe_alias); over virtiofs a virtiofsd shares that directory, and
+    QEMU names the virtiofsd's socket."""
+    return [ln for ln in _of_run(out) if "qemu-system" in ln]
+
+
+def _alive(pid: str) -> bool:
+    """A process that still runs (an exited one waiting to be reaped, Z, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _of_run(out) -> list[str]:
+    """The QEMU and virtiofsd processes of this run."""
     names = [str(out)] + [str(vm.shell_safe_alias(out / "guest" / "debian-6.1" / lane))
                           for lane in ("", "lane1", "lane2")]
-    ps = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
-    return [ln for ln in ps.splitlines() if any(f"path={n}," in ln for n in names)]
+    ps = subprocess.run(["pgrep", "-af", "qemu-system|virtiofsd"], capture_output=True,
+                        text=True).stdout.splitlines()
+    daemons = [ln for ln in ps if "virtiofsd" in ln and "qemu-system" not in ln
+               and any(f"--shared-dir {n} " in ln for n in names)]
+    sockets = [ln.split("--socket-path ", 1)[1].split()[0] for ln in daemons
+               if "--socket-path " in ln]
+    qemus = [ln for ln in ps if "qemu-system" in ln
+             and (any(f"path={n}," in ln for n in names) or any(f"path={s}" in ln for s in sockets))]
+    return qemus + daemons
 
 
 @pytest.mark.parametrize("sig,jobs", [(signal.SIGTERM, 2), (signal.SIGINT, 1)])
@@ -66,7 +89,7 @@ def test_a_signal_stops_every_guest_and_still_writes_results(tmp_path, sig, jobs
                 proc.wait()
     stopped_in = time.monotonic() - t0 - sent_at
     time.sleep(0.5)
-    left = qemu_of(out)
+    left = _of_run(out) + [pid for pid in (ln.split()[0] for ln in running) if _alive(pid)]
     err = "".join(lines) + rest_err
     assert code == 2, err[-3000:] + stdout[-2000:]
     assert "Traceback" not in err + stdout

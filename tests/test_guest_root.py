@@ -4,6 +4,7 @@ in real debian-6.12 guests of both kinds)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,15 @@ def test_the_wrapper_runs_the_roots_virtiofsd_with_the_roots_loader():
     assert ('exec /c/roots/trixie-x/lib64/ld-linux-x86-64.so.2 --library-path '
             '/c/roots/trixie-x/usr/lib/x86_64-linux-gnu:/c/roots/trixie-x/lib/x86_64-linux-gnu '
             '/c/roots/trixie-x/usr/libexec/virtiofsd "$@"') in text
+
+
+def test_the_path_vng_gets_holds_the_venv_even_on_the_first_call(monkeypatch, tmp_path):
+    """vng runs virtme-run by name: the PATH handed to it must hold the venv's bin from the
+    very first guest of a process (a first boot once failed with 'virtme-run: not found')."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    root = guestroot.GuestRoot("virtiofs", "virtiofs", bin_dir=tmp_path / "bin")
+    cmd = vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, None, "tcg", cpus=1, root=root)
+    path = cmd[1].removeprefix("PATH=").split(":")
+    assert path[0] == str(tmp_path / "bin") and str(vm.venv_bin()) in path
+    vm.vng_command(Path("/boot/vmlinuz-x"), tmp_path, None, "tcg", cpus=1, root=root)
+    assert os.environ["PATH"].split(":").count(str(vm.venv_bin())) == 1
