@@ -101,7 +101,8 @@ def toolchain_id() -> str:
 compiler_id = toolchain_id  # the name earlier callers know
 
 
-def cache_key(tree: Path, patches: list[Path], kernel: InstalledKernel, compiler: str) -> str:
+def cache_key(tree: Path, patches: list[Path], kernel: InstalledKernel, compiler: str,
+              make_args: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in tree.rglob("*") if p.is_file()):
         rel = f.relative_to(tree)
@@ -111,17 +112,21 @@ def cache_key(tree: Path, patches: list[Path], kernel: InstalledKernel, compiler
     for p in patches:
         h.update(b"patch\0" + p.name.encode() + b"\0" + p.read_bytes())
     h.update(f"\0{kernel.release}\0{kernel.headers_version}\0{compiler}".encode())
+    if make_args:  # a plain build keeps the key it always had
+        h.update(("\0make " + " ".join(make_args)).encode())
     return h.hexdigest()[:20]
 
 
 def build(module: str, tree: Path, patches: list[Path], kernel: InstalledKernel,
-          jobs: int = 2, ko_name: str = "v4l2loopback.ko") -> BuildResult:
+          jobs: int = 2, ko_name: str = "v4l2loopback.ko",
+          make_args: tuple[str, ...] = ()) -> BuildResult:
     """Build module for kernel (cached): on the host, or in the kernel's build root when it
     has one (its root key, which hashes every package version in it, stands for the tools).
-    ko_name: the module file the tree makes (loopqual's own test module makes another)."""
+    ko_name: the module file the tree makes (loopqual's own test module makes another).
+    make_args: extra kbuild variables (the series check's W=1, C=2 CHECK=...), in the key."""
     try:
         tools = f"build root {kernel.root_key}" if kernel.root else toolchain_id()
-        key = cache_key(tree, patches, kernel, tools)
+        key = cache_key(tree, patches, kernel, tools, make_args)
     except OSError as exc:
         raise BuildError(f"cannot read the source of {module} ({exc}): check that "
                          f"{tree} is readable") from exc
@@ -132,7 +137,7 @@ def build(module: str, tree: Path, patches: list[Path], kernel: InstalledKernel,
         cached = _cached(out, key)
         if cached:
             return cached
-        return _build(module, tree, kernel, key, out, jobs, ko_name)
+        return _build(module, tree, kernel, key, out, jobs, ko_name, make_args)
 
 
 def _check_meta(data: object, key: str) -> str | None:
@@ -204,7 +209,8 @@ def transient_failure(returncode: int, log: str) -> tuple[str, str, str] | None:
 
 
 def _build(module: str, tree: Path, kernel: InstalledKernel, key: str, out: Path,
-           jobs: int, ko_name: str = "v4l2loopback.ko") -> BuildResult:
+           jobs: int, ko_name: str = "v4l2loopback.ko",
+           make_args: tuple[str, ...] = ()) -> BuildResult:
     remove_tree(out)  # a build that never finished (no build.json), or one not to trust
     work = out / "src"
     try:
@@ -218,9 +224,10 @@ def _build(module: str, tree: Path, kernel: InstalledKernel, key: str, out: Path
     if kernel.root:  # in the kernel's build root, the tree bound on /build
         cmd = buildroot.enter_command(kernel.root, work, [
             "make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={buildroot.BUILD_MOUNT}",
-            "modules"])
+            *make_args, "modules"])
     else:
-        cmd = ["make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={work}", "modules"]
+        cmd = ["make", f"-j{jobs}", "-C", str(kernel.build_dir), f"M={work}", *make_args,
+               "modules"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     except FileNotFoundError as exc:

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="real programs instead: ffmpeg and GStreamer as writers and readers, "
                          "640x480 at 30 fps, debian-0.13.2, debian-0.15.4 and patched in one boot "
                          "(--window: the window after the reader's first frame, default 15 s here)")
+    be.add_argument("--startup", action="store_true",
+                    help="start-up instead: the guest runner's imports, Chromium, Firefox and "
+                         "OBS, each started twice in one boot, on plain 9p and on virtiofs "
+                         "(two boots), with the ratios 9p / virtiofs")
     be.add_argument("--pairs", choices=["basic", "desktop", "all"], default="basic",
                     help="with --programs: basic (ffmpeg and GStreamer both ways, the default), "
                          "desktop (OBS Studio's virtual camera writing; headless Chromium and "
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cover-letter, export: a results directory whose rules table and "
                           "delivery figures go into the cover letter (repeatable; "
                           "`make compare-delivery` makes one with every source)")
+    ser.add_argument("--no-builds", action="store_true",
+                     help="check: checkpatch and the cover letter only, without the prefix "
+                          "builds (W=1, every gate kernel) and sparse")
     ser.add_argument("--checkpatch", type=Path, metavar="FILE",
                      default=Path("results/series-check.json"),
                      help="cover-letter: the `series check --out` file whose totals it quotes "
@@ -275,6 +282,8 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "bench":
         from . import bench
 
+        if args.startup:
+            return bench.run_startup(args.kernel, args.out)
         if args.programs:
             return bench.run_programs(args.kernel, args.out,
                                       15.0 if args.window is None else args.window,
@@ -295,6 +304,11 @@ def _dispatch(args, argv: list[str]) -> int:
         cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
         run, contract = {"cells": cells}, rules.load_rules()
         print(rules.render_compare(run, contract))
+        from . import regressions
+
+        upstream = regressions.render(run)
+        if upstream:
+            print("\n" + upstream)
         if args.gated_must_hold:
             short = rules.gated_not_holding(run, contract)
             for line in short:
@@ -344,7 +358,8 @@ def _series(args) -> int:
     if args.action == "check":
         from . import seriescheck
 
-        return seriescheck.check(series.read_series(patched.patches), args.out)
+        return seriescheck.check(series.read_series(patched.patches), args.out,
+                                 builds=not args.no_builds)
     if args.action == "edit":
         base = sources.unpack_debian(all_sources[patched.base], mirror)
         tree = series.edit(base, work, patched.patches, force=args.force)

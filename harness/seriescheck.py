@@ -202,9 +202,12 @@ def cover_letter_problem(patches: list[Path]) -> str | None:
     return None
 
 
-def check(patches: list[Path], out: Path | None = None) -> int:
-    """Run, print, write JSON to `out`; 0 when no finding goes beyond the baseline and the
-    cover letter lists the series, else 1."""
+def check(patches: list[Path], out: Path | None = None, builds: bool = True) -> int:
+    """Run, print, write JSON to `out`; 0 when no finding goes beyond the baseline, the cover
+    letter lists the series, every prefix builds with W=1 adding no warning and sparse finds
+    nothing the base does not have (builds=False: checkpatch and the cover letter only)."""
+    from . import seriesbuild
+
     baseline = load_baseline()
     text = run_checkpatch(checkpatch_path(), patches)
     v = judge([p.name for p in patches], parse_checkpatch(text), baseline)
@@ -212,12 +215,24 @@ def check(patches: list[Path], out: Path | None = None) -> int:
     cover = cover_letter_problem(patches)
     if cover:
         print(f"series check: FAIL: {cover}")
+    prefixes: list = []
+    sparse = None
+    if builds:
+        prefixes = seriesbuild.prefix_builds()
+        print(seriesbuild.render_prefixes(prefixes))
+        sparse = seriesbuild.sparse_diff()
+        print(seriesbuild.render_sparse(sparse))
+    bisect_ok = all(r.passed for r in prefixes)
+    sparse_ok = sparse is None or not sparse.new
+    print("series check: builds " + ("not run (--no-builds)" if not builds else
+                                      "pass" if bisect_ok and sparse_ok else "FAIL"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
             "tool": "checkpatch.pl " + " ".join(CHECKPATCH_ARGS), "passed": v.passed,
             "totals": v.totals(), "patches": v.patches, "types": v.counts,
             "regressions": v.regressions, "improvements": v.improvements,
-            "findings": [asdict(f) for f in v.findings], "cover_letter": cover or "current"},
-            indent=1))
-    return 0 if v.passed and not cover else 1
+            "findings": [asdict(f) for f in v.findings], "cover_letter": cover or "current",
+            "prefix_builds": [asdict(r) for r in prefixes],
+            "sparse": asdict(sparse) if sparse else None}, indent=1))
+    return 0 if v.passed and not cover and bisect_ok and sparse_ok else 1

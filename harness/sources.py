@@ -352,6 +352,13 @@ def read_series(series: Path) -> list[Path]:
 def apply_series(base: Path, series: Path, dest: Path) -> list[Path]:
     """Copy base to dest and apply the series with patch -p1; fail loudly naming the patch."""
     patches = read_series(series)
+    apply_patches(base, patches, dest)
+    return patches
+
+
+def apply_patches(base: Path, patches: list[Path], dest: Path) -> None:
+    """Copy base to dest and apply patches in order with patch -p1 (the first that does not
+    apply is named, and dest is removed)."""
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(base, dest)
@@ -368,7 +375,6 @@ def apply_series(base: Path, series: Path, dest: Path) -> list[Path]:
                 f"Rebase it with `loopqual series edit`, fix the conflict, then "
                 f"`loopqual series export`."
             )
-    return patches
 
 
 def module_version(tree: Path) -> str:
