@@ -418,3 +418,106 @@ def render_programs(rows: list[dict], names: list[str], doc: dict) -> str:
         lines.append("\nNot measured / errors:")
         lines += [f"  {w} -> {rd} {n}: {e}" for w, rd, n, e in errors]
     return "\n".join(lines)
+
+
+STARTUP_PROGRAMS = [("runner", "the guest runner's imports", "ready_s"),
+                    ("chromium", "Chromium to its page's first frame", "ready_s"),
+                    ("chromium", "Chromium to its page's first report", "page_s"),
+                    ("firefox", "Firefox to its page's first frame", "ready_s"),
+                    ("firefox", "Firefox to its page's first report", "page_s"),
+                    ("obs", "OBS to obs-websocket answering", "answers_s"),
+                    ("obs", "OBS to its virtual camera streaming", "ready_s")]
+
+
+def run_startup(kernel_name: str | None, out: Path | None) -> int:
+    """The start-up of what the cells start (the runner, the browsers, OBS), each twice in one
+    boot, on plain 9p and on virtiofs: one boot per root, one after the other. Prints the
+    table and the ratios 9p / virtiofs, writes bench-startup.json. Measures; asserts nothing."""
+    from . import guestroot
+
+    all_kernels = data.load_kernels()
+    kernel = data.resolve_kernel(kernel_name, all_kernels) if kernel_name else \
+        next(k for k in all_kernels.values() if k.default)
+    ik = kernels.resolve(kernel)
+    built = _build_modules(["patched"], ik, kernel.name)
+    out = out or REPO / "results" / ("bench-startup-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    virtiofs = guestroot.prepare(say=lambda m: print(m, file=sys.stderr))
+    if virtiofs.kind != "virtiofs":
+        raise LoopqualError(f"bench --startup compares 9p with virtiofs, and virtiofs cannot be "
+                            f"had here: {virtiofs.why_9p}")
+    roots = {"9p": guestroot.GuestRoot("9p", "9p"), "virtiofs": virtiofs}
+    accel = vm.detect_accel(ik.vmlinuz)
+    guests: dict[str, dict] = {}
+    for name, root in roots.items():
+        rw = out / name
+        if rw.exists():
+            shutil.rmtree(rw)
+        rw.mkdir(parents=True)
+        plan = {"out": str(rw), "ko": built[0]["ko"], "width": 320, "height": 240, "fps": 10,
+                "start_limit_s": 120.0}
+        plan_path = rw / "bench-startup-plan.json"
+        plan_path.write_text(json.dumps(plan, indent=1))
+        print(f"bench --startup: booting {ik.release} ({accel.upper()}) on {name}",
+              file=sys.stderr, flush=True)
+
+        def progress(ev):
+            if ev.get("event") == "step":
+                print(f"  {ev['step']}", file=sys.stderr, flush=True)
+
+        cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, root=root,
+                             guest_module="loopqual.guest.bench_startup",
+                             udev=kernel.guest_udev, append=kernel.guest_append)
+        gr, reason, tail = vm.boot_once(cmd, 6 * DESKTOP_START_LIMIT_S + 600, progress)
+        result_file = rw / "bench-startup-guest.json"
+        if not result_file.exists():
+            raise LoopqualError(f"the start-up bench on {name} did not finish: "
+                                + (reason or "no result file") + "\n" + "\n".join(tail[-15:]))
+        guests[name] = {**json.loads(result_file.read_text()), "boot_s": gr.boot_seconds,
+                        "root_fs_seen": gr.root_fs}
+    rows = startup_rows(guests)
+    doc = {"kernel": kernel.name, "release": ik.release, "accel": accel,
+           "virtiofsd": virtiofs.version, "guests": guests, "rows": rows}
+    (out / "bench-startup.json").write_text(json.dumps(doc, indent=1))
+    print(render_startup(rows, doc))
+    print(f"\nbench-startup.json: {out / 'bench-startup.json'}")
+    return 0
+
+
+def startup_rows(guests: dict[str, dict]) -> list[dict]:
+    """Per program and measure: seconds on each root, first and second start, and the ratio
+    9p / virtiofs of each start."""
+    rows = [{"what": "boot to the runner's first event", "9p": guests["9p"]["boot_s"][:1],
+             "virtiofs": guests["virtiofs"]["boot_s"][:1]}]
+    for prog, what, key in STARTUP_PROGRAMS:
+        row: dict = {"what": what}
+        for root in ("9p", "virtiofs"):
+            runs = guests[root].get("programs", {}).get(prog, [])
+            row[root] = [r.get(key) for r in runs]
+            errors = [r["error"] for r in runs if r.get("error")]
+            if errors:
+                row.setdefault("errors", []).extend(f"{root}: {e}" for e in errors)
+        rows.append(row)
+    for row in rows:
+        row["ratio"] = [round(a / b, 2) if a and b else None
+                        for a, b in zip(row["9p"], row["virtiofs"], strict=False)]
+    return rows
+
+
+def render_startup(rows: list[dict], doc: dict) -> str:
+    def s(v):
+        return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+    lines = [f"start-up on {doc['release']} ({doc['accel'].upper()}), seconds; each program "
+             f"started twice in one boot (1st, 2nd); ratio = 9p / virtiofs "
+             f"({doc['virtiofsd']}, cache=always)",
+             f"{'':40} {'9p 1st':>8} {'9p 2nd':>8} {'vfs 1st':>8} {'vfs 2nd':>8} "
+             f"{'ratio 1st':>9} {'ratio 2nd':>9}"]
+    for row in rows:
+        a = (row["9p"] + [None, None])[:2]
+        b = (row["virtiofs"] + [None, None])[:2]
+        r = (row["ratio"] + [None, None])[:2]
+        lines.append(f"{row['what'][:40]:40} {s(a[0]):>8} {s(a[1]):>8} {s(b[0]):>8} "
+                     f"{s(b[1]):>8} {s(r[0]):>9} {s(r[1]):>9}")
+        for e in row.get("errors", []):
+            lines.append(f"    {e[:160]}")
+    return "\n".join(lines)
