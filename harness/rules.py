@@ -43,15 +43,18 @@ class C:
     def __init__(self): self.items = []
     def pytest_collection_modifyitems(self, items):
         for it in items:
-            rules, configs, programs = [], [], []
+            rules, configs, programs, reports = [], [], [], []
             for m in it.iter_markers("rules"):
                 rules += [str(a) for a in m.args]
             for m in it.iter_markers("needs_kernel_config"):
                 configs += [str(a) for a in m.args]
             for m in it.iter_markers("programs"):
                 programs += [str(a) for a in m.args]
+            for m in it.iter_markers("upstream_report"):
+                reports += [int(a) for a in m.args]
             self.items.append({"id": it.nodeid.split("scenarios/", 1)[-1], "rules": rules,
-                               "kernel_config": configs, "programs": programs})
+                               "kernel_config": configs, "programs": programs,
+                               "upstream_reports": reports})
 
 c = C()
 code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",

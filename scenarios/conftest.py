@@ -35,6 +35,9 @@ def pytest_configure(config):
         "markers", "needs_kernel_config(*options): kernel options (CONFIG_X) without which the "
         "scenario can only skip; `loopqual rules` counts it only if a configured kernel has them")
     config.addinivalue_line(
+        "markers", "upstream_report(number): the upstream v4l2loopback issue this scenario "
+        "reproduces (suite regressions; scenarios/regressions/reports.toml describes it)")
+    config.addinivalue_line(
         "markers", "programs(*names): the real programs the scenario runs in the guest (a "
         "scenario without it replays or calls the device itself); `loopqual rules` shows them")
 

@@ -628,12 +628,14 @@ def program_problems(fig: dict, min_ratio: float, min_frames: int) -> list[str]:
 
 class Feeder:
     """Writes pattern frames 0, 1, ... of `size` bytes into a program's stdin at `fps`, from a
-    thread, until stop() or the program goes (a real writer program fed numbered frames)."""
+    thread, until stop() or the program goes (a real writer program fed numbered frames).
+    make(n): frame n's bytes instead of the pattern (frames made for a format that converts)."""
 
-    def __init__(self, pipe, size: int, fps: float):
+    def __init__(self, pipe, size: int, fps: float, make=None):
         import threading
 
         self.pipe, self.size, self.period = pipe, size, 1.0 / fps
+        self.make = make or (lambda n: pattern(n, size))
         self.fed = 0
         self.error: str | None = None
         self._stop = threading.Event()
@@ -644,7 +646,7 @@ class Feeder:
         slot = time.monotonic()
         try:
             while not self._stop.is_set():
-                self.pipe.write(pattern(self.fed, self.size))
+                self.pipe.write(self.make(self.fed))
                 self.pipe.flush()
                 self.fed += 1
                 slot += self.period

@@ -1,0 +1,55 @@
+"""scenarios/regressions/reports.toml and the regression scenarios agree: each report names a
+scenario that exists and carries the report's number and rules, each regression scenario has
+its report, and a malformed entry is a clear error."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from loopqual import regressions, rules
+from loopqual.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def collected():
+    return {re.sub(r"\[.*\]$", "", it["id"]).split("::")[-1]: it
+            for it in rules.collect_scenarios(["scenarios/regressions"])}
+
+
+def test_every_report_has_its_scenario_with_its_number_and_rules(collected):
+    reports, _left = regressions.load()
+    assert len(reports) >= 40
+    contract = rules.load_rules()
+    for n, r in reports.items():
+        it = collected.get(r.scenario)
+        assert it is not None, f"report {n}: scenario {r.scenario} not found"
+        assert it["upstream_reports"] == [n], f"{r.scenario}: upstream_report marker"
+        assert sorted(it["rules"]) == sorted(r.rules), f"{r.scenario}: rules differ from the data"
+        assert set(r.rules) <= set(contract), f"report {n}: unknown rules {r.rules}"
+
+
+def test_every_regression_scenario_has_a_report(collected):
+    reports, _left = regressions.load()
+    named = {r.scenario for r in reports.values()}
+    assert set(collected) <= named, sorted(set(collected) - named)
+
+
+def test_a_report_whose_scenario_is_not_its_own_is_refused(tmp_path):
+    bad = tmp_path / "reports.toml"
+    bad.write_text('[report.12]\ntitle = "x"\n'
+                   'url = "https://github.com/v4l2loopback/v4l2loopback/issues/12"\n'
+                   'area = "buffers"\nseen = "a"\nexpected = "b"\n'
+                   'scenario = "test_issue_13_other"\n')
+    with pytest.raises(DataError, match="must start with test_issue_12_"):
+        regressions.load(bad)
+
+
+def test_an_unknown_area_is_refused_with_the_choices(tmp_path):
+    bad = tmp_path / "reports.toml"
+    bad.write_text('[report.12]\ntitle = "x"\n'
+                   'url = "https://github.com/v4l2loopback/v4l2loopback/issues/12"\n'
+                   'area = "gpu"\nseen = "a"\nexpected = "b"\nscenario = "test_issue_12_x"\n')
+    with pytest.raises(DataError, match="report.12"):
+        regressions.load(bad)
