@@ -465,6 +465,9 @@ class Suite:
     param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
     env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
     typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
+    # starts the desktop programs (browsers, OBS): the lane planner keeps cells running such
+    # suites apart in time (harness/qualify.py stagger)
+    heavy: bool = False
     not_applicable: tuple[NotApplicable, ...] = ()
     tool: str | None = None  # compliance: a [tool.NAME] instead of the host's v4l2-compliance
     # False: the suite judges the harness or the kernel, not the module (a cell that runs only
@@ -526,6 +529,7 @@ class _SuiteEntry(_Entry):
     param_sets: list[str] = Field(default=[], description='a list of parameter set names, e.g. ["ec1"]')
     env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
     typical_s: _Seconds = 60
+    heavy: bool = False
     not_applicable: _NotApplicableList = []
     tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
     judges_module: bool = True
@@ -626,7 +630,7 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
             name=name, kind=s.kind, description=s.description, paths=tuple(s.paths),
             profiles=tuple(s.profiles), default=s.default, timeout_s=s.timeout_s,
             requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
-            env=dict(s.env), typical_s=s.typical_s,
+            env=dict(s.env), typical_s=s.typical_s, heavy=s.heavy,
             not_applicable=_exclusions(path, where, s.not_applicable, known), tool=s.tool,
             judges_module=s.judges_module,
             kmod=(s.kmod.path, s.kmod.ko, s.kmod.env) if s.kmod else None,

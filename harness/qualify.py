@@ -254,14 +254,18 @@ def lanes_wall(lanes: list[tuple[str, list[dict]]], jobs: int, weight) -> float:
     return max(slots)
 
 
-def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight) -> list[tuple[str, list[dict]]]:
+def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight,
+                heavy=None) -> list[tuple[str, list[dict]]]:
     """Spread each kernel's cells over lanes (guests) so that `jobs` guests can run at once.
     A kernel gets lanes in proportion to its share of the work (at least one, at most one per
     cell); then, while it shortens the expected wall time (lanes_wall, a boot per lane), the
     kernel whose extra lane helps most gets one more (three kernels on two guests: one of them
     in two lanes, instead of a third lane that runs alone at the end). Its cells are dealt over
     its lanes by balance(); the lanes run heaviest first. jobs=1: one lane per kernel, as
-    planned."""
+    planned. heavy(cell): cells that start the desktop programs, which stagger() keeps apart
+    in the lanes that start together."""
+    if heavy is not None:
+        return stagger(split_lanes(per_kernel, jobs, weight), jobs, weight, heavy)
     if jobs <= 1:
         return [(kname, balance(cells, 1, weight)[0]) for kname, cells in per_kernel]
     total = sum(weight(c) for _k, cells in per_kernel for c in cells) or 1.0
@@ -289,6 +293,30 @@ def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight) -> 
             return lanes
         wall, kname, lanes = better
         counts[kname] += 1
+
+
+def stagger(lanes: list[tuple[str, list[dict]]], jobs: int, weight, heavy
+            ) -> list[tuple[str, list[dict]]]:
+    """The first `jobs` lanes start together: in the n of them that hold heavy cells (the
+    browsers and OBS, CPU-bound under TCG), the heavy cells of the k-th begin about k/n into
+    its other work, so that they do not all start their programs at once. Other cells keep
+    their order; lanes that start later are left as they are."""
+    holding = [i for i, (_k, cells) in enumerate(lanes[:max(1, jobs)])
+               if any(heavy(c) for c in cells)]
+    if len(holding) < 2:  # nothing heavy runs beside them: the planned order stays
+        return lanes
+    out = list(lanes)
+    for rank, i in enumerate(holding):
+        kname, cells = lanes[i]
+        heavies = [c for c in cells if heavy(c)]
+        rest = [c for c in cells if not heavy(c)]
+        target = sum(weight(c) for c in rest) * rank / len(holding)
+        pos, before = 0, 0.0
+        while pos < len(rest) and before < target:
+            before += weight(rest[pos])
+            pos += 1
+        out[i] = (kname, rest[:pos] + heavies + rest[pos:])
+    return out
 
 
 def cell_id(index: int, kernel: str, module: str, param_set: str) -> str:
@@ -540,8 +568,11 @@ def make_lanes(plan: Plan, sel: Selection, out: Path, jobs: int) -> list[Lane]:
     """Spread the planned cells over lanes (one guest chain each) and give each a fresh
     work directory (an earlier run's files must never stand in for this run's)."""
     weights = {c["id"]: cell_weight(c, sel, k) for k, _ik, cs in plan.to_boot for c in cs}
+    heavy_suites = {s.name for s in sel.suites if s.heavy}
     split = split_lanes([(k.name, cs) for k, _ik, cs in plan.to_boot], jobs,
-                        lambda c: weights[c["id"]])
+                        lambda c: weights[c["id"]],
+                        heavy=lambda c: any(e["name"] in heavy_suites and not e.get("not_applicable")
+                                            for e in c["suites"]))
     per_kernel = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in plan.to_boot}
     lanes, seen = [], {}
     for kname, cs in split:

@@ -111,3 +111,42 @@ def test_default_jobs_is_what_the_machine_carries():
     assert machine_jobs(cpus=4, mem_kib=3 * gib) == 1  # never fewer than one
     assert machine_jobs(cpus=1, mem_kib=0) == 1
     assert machine_jobs() >= 1
+
+
+def test_heavy_cells_of_lanes_that_start_together_begin_at_different_times(plan_and_weight):
+    """The browser suite (heavy: it starts Chromium and Firefox) runs in the ec1 cells: over
+    three kernels on three guests, each lane keeps its cells and their order, and the ec1
+    cells begin about 0, 1/3 and 2/3 into their lanes' other work."""
+    cells, weight = plan_and_weight
+    mine = [c for c in cells if c["module"] == "patched"]
+
+    def heavy(c):
+        return any(e["name"] == "browser" and not e.get("not_applicable") for e in c["suites"])
+
+    assert sum(heavy(c) for c in mine) == 1
+    kernels = [("debian-6.1", mine), ("debian-6.12", mine), ("debian-sid", mine)]
+    lanes = qualify.split_lanes(kernels, 3, weight, heavy=heavy)
+    plain = qualify.split_lanes(kernels, 3, weight)
+    assert len(lanes) == 3
+    starts = []
+    for (k, lane), (pk, plane) in zip(lanes, plain, strict=True):
+        assert k == pk and sorted(ids((k, lane))) == sorted(ids((pk, plane)))
+        rest = [c["id"] for c in lane if not heavy(c)]
+        assert rest == [c["id"] for c in plane if not heavy(c)]
+        at = next(i for i, c in enumerate(lane) if heavy(c))
+        starts.append(sum(weight(c) for c in lane[:at]))
+    other = sum(weight(c) for c in mine if not heavy(c))
+    assert starts[0] == 0 and 0 < starts[1] < starts[2] < other
+    assert abs(starts[1] - other / 3) <= max(weight(c) for c in mine)
+
+
+def test_lanes_that_run_one_at_a_time_are_not_staggered(plan_and_weight):
+    cells, weight = plan_and_weight
+    mine = [c for c in cells if c["module"] == "patched"]
+
+    def heavy(c):
+        return c["param_set"] == "ec1"
+
+    kernels = [("debian-6.1", mine), ("debian-6.12", mine), ("debian-sid", mine)]
+    lanes = qualify.split_lanes(kernels, 1, weight, heavy=heavy)
+    assert [ids(ln) for ln in lanes] == [[c["id"] for c in mine]] * 3

@@ -59,7 +59,8 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     on 6.1 and sid; apps (K3 with the real OBS) and together (K6 with the real programs, whose
     browsers judge K4 and K5) in ec1 on every kernel (issue 10), the browser suite nowhere;
     bookworm's v4l2-compliance on the bookworm kernels; delivery (issue 24) in ec0 and ec1 on
-    every kernel, with 8 buffers (ec1-buf8) on debian-6.12."""
+    every kernel, with 8 buffers (ec1-buf8) on debian-6.12; upstream's reports (issue 25) in
+    ec1 on debian-6.1."""
     import re
 
     from loopqual.paths import REPO
@@ -82,7 +83,7 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
                                                 "delivery-buf8"]
     assert names("debian-6.1", "ec0") == ["contract", "compliance", "compliance-sid", "delivery"]
     assert names("debian-6.1", "ec1") == ["contract", "compliance", "compliance-sid", "clients-ec1",
-                                          "apps", "together", "delivery"]
+                                          "apps", "together", "delivery", "regressions-ec1"]
     assert names("debian-6.1", "ec1-buf8") == ["contract", "compliance", "compliance-sid"]
     # sid's kernel: sid's v4l2-compliance only
     assert names("debian-sid", "ec0") == ["contract", "compliance-sid", "delivery"]
