@@ -53,6 +53,8 @@ class Client:
         if self.feeder is not None:
             self.feeder.stop()
         procgroup.stop(self.p, grace=grace, sig=signal.SIGINT, reap_s=5.0)
+        if self.feeder is not None:
+            self.feeder.stop()  # a feeder blocked on a program that stopped reading ends now
         self.log.close()
         return self.p.returncode
 

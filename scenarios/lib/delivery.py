@@ -660,8 +660,13 @@ class Feeder:
                 self.error = f"{type(exc).__name__}: {exc}"
 
     def stop(self) -> None:
+        """Stop feeding and close the pipe. A thread still blocked writing into a program that
+        stopped reading (one that crashed and hangs) holds the pipe's lock: closing would wait
+        for it forever, so the pipe stays open until the program is gone; call again then."""
         self._stop.set()
         self._t.join(5)
+        if self._t.is_alive():
+            return
         try:
             self.pipe.close()
         except OSError:
