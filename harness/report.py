@@ -129,10 +129,22 @@ def write_html(path: Path, run: dict) -> None:
             rule_cols, rule_table = rules.compare(run, rule_text)
         except Exception as exc:  # the table is an addition: never lose the report for it
             rule_text = {"?": f"rules table unavailable: {exc}"}
+    report_cols, report_rows = [], []
+    if any("regressions/" in sc.get("id", "") for c in cells for sc in c.get("scenarios", [])):
+        try:
+            from . import regressions
+
+            reports, _left = regressions.load()
+            report_cols, verdicts = regressions.verdicts(run, reports)
+            report_rows = [(n, reports[n], verdicts[n]) for n in verdicts
+                           if any(v != "not run" for v in verdicts[n].values())]
+        except Exception as exc:  # an addition too: never lose the report for it
+            report_cols, report_rows = ["?"], [(0, None, {"?": f"unavailable: {exc}"})]
     lane_bars, step_kinds = bars(run)
     html = _env().get_template("report.html.j2").render(
         run=run, rows=rows, param_sets=param_sets, cells=cells,
         rule_cols=rule_cols, rule_table=rule_table, rule_text=rule_text,
+        report_cols=report_cols, report_rows=report_rows,
         expected_groups=expected_by_category(run.get("expected_failures", [])),
         category_text=CATEGORIES, not_run=not_applicable_by_reason(cells),
         profile=time_profile(run), lane_bars=lane_bars, step_kinds=step_kinds,
