@@ -53,3 +53,26 @@ def test_an_unknown_area_is_refused_with_the_choices(tmp_path):
                    'area = "gpu"\nseen = "a"\nexpected = "b"\nscenario = "test_issue_12_x"\n')
     with pytest.raises(DataError, match="report.12"):
         regressions.load(bad)
+
+
+def test_reports_x_sources_from_a_recorded_run():
+    """make compare-regressions' cells (ec1, debian-6.1, five sources): a failed scenario is a
+    report that reproduces, a passed one fixed, one skipped everywhere (an ec0-only report)
+    skipped; 'fixed in 0.13, back in 0.15' shows as such."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "regressions" / \
+        "recorded-compare-regressions-6.1-ec1.json.gz"
+    with gzip.open(fixture, "rt") as f:
+        run = {"cells": json.load(f)["cells"]}
+    reports, _left = regressions.load()
+    cols, table = regressions.verdicts(run, reports)
+    assert cols == ["debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "debian-0.15.4", "patched"]
+    assert [table[622][c] for c in cols] == ["reproduces", "fixed", "reproduces", "reproduces",
+                                             "fixed"]
+    assert table[436]["patched"] == "skipped"
+    assert regressions.patched_reproduces(run, reports) == []
+    text = regressions.render(run, reports)
+    assert text.splitlines()[1].split()[:4] == ["report", "fixed", "in", "0.12.7"]
