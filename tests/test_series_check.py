@@ -13,7 +13,7 @@ from harness.seriescheck import BASELINE_FILE, judge, load_baseline, parse_check
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpatch"
 BEFORE = FIXTURES / "recorded-6.12-strict-series-at-c07ed6d.txt"
-AFTER = FIXTURES / "recorded-6.12-strict-series-signed-off-restyled.txt"
+AFTER = FIXTURES / "recorded-6.12-strict-series-linked-rewrapped.txt"
 
 
 def _patches(findings) -> list[str]:
