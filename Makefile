@@ -111,10 +111,12 @@ GATE_SUITES := --suite contract --suite compliance:debian-6.1,debian-6.12 --suit
 	--suite clients:debian-6.12 --suite clients-ec1:debian-6.1,debian-sid \
 	--suite apps --suite together --suite delivery --suite delivery-buf8:debian-6.12 \
 	--suite regressions-ec1:debian-6.1
-# Three gate guests at once beside the side lane's one: with two, the host's two cores were 42%
-# idle (scenarios wait on frame pacing and timeouts); the planner staggers the cells that start
-# the browsers and OBS (suites marked heavy) over the three lanes.
-GATE_JOBS ?= 3
+# Gate guests at once, beside the side lane's one. With two, the host's cores were 42% idle
+# (scenarios wait on pacing and timeouts); with three, make test took 1944 s instead of 2281 s,
+# but K6 on sid took 861 s and OBS crashed in libobs in K3 under the load (docs/ci-time.md):
+# two until K3 stands that. The planner staggers the cells that start the browsers and OBS
+# (suites marked heavy) over the lanes that start together either way.
+GATE_JOBS ?= 2
 # Its sanitizer lane (issue 12): patched on the KASAN + lockdep + kmemleak kernel (built once
 # into loopqual's cache), cell ec1: the contract (with its 5 s random walk) and both
 # v4l2-compliance versions, and delivery at 10 fps (suite delivery-debug); a cell passes only with no sanitizer report, no leak through the

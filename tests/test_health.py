@@ -120,3 +120,15 @@ def test_kmemleak_leak_of_the_kernel_alone_is_counted_not_failed(fixtures):
     leaks, suspects = health.kmemleak_splats(kernel_only)
     assert (leaks, suspects) == ([], 1)
     assert health.kmemleak_splats("") == ([], 0)
+
+
+def test_a_programs_own_crash_reported_as_a_trap_is_not_a_kernel_splat(fixtures):
+    """OBS Studio died of a general protection fault in libobs.so during K3 on debian-sid (the
+    cell's real kernel log): the kernel's "traps:" line is user space, not a kernel splat. The
+    kernel's own GPF (its first line, as the kernel prints it) still is one."""
+    lines = (fixtures / "health" / "recorded-sid-obs-user-trap.log").read_text().splitlines()
+    assert any("traps: obs[527] general protection fault" in ln for ln in lines)
+    assert health.find_splats(lines) == []
+    kernel = ["[  9.1] general protection fault, probably for non-canonical address "
+              "0xdffffc0000000001: 0000 [#1] PREEMPT SMP KASAN NOPTI", "[  9.2] next"]
+    assert health.find_splats(kernel)[0]["pattern"] == "general_protection"
