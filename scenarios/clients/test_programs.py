@@ -20,7 +20,7 @@ import os
 import time
 
 import pytest
-from lib.clients import Client, read_window
+from lib.clients import Client, cell_logdir, fresh, gst_env, read_window
 from lib.common import need_openers
 from lib.delivery import (
     PacedWriter,
@@ -46,27 +46,7 @@ WARMUP_FRAMES = 10
 
 
 def _logdir(cell, name: str) -> str:
-    """The cell's own directory for one client's logs and outputs (cells of a guest share
-    work_dir: an output file left by an earlier cell must never count for this one)."""
-    d = os.path.join(cell.work_dir, "clients", cell.id, name)
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
-def _fresh(path: str) -> str:
-    """An output path with no file behind it yet: a client that writes nothing leaves nothing."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    return path
-
-
-def _gst_env(cell) -> dict:
-    env = dict(os.environ, LC_ALL="C")
-    # keep the plugin registry across boots: scanning it again costs minutes under TCG
-    env["GST_REGISTRY"] = os.path.join(cell.work_dir, "gst-registry.bin")
-    return env
+    return cell_logdir(cell, "clients", name)
 
 
 def _ffmpeg_writer(cell, name: str) -> Client:
@@ -89,7 +69,7 @@ def _ffmpeg_reader(cell, name: str, out: str, frames: int = READ_FRAMES) -> Clie
     return Client(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "v4l2",
                    "-i", cell.device, "-map", "0:v", "-frames:v", str(frames),
                    "-fps_mode", "passthrough", "-enc_time_base:v", "1:1000", "-c:v", "rawvideo",
-                   "-f", "rawvideo", "-y", _fresh(out), "-map", "0:v", "-frames:v", str(frames),
+                   "-f", "rawvideo", "-y", fresh(out), "-map", "0:v", "-frames:v", str(frames),
                    "-enc_time_base:v", "1:1000", "-c:v", "mpeg4", "-f", "null", "-"],
                   name, _logdir(cell, "ffmpeg"))
 
@@ -103,7 +83,7 @@ def _gst_writer(cell, name: str) -> Client:
                    "rawvideoparse", "format=yuy2", f"width={W}", f"height={H}",
                    f"framerate={FPS}/1", "colorimetry=bt601", "!", "v4l2sink",
                    f"device={cell.device}", "sync=false"],
-                  name, _logdir(cell, "gst"), env=_gst_env(cell), stdin_pipe=True)
+                  name, _logdir(cell, "gst"), env=gst_env(cell), stdin_pipe=True)
 
 
 def _gst_reader(cell, name: str, out: str, frames: int = READ_FRAMES,
@@ -111,7 +91,7 @@ def _gst_reader(cell, name: str, out: str, frames: int = READ_FRAMES,
     need_program("gst-launch-1.0")
     return Client(["gst-launch-1.0", "-q", "v4l2src", f"device={cell.device}",
                    f"num-buffers={frames}", "!", *downstream, "filesink",
-                   f"location={_fresh(out)}"], name, _logdir(cell, "gst"), env=_gst_env(cell))
+                   f"location={fresh(out)}"], name, _logdir(cell, "gst"), env=gst_env(cell))
 
 
 def _python_writer(cell) -> PacedWriter:
@@ -267,7 +247,7 @@ def test_k2_v4l2sink_alone(cell, openers, record_property):
 def _v4l2ctl_reader(cell, d: str, rnd: int, size: int, record=None) -> None:
     out = os.path.join(d, f"in-{rnd}.raw")
     rd = Client(["v4l2-ctl", "-d", cell.device, "--stream-mmap=2",
-                 f"--stream-count={READ_FRAMES}", f"--stream-to={_fresh(out)}"],
+                 f"--stream-count={READ_FRAMES}", f"--stream-to={fresh(out)}"],
                 f"v4l2-ctl-in-{rnd}", d)
     _judge_reader_file(rd, out, rnd, size, record=record)
 
@@ -299,7 +279,7 @@ def test_v4l2ctl_stream_out_and_in(cell, openers):
                 f"Output: {wr.output(800)!r}")
             out = os.path.join(d, f"in-{rnd}.raw")
             rd = Client(["v4l2-ctl", "-d", cell.device, "--stream-mmap=2", "--stream-count=10",
-                         f"--stream-to={_fresh(out)}"], f"v4l2-ctl-in-{rnd}", d)
+                         f"--stream-to={fresh(out)}"], f"v4l2-ctl-in-{rnd}", d)
             rc = rd.wait(START_TIMEOUT + 30)
             if rc is None:
                 rd.stop()

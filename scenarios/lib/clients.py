@@ -67,6 +67,31 @@ class Client:
         return data[-tail:].decode(errors="replace")
 
 
+def cell_logdir(cell, suite: str, name: str) -> str:
+    """The cell's own directory for one program's logs and outputs (cells of a guest share
+    work_dir: an output file left by an earlier cell must never count for this one)."""
+    d = os.path.join(cell.work_dir, suite, cell.id, name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def fresh(path: str) -> str:
+    """An output path with no file behind it yet: a program that writes nothing leaves nothing."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return path
+
+
+def gst_env(cell) -> dict:
+    env = dict(os.environ, LC_ALL="C")
+    # one plugin registry per guest, kept across cells and suites: scanning it again costs
+    # minutes under TCG
+    env["GST_REGISTRY"] = os.path.join(cell.work_dir, "gst-registry.bin")
+    return env
+
+
 def digest(data) -> str:
     return hashlib.blake2b(bytes(data), digest_size=8).hexdigest()
 

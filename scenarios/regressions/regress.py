@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from lib.clients import Client, read_window, wait_for_writer
+from lib.clients import Client, cell_logdir, fresh, gst_env, read_window, wait_for_writer
 from lib.common import Reader, caps_str
 from lib.delivery import Feeder, identify, program_problems, span_figures
 from lib.infra import InfrastructureProblem, need_program
@@ -61,26 +61,7 @@ def i420_size(w: int, h: int) -> int:
 
 
 def logdir(cell, name: str) -> str:
-    """The cell's own directory for one scenario's logs and outputs (cells of a guest share
-    work_dir: an earlier cell's file must never count for this one)."""
-    d = os.path.join(cell.work_dir, "regressions", cell.id, name)
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
-def fresh(path: str) -> str:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    return path
-
-
-def gst_env(cell) -> dict:
-    env = dict(os.environ, LC_ALL="C")
-    # the plugin registry is shared with suite clients: scanning it again costs minutes
-    env["GST_REGISTRY"] = os.path.join(cell.work_dir, "gst-registry.bin")
-    return env
+    return cell_logdir(cell, "regressions", name)
 
 
 def need_exclusive(cell, value: bool, why: str) -> None:
