@@ -48,23 +48,41 @@ def terminal_table(run: dict) -> str:
         if i == 0:
             lines.append("-" * (sum(widths) + 10 + len(r[5])))
     problems = []
-    for cell in run["cells"]:
-        if cell["status"] == "pass":
-            continue
+    failing = [c for c in run["cells"] if c["status"] != "pass"]
+    # A few failures are shown whole: CI keeps only the printed tail, not the results
+    # directory, and a flaky scenario's figures are at the end of its message.
+    width = problem_width(sum(min(12, len(results.failures(c))) for c in failing))
+    for cell in failing:
         label = results.cell_label(cell)
         for line in cell["errors"]:
             problems.append(f"  {label}: error: {line.splitlines()[0]}")
         for line in cell["incomplete"]:
             problems.append(f"  {label}: incomplete: {line}")
         for line in results.failures(cell)[:12]:
-            problems.append(f"  {label}: {line[:200]}")
+            problems.append(f"  {label}: {shorten(line, width)}")
         extra = len(results.failures(cell)) - 12
         if extra > 0:
             problems.append(f"  {label}: ... and {extra} more (see the report)")
     if problems:
         lines += ["", "Problems:"] + problems
+    flaky = [f"  {results.cell_label(c)}: {shorten(line, problem_width(1))}"
+             for c in run["cells"] for line in results.flaky(c)]
+    if flaky:
+        lines += ["", "Flaky (failed, then passed when run again in the same boot):"] + flaky
     lines += ["", profile_summary(time_profile(run))]
     return "\n".join(lines)
+
+
+PROBLEMS_CHARS = 6000  # what the Problems list may print in all
+
+
+def problem_width(count: int) -> int:
+    """Characters of each failure line when `count` are printed: 200 to 2000."""
+    return max(200, min(2000, PROBLEMS_CHARS // max(1, count)))
+
+
+def shorten(line: str, width: int) -> str:
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def profile_summary(p: dict) -> str:

@@ -140,7 +140,8 @@ def failures(cell: dict) -> list[str]:
                    f"(the series must build warning-free): {warns[0]}")
     for sc in cell["scenarios"]:
         if sc["status"] in FAILING:
-            out.append(f"scenario {sc['id']} [{','.join(sc['rules'])}]: {sc['status']}: "
+            again = f" (run again: {sc['rerun']['status']})" if sc.get("rerun") else ""
+            out.append(f"scenario {sc['id']} [{','.join(sc['rules'])}]: {sc['status']}{again}: "
                        f"{sc['message'].splitlines()[0] if sc['message'] else ''}")
         elif sc["status"] == "xpass":
             out.append(f"scenario {sc['id']}: passes but is listed as an expected failure "
@@ -158,6 +159,19 @@ def failures(cell: dict) -> list[str]:
                 out.append(f"compliance {run['profile']}: {t['section']}/{t['name']}: passes but "
                            f"is listed as an expected failure (remove it)")
     out += health_failures(cell)
+    return out
+
+
+def flaky(cell: dict) -> list[str]:
+    """One line per scenario that failed, then passed when run again in the same boot
+    (guest/suite_record.py): counted as passed, never hidden."""
+    out = []
+    for sc in cell["scenarios"]:
+        first = sc.get("flaky")
+        if first:
+            msg = (first.get("message") or "").splitlines()
+            out.append(f"scenario {sc['id']} [{','.join(sc['rules'])}]: passed when run again; "
+                       f"its first run: {first.get('status')}: {msg[0] if msg else ''}")
     return out
 
 
@@ -242,6 +256,8 @@ def write_junit(path: Path, run: dict) -> None:
             elif status in ("skip", "xfail", "not-applicable"):
                 ET.SubElement(tc, "skipped", message=message[:500])
                 _n["skipped"] += 1
+            elif message:  # a pass with something to say: a flaky scenario's first failure
+                ET.SubElement(tc, "system-out").text = message
 
         b = cell["build"]
         if b["status"] == "not run":  # a merge's cell that no shard reported: incomplete below
@@ -264,6 +280,8 @@ def write_junit(path: Path, run: dict) -> None:
                       f"{sc['expected']['reason']} | {msg}"
             elif sc["status"] == "xpass":
                 msg = "listed in kernel/expected-failures.toml but passes: remove it"
+            elif sc.get("flaky"):
+                msg = f"passed when run again; its first run failed: {sc['flaky'].get('message', '')}"
             case(f"{label}.scenarios", f"{sc['id']} [{','.join(sc['rules'])}]", sc["status"], msg,
                  sc.get("longrepr", msg), sc.get("duration_s"))
         for na in cell["suites_not_applicable"]:

@@ -256,3 +256,16 @@ def test_compliance_counts_are_split_by_version(fixtures):
     for run in unversioned["compliance"]:
         run.pop("version", None)
     assert set(results.counts(unversioned)["compliance_by_version"]) == {"unknown version"}
+
+
+def test_terminal_table_prints_a_few_failures_whole(fixtures):
+    """CI keeps only the printed tail: a lone failure's message reaches it whole (here the
+    program's own last words), many are cut to share the space."""
+    cell = json.loads((fixtures / "results" / "recorded-sid-ec1-clients-k6-ffmpeg-exited-cell.json")
+                      .read_text())
+    (failure,) = results.failures(cell)
+    assert len(failure) > 400
+    table = report.terminal_table({"cells": [cell], "wall_s": 1.0, "boots": 1})
+    assert failure in table and "Error submitting video frame to the encoder" in table
+    assert report.problem_width(1) == 2000 and report.problem_width(60) == 200
+    assert report.shorten(failure, 200).endswith("...") and len(report.shorten(failure, 200)) == 200

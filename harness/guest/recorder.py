@@ -1,5 +1,5 @@
 """A pytest plugin that records each scenario as one JSON line, as soon as it ends:
-{"id", "rules", "status": pass|fail|skip|error|incomplete, "duration_s", "message",
+{"id", "rules", "status": pass|fail|skip|error|incomplete, "duration_s", "message", "programs",
 "measurements"}. Written line by line so that a suite killed by its timeout still leaves what
 it did. At the end of the session it writes the session's own account (pytest's exit status
 and the number of scenarios collected) to the `.finished` file beside it, so that the runner
@@ -31,16 +31,24 @@ def rules_of(item) -> list[str]:
     return sorted(set(rules), key=rules.index)
 
 
+def programs_of(item) -> list[str]:
+    """The real programs a scenario drives (marker `programs`): a failure of one of them is
+    run again (suite_record.rerun_candidates)."""
+    return [str(p) for mark in item.iter_markers("programs") for p in mark.args]
+
+
 class Recorder:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rules: dict[str, list[str]] = {}
+        self.programs: dict[str, list[str]] = {}
         self.seen: dict[str, dict] = {}
         self.collected: int | None = None
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
             self.rules[item.nodeid] = rules_of(item)
+            self.programs[item.nodeid] = programs_of(item)
 
     def pytest_collection_finish(self, session):
         self.collected = len(session.items)  # after -k deselection: what will run
@@ -66,6 +74,8 @@ class Recorder:
         if entry is None:
             entry = {"id": scenario_id(report.nodeid), "rules": self.rules.get(report.nodeid, []),
                      "status": "pass", "duration_s": 0.0, "message": ""}
+            if self.programs.get(report.nodeid):
+                entry["programs"] = self.programs[report.nodeid]
             self.seen[report.nodeid] = entry
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 3)
         for name, value in report.user_properties:  # record_property(): figures it measured

@@ -26,7 +26,13 @@ import traceback
 from pathlib import Path
 
 from loopqual import procgroup
-from loopqual.guest.suite_record import finished_path, read_session, unjudged_line
+from loopqual.guest.suite_record import (
+    finished_path,
+    merge_rerun,
+    read_session,
+    rerun_candidates,
+    unjudged_line,
+)
 from loopqual.kmsg import KmsgReader
 
 EVENT_PREFIX = "@@LQ "
@@ -371,9 +377,38 @@ def producer_ready(rfd: int, timeout: float = 30) -> str:
 
 # ---------------------------------------------------------------------------- suites
 def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, repo: str) -> dict:
-    """Fork a child that runs pytest on the suite's paths; results come back as JSON lines."""
+    """Fork a child that runs pytest on the suite's paths; results come back as JSON lines.
+    A failing scenario that drives a real program is run once more at the end (rerun_flaky)."""
     results_file = out_dir / f"{cell['id']}-{suite['name']}-scenarios.jsonl"
     log_file = out_dir / f"{cell['id']}-{suite['name']}-pytest.log"
+    paths = [os.path.join(repo, p) for p in suite["paths"]]
+    status, timed_out, stuck = _fork_pytest(suite, cell, cell_json, repo, paths, results_file,
+                                            log_file)
+    scenarios = read_scenarios(results_file)
+    log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    session = read_session(results_file)
+    incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
+                                  _running_scenario(out_dir / "scenario-progress.log"))
+    again = [] if incomplete or stuck else rerun_candidates(scenarios)
+    if again:
+        rerun_file = out_dir / f"{cell['id']}-{suite['name']}-rerun-scenarios.jsonl"
+        rerun_log = out_dir / f"{cell['id']}-{suite['name']}-rerun-pytest.log"
+        ids = [os.path.join(repo, "scenarios", sc["id"]) for sc in again]
+        r_status, r_timed_out, r_stuck = _fork_pytest(suite, cell, cell_json, repo, ids,
+                                                      rerun_file, rerun_log)
+        stuck += [f"rerun: {line}" for line in r_stuck]
+        why = suite_incomplete({**suite, "name": f"{suite['name']} (rerun)"}, r_status,
+                               r_timed_out, read_session(rerun_file), read_scenarios(rerun_file),
+                               _running_scenario(out_dir / "scenario-progress.log"))
+        scenarios = merge_rerun(scenarios, read_scenarios(rerun_file), why)
+    return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
+            "session": session, "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
+            "log_tail": "\n".join(log.splitlines()[-40:])}
+
+
+def _fork_pytest(suite: dict, cell: dict, cell_json: Path, repo: str, paths: list[str],
+                 results_file: Path, log_file: Path) -> tuple[int | None, bool, list[str]]:
+    """pytest on `paths` (files or node ids) in a child of its own session; waits for it."""
     finished_file = finished_path(results_file)
     results_file.unlink(missing_ok=True)
     finished_file.unlink(missing_ok=True)
@@ -392,8 +427,7 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
 
             from loopqual.guest.recorder import Recorder
 
-            args = [*(os.path.join(repo, p) for p in suite["paths"]),
-                    "-p", "no:cacheprovider", "-q", "-rN", "--tb=short",
+            args = [*paths, "-p", "no:cacheprovider", "-q", "-rN", "--tb=short",
                     "--rootdir", os.path.join(repo, "scenarios")]
             if cell.get("k"):
                 args += ["-k", cell["k"]]
@@ -404,19 +438,13 @@ def run_pytest_suite(suite: dict, cell: dict, cell_json: Path, out_dir: Path, re
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    status, timed_out, stuck = wait_suite(pid, suite["timeout_s"], finished_file)
-    scenarios = []
-    if results_file.exists():
-        for line in results_file.read_text().splitlines():
-            if line.strip():
-                scenarios.append(json.loads(line))
-    log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    session = read_session(results_file)
-    incomplete = suite_incomplete(suite, status, timed_out, session, scenarios,
-                                  _running_scenario(out_dir / "scenario-progress.log"))
-    return {"name": suite["name"], "kind": "pytest", "exit": status, "timed_out": timed_out,
-            "session": session, "incomplete": incomplete, "scenarios": scenarios, "stuck": stuck,
-            "log_tail": "\n".join(log.splitlines()[-40:])}
+    return wait_suite(pid, suite["timeout_s"], finished_file)
+
+
+def read_scenarios(results_file: Path) -> list[dict]:
+    if not results_file.exists():
+        return []
+    return [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
 
 
 def suite_incomplete(suite: dict, status: int | None, timed_out: bool, session: dict | None,

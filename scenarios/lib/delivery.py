@@ -253,12 +253,13 @@ def run_writer(device: str, how: str, count: int, fps: float, stop_at: float,
             if n == 0:
                 os.write(ready_fd, struct.pack("<I", size))
             n += 1
-            slot += period
+            # a late writer drops the beat, as a camera does, and never queues two frames
+            # within half a period: the module stamps frames as they are queued, and ffmpeg's
+            # reader exits on two stamps in the same millisecond (a burst after a guest stall)
+            slot = max(slot + period, t1 + period / 2)
             delay = slot - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            else:
-                slot = time.monotonic()  # behind: no burst to catch up
     finally:
         for m in maps:
             m.close()
