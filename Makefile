@@ -13,13 +13,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # mmdebstrap makes the build roots of kernels from newer suites (kernel/kernels.toml entries
 # with a suite: sid, trixie-backports), which are never installed on the host.
 # gdb reads the core of a real program that died of a signal in a scenario (scenarios/lib/crash.py).
-# sparse checks the series as a reviewer's build does (make series-check, C=2).
+# sparse and coccinelle check the series as a reviewer does (make series-check, C=2).
 APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 	build-essential kmod dwarves v4l-utils ffmpeg \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	python3-venv python3-dev busybox-static zstd udev chromium firefox-esr \
-	mmdebstrap flex bison bc libelf-dev libssl-dev obs-studio obs-plugins xvfb libgl1-mesa-dri gdb sparse
+	mmdebstrap flex bison bc libelf-dev libssl-dev obs-studio obs-plugins xvfb libgl1-mesa-dri gdb sparse \
+	coccinelle
 APT_STAMP := .cache/apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
@@ -66,7 +67,8 @@ lint: venv
 # The patch series as a reviewer reads it (issue 27): checkpatch.pl --strict on every patch,
 # no finding beyond kernel/checkpatch-baseline.toml; the cover letter lists the series; every
 # prefix of the series builds with W=1 adding no warning against each gate kernel; sparse
-# (C=2, debian-6.12) finds nothing the base lacks. Builds are cached by their inputs: an
+# (C=2, debian-6.12) and coccinelle (the kernel tree's semantic patches) find nothing the
+# base lacks. Builds are cached by their inputs: an
 # unchanged series costs seconds. The checkpatch script comes from the debug kernel's tree.
 series-check: venv
 	@mkdir -p results
@@ -152,6 +154,8 @@ gate: venv
 	$(call keep_code,gate,$(LOOPQUAL) qualify --jobs $(GATE_JOBS) $(GATE_KERNELS) --module patched \
 		$(GATE_SUITES) --out results/gate); \
 	wait; echo "--- the side lane (results/gate-side.log, its end):"; \
+	if [ -f results/series-check.json ] && [ -f results/gate/results.json ]; then \
+	  $(LOOPQUAL) report results/gate --series-check results/series-check.json >/dev/null; fi; \
 	tail -n 60 results/gate-side.log; \
 	failed=0; for step in $(if $(GATE_WITH_SELFTEST),selftest )gate gate-sanitizer detectors; do \
 	  code=$$(cat $(EXIT_CODES)/$$step); echo "gate: step $$step exit $$code"; \

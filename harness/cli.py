@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir", type=Path, metavar="DIR")
     r.add_argument("--table", action="store_true",
                    help="also print the run's table and its problems, as qualify printed them")
+    r.add_argument("--series-check", type=Path, metavar="FILE",
+                   help="also show the verdicts of `loopqual series check --out FILE`")
 
     be = sub.add_parser("bench", help="patched vs its stock base (kernel/sources.toml) throughput, one boot; "
                                       "prints a table and writes bench.json")
@@ -272,7 +274,7 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "report":
         from . import report
 
-        html, table = report.rerender(args.dir)
+        html, table = report.rerender(args.dir, args.series_check)
         if args.table:
             print(table)
         print(html)

@@ -166,6 +166,27 @@ def _run_label(results_dir: Path, run: dict) -> str:
             f"kernel {', '.join(kernels)})")
 
 
+def review_line(check: dict) -> str:
+    """The builds' and analysers' verdicts of a `series check` result, as a clause."""
+    out = []
+    builds = check.get("prefix_builds") or []
+    if builds:
+        kernels = sorted({b["kernel"] for b in builds})
+        bad = [b for b in builds if b["status"] != "ok" or b["new"]]
+        out.append(f"every prefix of the series ({len(builds)} builds, W=1, "
+                   f"{', '.join(kernels)}) " + ("builds without a new warning" if not bad
+                                                else f"has {len(bad)} failing build(s)"))
+    sp = check.get("sparse")
+    if sp:
+        out.append(f"sparse (C=2): {sp['base_total']} warnings on the base, "
+                   f"{sp['patched_total']} with the series, {len(sp['new'])} new")
+    cc = check.get("coccinelle")
+    if cc:
+        out.append(f"coccinelle ({cc['scripts']} semantic patches of the kernel tree): "
+                   f"{len(cc['new'])} new report(s) against the base")
+    return "".join(f" {x[0].upper()}{x[1:]}." for x in out)
+
+
 def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | None,
            date: dt.datetime | None = None) -> str:
     from . import resultsfile
@@ -189,11 +210,14 @@ def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | No
         raise CoverLetterError(f"{data.SOURCES_FILE}: no [source.{SOURCE}] with a base")
     base = sources.unpack_debian(all_sources[src.base], mirror)
     patched, _ = sources.prepare(src, all_sources, mirror)
-    checkpatch = ""
+    checkpatch = review = ""
     if checkpatch_json and checkpatch_json.is_file():
         try:
-            t = json.loads(checkpatch_json.read_text())["totals"]
-            checkpatch = f"{t['ERROR']} errors, {t['WARNING']} warnings, {t['CHECK']} checks"
+            check = json.loads(checkpatch_json.read_text())
+            t = check["totals"]
+            checkpatch = ", ".join(f"{t[k]} {word}{'' if t[k] == 1 else 's'}" for k, word in
+                                   (("ERROR", "error"), ("WARNING", "warning"), ("CHECK", "check")))
+            review = review_line(check)
         except (ValueError, KeyError, TypeError) as exc:
             raise CoverLetterError(f"{checkpatch_json}: not a `loopqual series check` "
                                    f"result ({exc})") from None
@@ -207,7 +231,7 @@ def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | No
         rules_table=table,
         delivery_note="owed: published while the reader had a buffer queued; -: no figure, "
                       "the reader could not start on that source",
-        delivery_table=delivery_table(run), checkpatch=checkpatch,
+        delivery_table=delivery_table(run), checkpatch=checkpatch, review=review,
         shortlog=shortlog(patches), diffstat=diffstat(base, patched))
 
 

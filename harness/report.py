@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
 
 from . import results, rules
 from .data import CATEGORIES
+from .errors import LoopqualError
 from .paths import atomic_write
 from .profile import bars, time_profile
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+class ReportError(LoopqualError):
+    pass
 
 
 def _summary(cell: dict) -> str:
@@ -172,12 +178,48 @@ def write_html(path: Path, run: dict) -> None:
     atomic_write(path, html)
 
 
-def rerender(results_dir: Path) -> tuple[Path, str]:
-    """report.html written again from results.json; and the terminal table of the run (its
-    cells, their problems, where the time went), as qualify printed it at its end."""
+def rerender(results_dir: Path, series_check: Path | None = None) -> tuple[Path, str]:
+    """report.html written again from results.json (with the verdicts of a `loopqual series
+    check --out` file when given); and the terminal table of the run (its cells, their
+    problems, where the time went), as qualify printed it at its end."""
     from . import resultsfile
 
     data = resultsfile.load(results_dir, for_report=True)
+    if series_check is not None:
+        data["series_check"] = series_summary(series_check)
     out = results_dir / "report.html"
     write_html(out, data)
     return out, terminal_table(data)
+
+
+def series_summary(path: Path) -> dict:
+    """What report.html shows of a series check: each part's verdict and figures."""
+    try:
+        check = json.loads(path.read_text())
+        t = check["totals"]
+        parts = [("checkpatch.pl --strict",
+                  "pass" if check["passed"] else "FAIL",
+                  f"{t['ERROR']} errors, {t['WARNING']} warnings, {t['CHECK']} checks; "
+                  + ("; ".join(check["regressions"]) or "nothing beyond the baseline"))]
+        parts.append(("cover letter", "pass" if check["cover_letter"] == "current" else "FAIL",
+                      check["cover_letter"]))
+        builds = check.get("prefix_builds") or []
+        if builds:
+            bad = [b for b in builds if b["status"] != "ok" or b["new"]]
+            parts.append(("every prefix built with W=1", "FAIL" if bad else "pass",
+                          f"{len(builds)} builds on "
+                          f"{', '.join(sorted({b['kernel'] for b in builds}))}; "
+                          f"{len(bad)} failing or with a new warning"))
+        for key, label, total in (("sparse", "sparse (C=2)", "warnings"),
+                                  ("coccinelle", "coccinelle", "report kinds")):
+            part = check.get(key)
+            if part:
+                base = part.get("base_total", len(part.get("base", [])))
+                patched = part.get("patched_total", len(part.get("patched", [])))
+                parts.append((label, "FAIL" if part["new"] else "pass",
+                              f"base {base} {total}, patched {patched}, new {len(part['new'])}"
+                              + "".join(f"; new: {n}" for n in part["new"])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"{path}: not a `loopqual series check --out` file ({exc}): run "
+                          f"`loopqual series check --out {path}` again") from None
+    return {"file": str(path), "parts": parts}

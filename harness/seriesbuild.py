@@ -92,6 +92,12 @@ def _base_and_patches() -> tuple[Path, list[Path]]:
     return sources.unpack_debian(all_sources[src.base], mirror), sources.read_series(src.patches)
 
 
+def series_trees() -> tuple[Path, Path]:
+    """The stock base and the base with the whole series applied."""
+    base, patches = _base_and_patches()
+    return base, prefix_tree(base, patches)
+
+
 def _kernel(name: str, install: bool) -> kernels.InstalledKernel:
     known = data.load_kernels()
     if name not in known:

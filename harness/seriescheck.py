@@ -204,9 +204,10 @@ def cover_letter_problem(patches: list[Path]) -> str | None:
 
 def check(patches: list[Path], out: Path | None = None, builds: bool = True) -> int:
     """Run, print, write JSON to `out`; 0 when no finding goes beyond the baseline, the cover
-    letter lists the series, every prefix builds with W=1 adding no warning and sparse finds
-    nothing the base does not have (builds=False: checkpatch and the cover letter only)."""
-    from . import seriesbuild
+    letter lists the series, every prefix builds with W=1 adding no warning, and sparse and
+    coccinelle find nothing the base does not have (builds=False: checkpatch and the cover
+    letter only)."""
+    from . import seriesbuild, seriescocci
 
     baseline = load_baseline()
     text = run_checkpatch(checkpatch_path(), patches)
@@ -216,16 +217,21 @@ def check(patches: list[Path], out: Path | None = None, builds: bool = True) -> 
     if cover:
         print(f"series check: FAIL: {cover}")
     prefixes: list = []
-    sparse = None
+    sparse = cocci = None
     if builds:
         prefixes = seriesbuild.prefix_builds()
         print(seriesbuild.render_prefixes(prefixes))
         sparse = seriesbuild.sparse_diff()
         print(seriesbuild.render_sparse(sparse))
+        cocci = seriescocci.cocci_diff(checkpatch_path().parent.parent,
+                                       *seriesbuild.series_trees())
+        print(seriescocci.render(cocci))
     bisect_ok = all(r.passed for r in prefixes)
     sparse_ok = sparse is None or not sparse.new
-    print("series check: builds " + ("not run (--no-builds)" if not builds else
-                                      "pass" if bisect_ok and sparse_ok else "FAIL"))
+    cocci_ok = cocci is None or not cocci.new
+    print("series check: builds and coccinelle " + (
+        "not run (--no-builds)" if not builds else
+        "pass" if bisect_ok and sparse_ok and cocci_ok else "FAIL"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
@@ -234,5 +240,6 @@ def check(patches: list[Path], out: Path | None = None, builds: bool = True) -> 
             "regressions": v.regressions, "improvements": v.improvements,
             "findings": [asdict(f) for f in v.findings], "cover_letter": cover or "current",
             "prefix_builds": [asdict(r) for r in prefixes],
-            "sparse": asdict(sparse) if sparse else None}, indent=1))
-    return 0 if v.passed and not cover and bisect_ok and sparse_ok else 1
+            "sparse": asdict(sparse) if sparse else None,
+            "coccinelle": asdict(cocci) if cocci else None}, indent=1))
+    return 0 if v.passed and not cover and bisect_ok and sparse_ok and cocci_ok else 1

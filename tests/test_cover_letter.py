@@ -75,3 +75,16 @@ def test_a_stale_or_missing_cover_letter_fails_the_series_check(tmp_path):
     assert "not the series' 18 subjects" in seriescheck.cover_letter_problem(patches)
     cover.unlink()
     assert "is missing" in seriescheck.cover_letter_problem(patches)
+
+
+def test_the_review_line_gives_the_builds_and_analysers_of_a_series_check():
+    check = json.loads((FIXTURE.parent / "recorded-series-check-with-builds.json").read_text())
+    line = coverletter.review_line(check)
+    assert "(57 builds, W=1, debian-6.1, debian-6.12, debian-sid) builds without a new" in line
+    assert "Sparse (C=2): 14 warnings on the base, 10 with the series, 0 new." in line
+    assert "Coccinelle (73 semantic patches of the kernel tree): 0 new" in line
+    check["coccinelle"]["new"] = ["locks/mini_lock.cocci: preceding lock on line N"]
+    check["prefix_builds"][3]["new"] = ["v4l2loopback.c: unused variable 'x'"]
+    line = coverletter.review_line(check)
+    assert "has 1 failing build(s)" in line and ": 1 new report(s)" in line
+    assert coverletter.review_line({"totals": {}}) == ""

@@ -1,6 +1,8 @@
 """loopqual series check's judge on checkpatch.pl --strict output recorded from the real
 script (Debian's linux-source-6.12) over the real series: before the Signed-off-by lines
-(c07ed6d), and after them, the block comments and the NULL comparisons restyled."""
+(c07ed6d); after them, the block comments and the NULL comparisons restyled; after 0009's
+braces and upstream's fixes cited by URL, not by the word that asks for a Fixes: tag; and
+with the predicate macros turned into static inline functions."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from harness.seriescheck import BASELINE_FILE, judge, load_baseline, parse_check
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpatch"
 BEFORE = FIXTURES / "recorded-6.12-strict-series-at-c07ed6d.txt"
-AFTER = FIXTURES / "recorded-6.12-strict-series-linked-rewrapped.txt"
+LINKED = FIXTURES / "recorded-6.12-strict-series-linked-rewrapped.txt"
+BRACED = FIXTURES / "recorded-6.12-strict-series-braced-upstream-by-url.txt"
+AFTER = FIXTURES / "recorded-6.12-strict-series-inline-predicates.txt"
 
 
 def _patches(findings) -> list[str]:
@@ -39,13 +43,29 @@ def test_the_committed_baseline_holds_the_signed_off_series_and_refuses_the_old_
     assert not old.passed
     assert any("MISSING_SIGN_OFF x18, not in the baseline" in r for r in old.regressions)
     assert any("BLOCK_COMMENT_STYLE x54, not in the baseline" in r for r in old.regressions)
+    linked = parse_checkpatch(LINKED.read_text())
+    previous = judge(_patches(linked), linked, baseline)
+    assert sorted(previous.regressions)[1:] == [
+        "WARNING:BRACES 2, the baseline allows 1",
+        "WARNING:MISSING_FIXES_TAG x2, not in the baseline (at 0004-Replace-format-tokens-with-"
+        "reference-counted-buffer-.patch:871, 0012-Copy-read-write-frames-safely-free-buffers-"
+        "at-last-c.patch:363)"]
+    assert v.totals() == {"ERROR": 0, "WARNING": 1, "CHECK": 3}
+    braced = parse_checkpatch(BRACED.read_text())
+    assert judge(_patches(braced), braced, baseline).regressions == [
+        "CHECK:MACRO_ARG_REUSE x6, not in the baseline (at 0004-Replace-format-tokens-with-"
+        "reference-counted-buffer-.patch:119, 0005-Replace-stream-tokens-with-one-write-token-"
+        "and-any-n.patch:101, 0013-exclusive_caps-keep_format-shows-CAPTURE-only-once-a.patch:62, "
+        "0013-exclusive_caps-keep_format-shows-CAPTURE-only-once-a.patch:66, 0013-exclusive_caps-"
+        "keep_format-shows-CAPTURE-only-once-a.patch:70, 0017-keep_format-pins-the-format-only-"
+        "once-a-writer-has-s.patch:38)"]
 
 
 def test_a_type_below_its_count_asks_for_the_baseline_to_shrink():
     after = parse_checkpatch(AFTER.read_text())
     fewer = [f for f in after if f.type != "BRACES"]
     v = judge(_patches(after), fewer, load_baseline())
-    assert v.passed and any("BRACES 0, the baseline says 2" in i for i in v.improvements)
+    assert v.passed and any("BRACES 0, the baseline says 1" in i for i in v.improvements)
 
 
 def test_every_baseline_entry_has_a_reason_and_a_malformed_one_is_named(tmp_path):
@@ -57,3 +77,27 @@ def test_every_baseline_entry_has_a_reason_and_a_malformed_one_is_named(tmp_path
     bad.write_text("[types.BRACES]\n")
     with pytest.raises(DataError, match="unknown table"):
         load_baseline(bad)
+
+
+def test_the_report_shows_each_part_of_a_recorded_series_check(tmp_path):
+    import json
+
+    from harness.errors import LoopqualError
+    from harness.report import series_summary
+
+    recorded = Path(__file__).parent / "fixtures" / "cover-letter" / "recorded-series-check-with-builds.json"
+    parts = {name: (verdict, text) for name, verdict, text in series_summary(recorded)["parts"]}
+    assert parts["checkpatch.pl --strict"][0] == "pass"
+    assert parts["every prefix built with W=1"] == (
+        "pass", "57 builds on debian-6.1, debian-6.12, debian-sid; 0 failing or with a new warning")
+    assert parts["sparse (C=2)"] == ("pass", "base 14 warnings, patched 10, new 0")
+    assert parts["coccinelle"][0] == "pass"
+    check = json.loads(recorded.read_text())
+    check["coccinelle"]["new"] = ["locks/mini_lock.cocci: preceding lock on line N"]
+    worse = tmp_path / "series-check.json"
+    worse.write_text(json.dumps(check))
+    parts = {name: (verdict, text) for name, verdict, text in series_summary(worse)["parts"]}
+    assert parts["coccinelle"][0] == "FAIL" and "mini_lock" in parts["coccinelle"][1]
+    worse.write_text("{}")
+    with pytest.raises(LoopqualError, match="not a `loopqual series check --out` file"):
+        series_summary(worse)
