@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import buildroot, data
 from .data import Kernel
-from .kernels import InstalledKernel, KernelError
+from .installedkernel import InstalledKernel, KernelError
 from .paths import atomic_dir, atomic_write, cache_dir, cache_lock
 from .sources import PrivateApt, SourceError
 

@@ -228,98 +228,124 @@ def _keep_traceback(exc: BaseException) -> str:
     return f"its traceback is in {path}; please report it with that file"
 
 
-def _dispatch(args, argv: list[str]) -> int:
-    if args.command == "qualify":
-        from . import qualify
+def _qualify(args, argv: list[str]) -> int:
+    from . import qualify
 
-        shard = None
-        if args.shard is not None:
-            from . import shards
-
-            k, n = shards.parse_shard(args.shard)
-        sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
-        if args.shard is not None:
-            shard = (qualify.plan_shards(sel, n), k)
-            print(f"shard {k}/{n} of plan {shard[0].plan_id}: {len(shard[0].shards[k - 1])} of "
-                  f"{len(shard[0].cells)} cell(s), ~{shard[0].expected_s[k - 1]} s expected",
-                  file=sys.stderr)
-        out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        from .vm import machine_jobs
-
-        env_jobs = os.environ.get("LOOPQUAL_JOBS")
-        jobs = args.jobs or (_jobs(env_jobs, "LOOPQUAL_JOBS") if env_jobs else machine_jobs())
-        return qualify.qualify(sel, out, argv, jobs=jobs, shard=shard)
-    if args.command == "plan":
-        from . import qualify, shards
-
-        n = shards.parse_count(args.shards)
-        sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
-        plan = qualify.plan_shards(sel, n)
-        print(shards.render(plan, args.format))
-        print(shards.summary(plan), file=sys.stderr)
-        return 0
-    if args.command == "merge":
+    shard = None
+    if args.shard is not None:
         from . import shards
 
-        out = args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        return shards.merge(args.dirs, out, argv)
-    if args.command == "list":
-        return _list()
-    if args.command == "build":
-        return _build(args)
-    if args.command == "shell":
-        from . import shell
+        k, n = shards.parse_shard(args.shard)
+    sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
+    if args.shard is not None:
+        shard = (qualify.plan_shards(sel, n), k)
+        print(f"shard {k}/{n} of plan {shard[0].plan_id}: {len(shard[0].shards[k - 1])} of "
+              f"{len(shard[0].cells)} cell(s), ~{shard[0].expected_s[k - 1]} s expected",
+              file=sys.stderr)
+    from .vm import machine_jobs
 
-        return shell.run(args.kernel, args.module, args.params, args.run, args.run_timeout)
-    if args.command == "report":
-        from . import report
+    env_jobs = os.environ.get("LOOPQUAL_JOBS")
+    jobs = args.jobs or (_jobs(env_jobs, "LOOPQUAL_JOBS") if env_jobs else machine_jobs())
+    return qualify.qualify(sel, _out_dir(args), argv, jobs=jobs, shard=shard)
 
-        html, table = report.rerender(args.dir, args.series_check)
-        if args.table:
-            print(table)
-        print(html)
-        return 0
-    if args.command == "series":
-        return _series(args)
-    if args.command == "bench":
-        from . import bench
 
-        if args.startup:
-            return bench.run_startup(args.kernel, args.out)
-        if args.programs:
-            return bench.run_programs(args.kernel, args.out,
-                                      15.0 if args.window is None else args.window,
-                                      pair_set=args.pairs)
-        return bench.run(args.kernel, args.out, 4.0 if args.window is None else args.window,
-                         args.readers, pace_fps=args.pace,
-                         repeat=args.repeat, sizes=bench.parse_sizes(args.size))
-    if args.command == "expected-failures":
-        from . import resultsfile, xfail
+def _out_dir(args) -> Path:
+    """--out, or results/<UTC timestamp>."""
+    return args.out or Path("results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
-        print(xfail.draft(resultsfile.load(args.dir)))
-        return 0
-    if args.command == "rules":
-        return _rules()
-    if args.command == "compare":
-        from . import resultsfile, rules
 
-        cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
-        run, contract = {"cells": cells}, rules.load_rules()
-        print(rules.render_compare(run, contract))
-        from . import regressions
+def _plan(args, argv: list[str]) -> int:
+    from . import qualify, shards
 
-        upstream = regressions.render(run)
-        if upstream:
-            print("\n" + upstream)
-        if args.gated_must_hold:
-            short = rules.gated_not_holding(run, contract)
-            for line in short:
-                print(f"gate: {line}", file=sys.stderr)
-            if short:
-                return 1
-            print("gate: every rule holds for every gated source", file=sys.stderr)
-        return 0
-    raise AssertionError(args.command)
+    n = shards.parse_count(args.shards)
+    sel = qualify.select(args.kernel, args.module, args.params, args.suite, args.k)
+    plan = qualify.plan_shards(sel, n)
+    print(shards.render(plan, args.format))
+    print(shards.summary(plan), file=sys.stderr)
+    return 0
+
+
+def _merge(args, argv: list[str]) -> int:
+    from . import shards
+
+    return shards.merge(args.dirs, _out_dir(args), argv)
+
+
+def _shell(args, argv: list[str]) -> int:
+    from . import shell
+
+    return shell.run(args.kernel, args.module, args.params, args.run, args.run_timeout)
+
+
+def _report(args, argv: list[str]) -> int:
+    from . import report
+
+    html, table = report.rerender(args.dir, args.series_check)
+    if args.table:
+        print(table)
+    print(html)
+    return 0
+
+
+def _bench(args, argv: list[str]) -> int:
+    from . import bench
+
+    if args.startup:
+        return bench.run_startup(args.kernel, args.out)
+    if args.programs:
+        return bench.run_programs(args.kernel, args.out,
+                                  15.0 if args.window is None else args.window,
+                                  pair_set=args.pairs)
+    return bench.run(args.kernel, args.out, 4.0 if args.window is None else args.window,
+                     args.readers, pace_fps=args.pace,
+                     repeat=args.repeat, sizes=bench.parse_sizes(args.size))
+
+
+def _expected_failures(args, argv: list[str]) -> int:
+    from . import resultsfile, xfail
+
+    print(xfail.draft(resultsfile.load(args.dir)))
+    return 0
+
+
+def _compare(args, argv: list[str]) -> int:
+    from . import regressions, resultsfile, rules
+
+    cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
+    run, contract = {"cells": cells}, rules.load_rules()
+    print(rules.render_compare(run, contract))
+    upstream = regressions.render(run)
+    if upstream:
+        print("\n" + upstream)
+    if args.gated_must_hold:
+        short = rules.gated_not_holding(run, contract)
+        for line in short:
+            print(f"gate: {line}", file=sys.stderr)
+        if short:
+            return 1
+        print("gate: every rule holds for every gated source", file=sys.stderr)
+    return 0
+
+
+# one handler per subcommand: (parsed arguments, the command line) -> exit status
+HANDLERS = {
+    "qualify": _qualify,
+    "plan": _plan,
+    "merge": _merge,
+    "list": lambda args, argv: _list(),
+    "build": lambda args, argv: _build(args),
+    "shell": _shell,
+    "report": _report,
+    "series": lambda args, argv: _series(args),
+    "bench": _bench,
+    "expected-failures": _expected_failures,
+    "rules": lambda args, argv: _rules(),
+    "compare": _compare,
+}
+
+
+def _dispatch(args, argv: list[str]) -> int:
+    return HANDLERS[args.command](args, argv)
 
 
 def _rules() -> int:

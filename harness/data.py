@@ -30,7 +30,7 @@ SPLATS_FILE = KERNEL_DIR / "splats.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _load(path: Path, tables: set[str]) -> dict:
+def load_toml(path: Path, tables: set[str]) -> dict:
     """The file's TOML, refusing top-level keys other than `tables` (a typo such as
     [suites.x] would otherwise be ignored without a word)."""
     try:
@@ -47,7 +47,7 @@ def _load(path: Path, tables: set[str]) -> dict:
     return data
 
 
-def _table(path: Path, data: dict, key: str) -> dict[str, dict]:
+def named_table(path: Path, data: dict, key: str) -> dict[str, dict]:
     table = data.get(key, {})
     if not isinstance(table, dict):
         raise DataError(f"{path}: [{key}] must be a table of named entries ([{key}.NAME])")
@@ -76,14 +76,14 @@ def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
     return DataError(f"{path}: [{where}] {key}: {problem}")
 
 
-def _validate(path: Path, where: str, model: type[_Entry], entry: dict):
+def validate_entry(path: Path, where: str, model: type[_Entry], entry: dict):
     try:
         return model.model_validate(entry)
     except ValidationError as exc:
         raise _schema_error(path, where, model, entry, exc) from None
 
 
-def _unknown(kind: str, name: str, known: list[str], path: Path) -> DataError:
+def unknown_name(kind: str, name: str, known: list[str], path: Path) -> DataError:
     close = fnmatch.filter(known, f"*{name}*") if name else []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return DataError(
@@ -147,11 +147,11 @@ _VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~-]*$")
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
-    data = _load(path, {"kernel"})
+    data = load_toml(path, {"kernel"})
     out = {}
-    for name, e in _table(path, data, "kernel").items():
+    for name, e in named_table(path, data, "kernel").items():
         where = f"kernel.{name}"
-        k = _validate(path, where, _KernelEntry, e)
+        k = validate_entry(path, where, _KernelEntry, e)
         if k.kind == "debug":
             stray = [f for f in ("image_package", "headers_package", "build_needs", "suite",
                                  "base_suite", "version") if f in e]
@@ -239,18 +239,18 @@ class _SourceEntry(_Entry):
 
 
 def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
-    data = _load(path, {"mirror", "source"})
+    data = load_toml(path, {"mirror", "source"})
     m = data.get("mirror")
     if not isinstance(m, dict):
         raise DataError(f"{path}: needs a [mirror] table with url = \"http://...\" or from = \"apt\"")
-    mirror_entry = _validate(path, "mirror", _MirrorEntry, m)
+    mirror_entry = validate_entry(path, "mirror", _MirrorEntry, m)
     if mirror_entry.url is None and mirror_entry.from_ is None:
         raise DataError(f"{path}: [mirror] needs url = \"http://...\" or from = \"apt\"")
     url = os.environ.get("LOOPQUAL_MIRROR") or mirror_entry.url or ""
     mirror = Mirror(url.rstrip("/"), tuple(mirror_entry.components))
     out: dict[str, Source] = {}
-    for name, e in _table(path, data, "source").items():
-        s = _validate(path, f"source.{name}", _SourceEntry, e)
+    for name, e in named_table(path, data, "source").items():
+        s = validate_entry(path, f"source.{name}", _SourceEntry, e)
         if s.base is not None:
             if s.patches is None:
                 raise DataError(f"{path}: [source.{name}] has base but no patches (series file)")
@@ -294,7 +294,7 @@ def resolve_source(name: str, sources: dict[str, Source]) -> Source:
         if not (p / "v4l2loopback.c").is_file():
             raise DataError(f"local module source {p}: no v4l2loopback.c there")
         return Source(name=str(p), description=f"local tree {p}", path=p)
-    raise _unknown("module source", name, list(sources), SOURCES_FILE)
+    raise unknown_name("module source", name, list(sources), SOURCES_FILE)
 
 
 # ---------------------------------------------------------------------------- parameter sets
@@ -331,16 +331,16 @@ def _known(path: Path, data: dict) -> _KnownEntry:
     known = data.get("known")
     if not isinstance(known, dict):
         raise DataError(f"{path}: [known] must list module_parameters and controls")
-    return _validate(path, "known", _KnownEntry, known)
+    return validate_entry(path, "known", _KnownEntry, known)
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, ParamSet]:
-    data = _load(path, {"known", "set"})
+    data = load_toml(path, {"known", "set"})
     known = _known(path, data)
     mod_known, ctl_known = set(known.module_parameters), set(known.controls)
     out = {}
-    for name, e in _table(path, data, "set").items():
-        ps = _validate(path, f"set.{name}", _SetEntry, e)
+    for name, e in named_table(path, data, "set").items():
+        ps = validate_entry(path, f"set.{name}", _SetEntry, e)
         validate_param_names(ps.module, ps.controls, mod_known, ctl_known, f"{path}: [set.{name}]")
         out[name] = ParamSet(name, ps.description, dict(ps.module), dict(ps.controls), ps.default)
     if not out:
@@ -370,7 +370,7 @@ def validate_param_names(module: dict, controls: dict, mod_known: set, ctl_known
 
 
 def known_param_names(path: Path = PARAMS_FILE) -> tuple[set[str], set[str]]:
-    known = _known(path, _load(path, {"known", "set"}))
+    known = _known(path, load_toml(path, {"known", "set"}))
     return set(known.module_parameters), set(known.controls)
 
 
@@ -395,7 +395,7 @@ def resolve_params(name: str, sets: dict[str, ParamSet]) -> ParamSet:
         return sets[name]
     if "=" in name:
         return parse_inline_params(name)
-    raise _unknown("parameter set", name, list(sets), PARAMS_FILE)
+    raise unknown_name("parameter set", name, list(sets), PARAMS_FILE)
 
 
 # ---------------------------------------------------------------------------- suites
@@ -546,10 +546,10 @@ class _ToolEntry(_Entry):
 def load_tools(path: Path | None = None) -> dict[str, Tool]:
     """The [tool.NAME] tables of scenarios/suites.toml: other v4l2-compliance builds."""
     path = path or SUITES_FILE
-    data = _load(path, {"suite", "profile", "tool"})
+    data = load_toml(path, {"suite", "profile", "tool"})
     tools = {}
-    for name, e in _table(path, data, "tool").items():
-        t = _validate(path, f"tool.{name}", _ToolEntry, e)
+    for name, e in named_table(path, data, "tool").items():
+        t = validate_entry(path, f"tool.{name}", _ToolEntry, e)
         tools[name] = Tool(name, t.description, t.suite, tuple(t.packages))
     return tools
 
@@ -579,14 +579,14 @@ def _known_conditions(path: Path, where: str, key: str, conditions: dict, known:
 
 def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 ) -> tuple[dict[str, Suite], dict[str, Profile]]:
-    data = _load(path, {"suite", "profile", "tool"})
+    data = load_toml(path, {"suite", "profile", "tool"})
     tools = load_tools(path)
     mod_known, ctl_known = known_param_names(params_path)
     known = mod_known | ctl_known
     profiles = {}
-    for name, e in _table(path, data, "profile").items():
+    for name, e in named_table(path, data, "profile").items():
         where = f"profile.{name}"
-        p = _validate(path, where, _ProfileEntry, e)
+        p = validate_entry(path, where, _ProfileEntry, e)
         profiles[name] = Profile(
             name, p.description, tuple(p.args), p.producer, p.timeout_s,
             p.idle_s if p.idle_s is not None else p.timeout_s,
@@ -598,7 +598,7 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 raise DataError(f"{path}: [profile.{prof.name}] not_applicable names unknown tool "
                                 f"'{unknown[0]}'; known: {', '.join(tools) or 'none'}")
     suites = {}
-    raw = _table(path, data, "suite")
+    raw = named_table(path, data, "suite")
     for name, e in raw.items():
         where = f"suite.{name}"
         if isinstance(e, dict) and "like" in e:
@@ -608,7 +608,7 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 raise DataError(f"{path}: [{where}] like = {like!r}: name a suite of this file "
                                 f"that is not itself like another (known: {', '.join(raw)})")
             e = {**base, **{k: v for k, v in e.items() if k != "like"}}
-        s = _validate(path, where, _SuiteEntry, e)
+        s = validate_entry(path, where, _SuiteEntry, e)
         for prof in s.profiles:
             if prof not in profiles:
                 raise DataError(f"{path}: [{where}] names unknown profile '{prof}'; "
@@ -754,7 +754,7 @@ def _check_detail(path: Path, where: str, detail: str) -> str:
 def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[ExpectedFailure]:
     if not path.exists():
         return []
-    data = _load(path, {"failure"})
+    data = load_toml(path, {"failure"})
     entries = data.get("failure", [])
     if not isinstance(entries, list):
         raise DataError(f"{path}: failures are [[failure]] tables (a list), not {_shown(entries)}")
@@ -763,7 +763,7 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
         where = f"failure #{i}"
         if not isinstance(e, dict):
             raise DataError(f"{path}: [[failure]] #{i} must be a table")
-        f = _validate(path, where, _FailureEntry, e)
+        f = validate_entry(path, where, _FailureEntry, e)
         where = f"failure #{i}, id {f.id!r}"
         _check_id(path, where, f.kind, f.id)
         if f.tool_versions and f.kind != "compliance":
@@ -786,11 +786,11 @@ class _SplatEntry(_Entry):
 def check_splats(path: Path = SPLATS_FILE) -> int:
     """Check kernel/splats.toml on the host before any guest boots (the guest's reader,
     health.load_splat_patterns, stays free of the schema library). Returns the deny count."""
-    data = _load(path, {"deny", "allow"})
+    data = load_toml(path, {"deny", "allow"})
     deny = 0
     for table in ("deny", "allow"):
-        for name, e in _table(path, data, table).items():
-            entry = _validate(path, f"{table}.{name}", _SplatEntry, e)
+        for name, e in named_table(path, data, table).items():
+            entry = validate_entry(path, f"{table}.{name}", _SplatEntry, e)
             try:
                 re.compile(entry.regex)
             except re.error as exc:
@@ -817,4 +817,4 @@ def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:
             raise DataError(f"kernel '{name}': {version!r} is not a Debian version "
                             f"(e.g. {base}@7.2.13-1)")
         return replace(k, version=version)
-    raise _unknown("kernel", base, list(kernels), KERNELS_FILE)
+    raise unknown_name("kernel", base, list(kernels), KERNELS_FILE)

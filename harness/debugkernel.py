@@ -44,7 +44,7 @@ from pydantic import Field
 from . import data, procgroup
 from .data import Kernel, Mirror
 from .errors import DataError, LoopqualError
-from .kernels import InstalledKernel
+from .installedkernel import InstalledKernel
 from .paths import KERNEL_DIR, atomic_write, cache_dir, cache_lock, remove_tree
 from .schema import Entry
 
@@ -79,11 +79,11 @@ class _DebugEntry(Entry):
 
 def load_specs(path: Path = DEBUG_KERNELS_FILE) -> dict[str, DebugSpec]:
     """Every [debug.NAME] entry; a malformed file or entry is a DataError naming it, as for
-    every other data file (data._load, _table, _validate)."""
-    raw = data._load(path, {"debug"})
+    every other data file (data.load_toml, named_table, validate_entry)."""
+    raw = data.load_toml(path, {"debug"})
     out = {}
-    for name, entry in data._table(path, raw, "debug").items():
-        e = data._validate(path, f"debug.{name}", _DebugEntry, entry)
+    for name, entry in data.named_table(path, raw, "debug").items():
+        e = data.validate_entry(path, f"debug.{name}", _DebugEntry, entry)
         frags = tuple(path.parent / f for f in e.fragments)
         for f in frags:
             if not f.is_file():

@@ -72,7 +72,7 @@ def select(kernel_names: list[str], module_names: list[str], param_names: list[s
     for arg in suite_names:
         n, sep, on = arg.partition(":")
         if n not in all_suites:
-            raise data._unknown("suite", n, list(all_suites), data.SUITES_FILE)
+            raise data.unknown_name("suite", n, list(all_suites), data.SUITES_FILE)
         ss.append(all_suites[n])
         if not sep:
             everywhere.add(n)
@@ -473,7 +473,7 @@ def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
         "command": shlex.join([*env_prefix(env), "loopqual", *argv]),
         "seed": seed,
         "host": {"machine": platform.node(), "python": platform.python_version(),
-                 "loopqual_commit": _git_commit()},
+                 "loopqual_commit": git_commit()},
         "selection": sel.selection_record(),
         "expected_failures": [e.__dict__ for e in sel.expected],
         "tools": {name: {"suite": t.suite, "version": t.version, "root": str(t.root),
@@ -755,7 +755,7 @@ def passthrough_env() -> dict[str, str]:
             if k.startswith("LOOPQUAL_") and k not in GUEST_ENV_SKIP}
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     head = REPO / ".git" / "HEAD"
     try:
         ref = head.read_text().strip()

@@ -46,20 +46,20 @@ class LeftOut(Entry):
 
 
 def load(path: Path = REPORTS_FILE) -> tuple[dict[int, Report], dict[int, LeftOut]]:
-    raw = data._load(path, {"report", "left_out"})
+    raw = data.load_toml(path, {"report", "left_out"})
     reports: dict[int, Report] = {}
-    for key, entry in data._table(path, raw, "report").items():
+    for key, entry in data.named_table(path, raw, "report").items():
         if not key.isdigit():
             raise DataError(f"{path}: [report.{key}]: a report is named by its number")
-        r = data._validate(path, f"report.{key}", Report, entry)
+        r = data.validate_entry(path, f"report.{key}", Report, entry)
         if not r.scenario.startswith(f"test_issue_{key}_"):
             raise DataError(f"{path}: [report.{key}] scenario {r.scenario!r} must start with "
                             f"test_issue_{key}_")
         if not r.url.endswith(f"/{key}"):
             raise DataError(f"{path}: [report.{key}] url {r.url!r} is not report {key}")
         reports[int(key)] = r
-    left = {int(k): data._validate(path, f"left_out.{k}", LeftOut, e)
-            for k, e in data._table(path, raw, "left_out").items() if k.isdigit()}
+    left = {int(k): data.validate_entry(path, f"left_out.{k}", LeftOut, e)
+            for k, e in data.named_table(path, raw, "left_out").items() if k.isdigit()}
     both = sorted(set(reports) & set(left))
     if both:
         raise DataError(f"{path}: report(s) {', '.join(map(str, both))} are both a scenario and "

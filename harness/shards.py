@@ -18,7 +18,7 @@ from pathlib import Path
 from . import report, results, resultsfile, rules
 from .errors import LoopqualError
 from .profile import time_profile
-from .qualify import ShardPlan, _git_commit
+from .qualify import ShardPlan, git_commit
 
 FORMATS = ("json", "github", "gitlab")
 
@@ -177,7 +177,7 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
         "command": shlex.join(["loopqual", *argv]),
         "seed": seeds[0] if len(seeds) == 1 else ",".join(seeds),
         "host": {"machine": platform.node(), "python": platform.python_version(),
-                 "loopqual_commit": _git_commit()},
+                 "loopqual_commit": git_commit()},
         "selection": ref.get("selection", {}),
         "expected_failures": ref.get("expected_failures", []),
         "merge": {"plan_id": plan_id, "n": n, "problems": problems,

@@ -72,3 +72,11 @@ def test_an_internal_error_is_one_line_and_its_traceback_kept_in_a_file(monkeypa
     kept = Path(err.split("its traceback is in ")[1].split(";")[0])
     assert "Traceback" in kept.read_text() and "broken" in kept.read_text()
     kept.unlink()
+
+
+def test_every_subcommand_has_its_handler():
+    from loopqual import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(cli.HANDLERS)

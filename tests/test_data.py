@@ -400,7 +400,7 @@ def test_every_field_of_every_real_data_file_refuses_a_wrong_type(monkeypatch, l
     import tomllib
 
     real = tomllib.loads(path.read_text())
-    original = data._load
+    original = data.load_toml
     refused, may_be_either = 0, 0
     leaves = list(_leaves(real))
     for keys, value in leaves:
@@ -411,7 +411,7 @@ def test_every_field_of_every_real_data_file_refuses_a_wrong_type(monkeypatch, l
         for k in keys[:-1]:
             target = target[k]
         target[keys[-1]] = _wrong(value)
-        monkeypatch.setattr(data, "_load", lambda p, *t, m=mutated: m if p == path else original(p, *t))
+        monkeypatch.setattr(data, "load_toml", lambda p, *t, m=mutated: m if p == path else original(p, *t))
         try:
             loader(path)
         except DataError as exc:
