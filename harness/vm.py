@@ -201,9 +201,8 @@ WITHOUT_UDEV = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
 # (Debian's default "always") khugepaged, at nice 19, copies pages into huge ones inside an
 # RCU read-side section; in a guest whose one vCPU the browsers and OBS keep busy under TCG it
 # was preempted there and not run again for 21 s, and the kernel reported an RCU stall (H1)
-# in K6 on debian-sid's 7.2 kernel, twice (stop 23's CI at c447958, stop 24's at 0dde124: the
-# same task in copy_mc_enhanced_fast_string, no module frame). The guests' workloads need no
-# huge pages; the module's own splats are caught as before.
+# in K6 (the same task in copy_mc_enhanced_fast_string, no module frame; docs/ci-time.md).
+# The guests' workloads need no huge pages; the module's own splats are caught as before.
 GUEST_APPEND = "panic=-1 printk.devkmsg=on transparent_hugepage=never"
 
 

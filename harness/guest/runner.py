@@ -237,8 +237,7 @@ def wait_nodes(before: set[str], timeout: float = 20) -> list[str]:
     return []
 
 
-# A hang guard: v4l2-ctl took more than 30 s to start on the debug kernel beside other guests
-# (a cell of the detectors' selftest errored so on 2026-12-02).
+# A hang guard: v4l2-ctl took more than 30 s to start on the debug kernel beside other guests.
 CONTROL_LIMIT_S = 120
 
 

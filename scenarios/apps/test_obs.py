@@ -47,9 +47,9 @@ from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
 # OBS Studio 29.0.2 has aborted in glibc's heap checks as its virtual camera stopped: "double
-# free or corruption (!prev)" after the 10th stop (debian-sid, stop 18's CI) and "corrupted size
+# free or corruption (!prev)" after the 10th stop (debian-sid) and "corrupted size
 # vs. prev_size while consolidating" in video_scaler_destroy < video_output_disconnect, its own
-# frame converter's teardown, at the first stop (debian-6.1, 2026-12-04). OBS hands the device
+# frame converter's teardown, at the first stop (debian-6.1). OBS hands the device
 # its frames through write() and its settings through ioctls on fixed-size structures: the
 # module writes nothing into OBS's heap. So once per scenario such an abort (SIGABRT, glibc's
 # malloc_printerr in the crashing thread) is reported (obs_heap_aborts, with the backtrace) and a

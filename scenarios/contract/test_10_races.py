@@ -117,7 +117,7 @@ def test_race_mmap_against_reqbufs(cell, openers):
     # the mapper claims before the claimer starts: were the claimer's claim the first, with
     # exclusive_caps=1 and keep_format=1 it would pin (and keep) the format, and the mapper,
     # which did not set it, would see a CAPTURE-only node (X1) and its first REQBUFS(OUTPUT)
-    # would be EINVAL (seen on 6.1 ec1-keep in CI, stop 16)
+    # would be EINVAL (seen on 6.1, cell ec1-keep)
     if not cell.keep_format:
         a.call("s_fmt", bt, 160, 120)
     a.call("reqbufs", bt, 2)

@@ -23,7 +23,7 @@ from .browser import BrowserRun, camera_by_label_js, chromium_argv, firefox_argv
 # Firefox's rude-stop sessions (K5): each reads until it has seen SESSION_DISTINCT distinct
 # non-blank frames (in K6, of a writer at 1 fps), then stops the rude way. Sessions of a fixed
 # 8-10 s saw 6-9 distinct frames, but 3 and once 1 where the busy guest starved Firefox's page
-# (debian-sid and debian-6.12 in make test, 2026-12-04): how fast frames come is the guest's
+# (debian-sid and debian-6.12 in make test): how fast frames come is the guest's
 # speed; that they come again after each rude stop is the module's part, and a session that
 # gets none does not end (SESSIONS_LIMIT_S judges it).
 FIREFOX_SESSIONS = 3
