@@ -100,8 +100,35 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
     for d in dirs:
         if d.resolve() == out_r:
             raise LoopqualError(f"merge: --out {out} is one of the inputs; give a new directory")
-    loaded = [(d, resultsfile.load(d, for_report=True)) for d in dirs]
     problems: list[str] = []
+    plan_id, ref, by_k = _pick_shards([(d, resultsfile.load(d, for_report=True)) for d in dirs],
+                                      problems)
+    n = ref["shard"]["n"]
+    cells = _merged_cells(by_k, ref, problems)
+    code = 2 if problems else results.exit_code(cells)
+    run = _merged_run(plan_id, ref, by_k, cells, problems, argv)
+    code = run["exit_code"] = 2 if problems else code
+    out.mkdir(parents=True, exist_ok=True)
+    run["profile"] = time_profile(run)
+    results.write_json(out / "results.json", run)
+    results.write_junit(out / "junit.xml", run)
+    report.write_html(out / "report.html", run)
+    print(report.terminal_table(run))
+    print()
+    print(rules.render_compare(run, rules.load_rules()))
+    for line in problems:
+        print(f"merge: {line}", file=sys.stderr)
+    print(f"\nresults: {out}/results.json  junit: {out}/junit.xml  report: {out}/report.html")
+    print(f"merged {len(by_k)}/{n} shard(s) of plan {plan_id}, {len(cells)} cell(s); exit {code} "
+          f"({ {0: 'all gated results passed', 1: 'a gated result failed', 2: 'incomplete'}[code] })")
+    return code
+
+
+def _pick_shards(loaded: list[tuple[Path, dict]], problems: list[str]
+                 ) -> tuple[str, dict, dict[int, tuple[Path, dict]]]:
+    """The plan most inputs belong to, its reference run, and its shards by number; every
+    input left out (not a shard, another plan, out of range, twice) and every missing shard
+    is added to `problems`."""
     shards = []
     for d, run in loaded:
         if not run.get("shard"):
@@ -117,7 +144,7 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
         first.setdefault(run["shard"]["plan_id"], i)
     plan_id = max(counts, key=lambda p: (counts[p], -first[p]))
     ref = shards[first[plan_id]][1]
-    n, plan_cells = ref["shard"]["n"], ref["shard"]["plan_cells"]
+    n = ref["shard"]["n"]
     by_k: dict[int, tuple[Path, dict]] = {}
     seen_dirs: dict[Path, Path] = {}
     for d, run in shards:
@@ -138,6 +165,12 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
     for k in range(1, n + 1):
         if k not in by_k:
             problems.append(f"shard {k}/{n} missing (no results directory of plan {plan_id} for it)")
+    return plan_id, ref, by_k
+
+
+def _merged_cells(by_k: dict[int, tuple[Path, dict]], ref: dict, problems: list[str]) -> list[dict]:
+    """Every cell of the plan, in its order: as its shard reported it, or incomplete."""
+    n, plan_cells = ref["shard"]["n"], ref["shard"]["plan_cells"]
     reported: dict[str, dict] = {}
     for k, (d, run) in sorted(by_k.items()):
         mine = set(run["shard"]["cells"])
@@ -157,14 +190,18 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
                 problems.append(f"{by_k[k][0]}: shard {k}/{n} did not report cell {pc['id']}")
             c = _missing_cell(pc, why, _shard_command(ref.get("command", ""), k, n))
         cells.append(c)
-    code = 2 if problems else results.exit_code(cells)
+    return cells
+
+
+def _merged_run(plan_id: str, ref: dict, by_k: dict[int, tuple[Path, dict]], cells: list[dict],
+                problems: list[str], argv: list[str]) -> dict:
+    """The merged results.json (its exit_code is set by the caller)."""
     runs = [run for _k, (_d, run) in sorted(by_k.items())]
     seeds = sorted({str(r.get("seed")) for r in runs if r.get("seed") is not None})
     commits = {r["host"].get("loopqual_commit") for r in runs} - {None, "unknown"}
     if len(commits) > 1:
         problems.append(f"the shards ran different loopqual commits: {', '.join(sorted(commits))}")
-        code = 2
-    run = {
+    return {
         "started": min((r["started"] for r in runs), default=dt.datetime.now(dt.UTC).isoformat(
             timespec="seconds")),
         "wall_s": max((r["wall_s"] for r in runs), default=0.0),
@@ -173,14 +210,14 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
         "boot_seconds": [s_ for r in runs for s_ in r.get("boot_seconds", [])],
         "lanes": [{**ln, "shard": k, "work_dir": str(d / ln.get("work_dir", ""))}
                   for k, (d, r) in sorted(by_k.items()) for ln in r.get("lanes", [])],
-        "exit_code": code,
+        "exit_code": None,
         "command": shlex.join(["loopqual", *argv]),
         "seed": seeds[0] if len(seeds) == 1 else ",".join(seeds),
         "host": {"machine": platform.node(), "python": platform.python_version(),
                  "loopqual_commit": git_commit()},
         "selection": ref.get("selection", {}),
         "expected_failures": ref.get("expected_failures", []),
-        "merge": {"plan_id": plan_id, "n": n, "problems": problems,
+        "merge": {"plan_id": plan_id, "n": ref["shard"]["n"], "problems": problems,
                   "shards": [{"k": k, "dir": str(d), "command": r["command"], "wall_s": r["wall_s"],
                               "boots": r["boots"], "exit_code": r["exit_code"],
                               "expected_s": r["shard"].get("expected_s"),
@@ -188,17 +225,3 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
                              for k, (d, r) in sorted(by_k.items())]},
         "cells": cells,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    run["profile"] = time_profile(run)
-    results.write_json(out / "results.json", run)
-    results.write_junit(out / "junit.xml", run)
-    report.write_html(out / "report.html", run)
-    print(report.terminal_table(run))
-    print()
-    print(rules.render_compare(run, rules.load_rules()))
-    for line in problems:
-        print(f"merge: {line}", file=sys.stderr)
-    print(f"\nresults: {out}/results.json  junit: {out}/junit.xml  report: {out}/report.html")
-    print(f"merged {len(by_k)}/{n} shard(s) of plan {plan_id}, {len(cells)} cell(s); exit {code} "
-          f"({ {0: 'all gated results passed', 1: 'a gated result failed', 2: 'incomplete'}[code] })")
-    return code
