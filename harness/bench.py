@@ -84,7 +84,7 @@ def run(kernel_name: str | None, out: Path | None, window_s: float, readers: int
             print(f"  {ev['step']}", file=sys.stderr, flush=True)
 
     per_measure = 2 * (2.0 + window_s + 15)
-    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench",
+    cmd = vm.vng_command(ik.vmlinuz, rw, plan_path, accel, guest_module="loopqual.guest.bench_device",
                          udev=kernel.guest_udev, append=kernel.guest_append)
     _gr, reason, tail = vm.boot_once(cmd, len(measurements) * per_measure + 120, progress)
     result_file = rw / "bench-guest.json"

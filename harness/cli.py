@@ -302,16 +302,16 @@ def _bench(args, argv: list[str]) -> int:
 
 
 def _expected_failures(args, argv: list[str]) -> int:
-    from . import resultsfile, xfail
+    from . import expectedfailures, resultsreader
 
-    print(xfail.draft(resultsfile.load(args.dir)))
+    print(expectedfailures.draft(resultsreader.load(args.dir)))
     return 0
 
 
 def _compare(args, argv: list[str]) -> int:
-    from . import regressions, resultsfile, rules
+    from . import regressions, resultsreader, rules
 
-    cells = [c for d in args.dirs for c in resultsfile.load(d)["cells"]]
+    cells = [c for d in args.dirs for c in resultsreader.load(d)["cells"]]
     run, contract = {"cells": cells}, rules.load_rules()
     print(rules.render_compare(run, contract))
     upstream = regressions.render(run)
@@ -461,7 +461,7 @@ def _kernel_state(k) -> str:
     """Where a kernel comes from, the exact version it resolves to now, the compiler its
     modules are built with and where they are built (an archive kernel's build root, cached
     or not). Downloads a suite's index at most; a problem is shown in place of the row."""
-    from . import archive, kernels
+    from . import archivekernels, kernels
 
     try:
         if k.kind == "host":
@@ -472,7 +472,7 @@ def _kernel_state(k) -> str:
             ik = kernels.resolve(k, install=False)
             return (f"suite: debug (built by loopqual)  version: {ik.release} {ik.version}  "
                     f"compiler: {ik.compiler}  tree: {ik.build_dir}")
-        d = archive.describe(k)
+        d = archivekernels.describe(k)
     except LoopqualError as exc:
         return f"({exc})"
     root = f"{d['root'].name} {'cached' if d['root_cached'] else 'not made yet'}"

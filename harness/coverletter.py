@@ -189,13 +189,13 @@ def review_line(check: dict) -> str:
 
 def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | None,
            date: dt.datetime | None = None) -> str:
-    from . import resultsfile
+    from . import resultsreader
 
     series = patch_dir / "series"
     patches = sources.read_series(series)
     runs, cells = [], []
     for d in results_dirs:
-        run = resultsfile.load(d)
+        run = resultsreader.load(d)
         runs.append(_run_label(d, run))
         cells += run["cells"]
     if not cells:

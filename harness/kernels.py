@@ -81,7 +81,7 @@ def resolve(kernel: Kernel, install: bool = True) -> InstalledKernel:
 
         return resolve_debug(kernel, build_it=install)
     if kernel.kind == "archive":
-        from .archive import resolve_archive
+        from .archivekernels import resolve_archive
 
         return resolve_archive(kernel, install)
     packages = [kernel.image_package, kernel.headers_package, *kernel.build_needs]

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, data, guestroot, kernels, report, results, sources, tools, vm
+from . import __version__, data, guestroot, kernels, report, results, sources, toolroots, vm
 from . import build as buildmod
 from .errors import LoopqualError
 from .paths import REPO
-from .profile import time_profile
+from .timeprofile import time_profile
 
 
 @dataclass
@@ -434,7 +434,7 @@ class Plan:
     """What will run: every cell's metadata (built or not), and per kernel the cells to boot."""
     metas: list[dict]
     to_boot: list[tuple[data.Kernel, kernels.InstalledKernel, list[dict]]]
-    tools: dict = field(default_factory=dict)  # name -> tools.PreparedTool
+    tools: dict = field(default_factory=dict)  # name -> toolroots.PreparedTool
     guest_root: guestroot.GuestRoot | None = None
 
 
@@ -514,7 +514,7 @@ def plan_cells(sel: Selection, env: dict[str, str], only: set[str] | None = None
     mirror, all_sources = data.load_sources()
     plan = Plan([], [])
     # Roots of the tools the suites name (a newer v4l2-compliance), made before any guest boots.
-    plan.tools = tools.prepare_for(sel.suites, mirror, say=lambda m: print(m, file=sys.stderr))
+    plan.tools = toolroots.prepare_for(sel.suites, mirror, say=lambda m: print(m, file=sys.stderr))
     plan.guest_root = guestroot.prepare(say=lambda m: print(m, file=sys.stderr))
     for kernel in sel.kernels:
         mine = [(cid, m, ps) for cid, k, m, ps in matrix(sel)
@@ -711,7 +711,7 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
                  prepared: dict | None = None, kernel: str | None = None,
                  kmods: dict[str, str] | None = None) -> list[dict]:
     """The suites (and compliance profiles) a cell of this parameter set runs, each with the
-    reason it does not apply where it does not. prepared: the tools' roots (tools.prepare_for);
+    reason it does not apply where it does not. prepared: the tools' roots (toolroots.prepare_for);
     without them (planning only) a suite's tool is named but cannot run. kernel: the cell's
     (a suite selected for other kernels only is left out)."""
     suites = []

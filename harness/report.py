@@ -11,7 +11,7 @@ from . import results, rules
 from .data import CATEGORIES
 from .errors import LoopqualError
 from .paths import atomic_write
-from .profile import bars, time_profile
+from .timeprofile import bars, time_profile
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -182,9 +182,9 @@ def rerender(results_dir: Path, series_check: Path | None = None) -> tuple[Path,
     """report.html written again from results.json (with the verdicts of a `loopqual series
     check --out` file when given); and the terminal table of the run (its cells, their
     problems, where the time went), as qualify printed it at its end."""
-    from . import resultsfile
+    from . import resultsreader
 
-    data = resultsfile.load(results_dir, for_report=True)
+    data = resultsreader.load(results_dir, for_report=True)
     if series_check is not None:
         data["series_check"] = series_summary(series_check)
     out = results_dir / "report.html"

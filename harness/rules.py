@@ -103,7 +103,7 @@ def kernel_config(release: str, boot: Path = Path("/boot")) -> set[str] | None:
 def kernel_configs(kernels) -> dict[str, set[str] | None]:
     """Each configured kernel's options; None for a kernel that is not installed here (its
     configuration is unknown, so nothing is counted as runnable on it)."""
-    from .archive import cached_config
+    from .archivekernels import cached_config
     from .kernels import resolve
 
     out: dict[str, set[str] | None] = {}

@@ -15,10 +15,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from . import report, results, resultsfile, rules
+from . import report, results, resultsreader, rules
 from .errors import LoopqualError
-from .profile import time_profile
 from .qualify import ShardPlan, git_commit
+from .timeprofile import time_profile
 
 FORMATS = ("json", "github", "gitlab")
 
@@ -101,7 +101,7 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
         if d.resolve() == out_r:
             raise LoopqualError(f"merge: --out {out} is one of the inputs; give a new directory")
     problems: list[str] = []
-    plan_id, ref, by_k = _pick_shards([(d, resultsfile.load(d, for_report=True)) for d in dirs],
+    plan_id, ref, by_k = _pick_shards([(d, resultsreader.load(d, for_report=True)) for d in dirs],
                                       problems)
     n = ref["shard"]["n"]
     cells = _merged_cells(by_k, ref, problems)

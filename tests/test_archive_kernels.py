@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_expect import one_line_exit_2
 
-from loopqual import archive, buildroot, data, kernels, results, sources
+from loopqual import archivekernels, buildroot, data, kernels, results, sources
 from loopqual.errors import DataError
 
 KF = Path(__file__).parent / "fixtures" / "kernels"
@@ -50,20 +50,20 @@ def kernel(**kw) -> data.Kernel:
 
 # ---------------------------------------------------------------- the index lookup
 def test_a_metapackage_leads_to_its_release_and_exact_version():
-    assert archive.image_release(stanza("sid", "linux-image-amd64")) == ("7.2.13+deb14-amd64", "7.2.13-1")
-    assert archive.image_release(stanza("sid", "linux-image-7.2.13+deb14-amd64")) == \
+    assert archivekernels.image_release(stanza("sid", "linux-image-amd64")) == ("7.2.13+deb14-amd64", "7.2.13-1")
+    assert archivekernels.image_release(stanza("sid", "linux-image-7.2.13+deb14-amd64")) == \
         ("7.2.13+deb14-amd64", "7.2.13-1")
-    assert archive.image_release(stanza("trixie-backports", "linux-image-amd64")) == \
+    assert archivekernels.image_release(stanza("trixie-backports", "linux-image-amd64")) == \
         ("7.3.4+deb13-amd64", "7.3.4-1~bpo13+1")
     # experimental's metapackage also depends on linux-modules-amd64: the image is what counts
-    assert archive.image_release(stanza("experimental", "linux-image-amd64")) == \
+    assert archivekernels.image_release(stanza("experimental", "linux-image-amd64")) == \
         ("7.3-amd64", "7.3~rc7-1~exp1")
-    assert archive.headers_release(stanza("sid", "linux-headers-amd64")) == "7.2.13+deb14-amd64"
-    assert archive.image_release(stanza("sid", "linux-base-7.2.13+deb14-amd64")) is None
+    assert archivekernels.headers_release(stanza("sid", "linux-headers-amd64")) == "7.2.13+deb14-amd64"
+    assert archivekernels.image_release(stanza("sid", "linux-base-7.2.13+deb14-amd64")) is None
 
 
 def test_following_a_suite_takes_its_newest_kernel_with_every_package_of_it():
-    r = archive.lookup(kernel(), FakeApt("sid"))
+    r = archivekernels.lookup(kernel(), FakeApt("sid"))
     assert (r.release, r.version) == ("7.2.13+deb14-amd64", "7.2.13-1")
     assert r.packages()["image"] == "linux-binary-unsigned-7.2.13+deb14-amd64"
 
@@ -72,15 +72,15 @@ def test_a_pin_the_mirror_no_longer_serves_names_what_it_serves():
     k = kernel(suite="trixie-backports", base_suite="trixie", version="7.3.2-1~bpo13+1")
     with pytest.raises(kernels.KernelError, match=r"linux-image-amd64 7\.3\.2-1~bpo13\+1 is not "
                        r"served by .* trixie-backports \(it serves: 7\.3\.4-1~bpo13\+1\)"):
-        archive.lookup(k, FakeApt("trixie-backports"))
+        archivekernels.lookup(k, FakeApt("trixie-backports"))
     k = kernel(suite="trixie-backports", version="7.3.4-1~bpo13+1")
-    assert archive.lookup(k, FakeApt("trixie-backports")).release == "7.3.4+deb13-amd64"
+    assert archivekernels.lookup(k, FakeApt("trixie-backports")).release == "7.3.4+deb13-amd64"
 
 
 def test_a_package_missing_from_the_suite_is_named_with_what_there_is():
     with pytest.raises(kernels.KernelError, match=r"suite sid has no package linux-image-9\.9-amd64 "
                        r"\(its linux-image packages: linux-image-7\.2\.13\+deb14-amd64, linux-image-amd64\)"):
-        archive.lookup(kernel(image_package="linux-image-9.9-amd64"), FakeApt("sid"))
+        archivekernels.lookup(kernel(image_package="linux-image-9.9-amd64"), FakeApt("sid"))
 
 
 def test_a_kernel_without_its_unsigned_image_in_the_suite_is_refused():
@@ -88,14 +88,14 @@ def test_a_kernel_without_its_unsigned_image_in_the_suite_is_refused():
     apt.entries = [e for e in apt.entries if not e["Package"].startswith("linux-binary-unsigned")]
     with pytest.raises(kernels.KernelError, match=r"has no image package "
                        r"linux-binary-unsigned-7\.2\.13\+deb14-amd64 7\.2\.13-1 in sid"):
-        archive.lookup(kernel(), apt)
+        archivekernels.lookup(kernel(), apt)
 
 
 def test_image_and_headers_metapackages_pointing_apart_are_caught():
     newer = {**stanza("sid", "linux-headers-amd64"), "Version": "7.2.14-1",
              "Depends": "linux-headers-7.2.14+deb14-amd64 (= 7.2.14-1)"}
     with pytest.raises(kernels.KernelError, match="mid-update"):
-        archive.lookup(kernel(), FakeApt("sid", [newer]))
+        archivekernels.lookup(kernel(), FakeApt("sid", [newer]))
 
 
 @pytest.mark.parametrize("a,b", [
@@ -253,7 +253,7 @@ def test_a_suites_kernel_resolves_from_its_index_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
     mirror, _s = data.load_sources()
     k = kernel(name="debian-exp", suite="experimental")
-    r = archive.lookup(k, archive._apt(k, mirror, refresh=True))
+    r = archivekernels.lookup(k, archivekernels._apt(k, mirror, refresh=True))
     assert r.release.endswith("-amd64") and r.version
     assert set(r.packages()) == {"image", "modules", "base", "headers"}
     assert not (tmp_path / "cache" / "kernels").exists()
@@ -261,13 +261,13 @@ def test_a_suites_kernel_resolves_from_its_index_alone(tmp_path, monkeypatch):
 
 def test_a_root_that_cannot_be_had_costs_no_kernel_download(monkeypatch):
     downloads = []
-    monkeypatch.setattr(archive, "_apt", lambda k, m, refresh: FakeApt("sid"))
-    monkeypatch.setattr(archive, "boot_tree", lambda *a: downloads.append(a))
+    monkeypatch.setattr(archivekernels, "_apt", lambda k, m, refresh: FakeApt("sid"))
+    monkeypatch.setattr(archivekernels, "boot_tree", lambda *a: downloads.append(a))
 
     def no_root(r, apt):
         raise buildroot.RootError("the build root for kernel k cannot be made: apt could not get x")
 
-    monkeypatch.setattr(archive, "root_plan", no_root)
+    monkeypatch.setattr(archivekernels, "root_plan", no_root)
     with pytest.raises(kernels.KernelError, match="kernel k: the build root .* apt could not get x"):
-        archive.resolve_archive(kernel())
+        archivekernels.resolve_archive(kernel())
     assert downloads == []

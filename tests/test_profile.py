@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from loopqual import profile, qualify, report, results
+from loopqual import qualify, report, results, timeprofile
 
 
 def meta(cid: str, param_set: str) -> dict:
@@ -29,7 +29,7 @@ def recorded_run(fixtures) -> dict:
 
 def test_profile_totals_steps_lanes_and_the_slowest_scenarios(fixtures):
     run = recorded_run(fixtures)
-    p = profile.time_profile(run)
+    p = timeprofile.time_profile(run)
     cell = run["cells"][0]
     browser = dict(cell["steps"])["suite browser"]
     assert p["steps"]["suite browser"] == round(2 * browser, 1)
@@ -45,12 +45,12 @@ def test_results_json_terminal_and_report_carry_the_profile(fixtures, tmp_path):
     run = recorded_run(fixtures)
     qualify.write_results(tmp_path, run)
     written = json.loads((tmp_path / "results.json").read_text())
-    assert written["profile"] == profile.time_profile(run) and written["profile"]["lanes"]
+    assert written["profile"] == timeprofile.time_profile(run) and written["profile"]["lanes"]
     text = report.terminal_table(run)
     assert "Time: 1 boot(s) 21 s; suite browser" in text and "slowest scenario: browser/" in text
     report.write_html(tmp_path / "report.html", run)
     html = (tmp_path / "report.html").read_text()
     assert "Where the time went" in html
-    bars, kinds = profile.bars(run)
+    bars, kinds = timeprofile.bars(run)
     assert kinds == ["load", "browser", "health + rmmod"]
     assert len(bars[0]["rows"]) == 2 and html.count('class="step s1"') >= 2

@@ -154,11 +154,11 @@ def test_writers(tmp_path, ec1_cell, ec0_cell):
 
 
 def test_expected_failures_draft_scopes_entries_to_where_they_failed(ec1_cell, ec0_cell, tmp_path):
-    from loopqual import xfail
+    from loopqual import expectedfailures
 
     cells = [results.evaluate_cell(meta(gated=True), ec1_cell, None, []),
              results.evaluate_cell(meta(gated=True, param_set="ec0"), ec0_cell, None, [])]
-    text = xfail.draft({"cells": cells})
+    text = expectedfailures.draft({"cells": cells})
     path = tmp_path / "draft.toml"
     path.write_text(text)
     # a draft cannot be used as it is: every reason is still a TODO

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from cli_expect import one_line_exit_2
 
-from loopqual import cli, qualify, results, resultsfile, rules, shards
+from loopqual import cli, qualify, results, resultsreader, rules, shards
 
 RECORDED = "recorded-6.1-stock-0.15.0-and-empty-series-contract.json"
 FOUR = ["debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "patched"]
@@ -147,7 +147,7 @@ def test_a_shard_plans_exactly_its_cells_and_only_its_kernel(monkeypatch, tmp_pa
     monkeypatch.setattr(qualify, "_build_module", build_module)
     out = tmp_path / "shard2"
     code = qualify.qualify(sel, out, ["qualify", "--shard", "2/2"], shard=(plan, 2))
-    run = resultsfile.load(out, for_report=True)
+    run = resultsreader.load(out, for_report=True)
     mine = plan.shards[1]
     assert [c["id"] for c in run["cells"]] == mine and len(mine) == 2
     assert run["shard"]["cells"] == mine and run["shard"]["k"] == 2 and run["shard"]["n"] == 2
@@ -205,7 +205,7 @@ def test_merge_of_the_shards_equals_the_single_run(shard_dirs, recorded, tmp_pat
     code = cli.main(["merge", *map(str, dirs), "--out", str(out)])
     printed = capsys.readouterr()
     assert code == results.exit_code(recorded) == 1  # patched fails a gated rule there
-    merged = resultsfile.load(out, for_report=True)
+    merged = resultsreader.load(out, for_report=True)
     assert [c["id"] for c in merged["cells"]] == [c["id"] for c in recorded]
     assert [c["status"] for c in merged["cells"]] == [c["status"] for c in recorded]
     assert merged["exit_code"] == 1 and merged["merge"]["problems"] == []
@@ -222,7 +222,7 @@ def test_a_missing_shard_makes_the_merge_incomplete_and_its_cells_too(shard_dirs
     assert cli.main(["merge", str(dirs[0]), str(dirs[2]), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "shard 2/3 missing" in err
-    merged = resultsfile.load(out, for_report=True)
+    merged = resultsreader.load(out, for_report=True)
     assert len(merged["cells"]) == 12
     missing = [c for c in merged["cells"] if c["id"] in plan.shards[1]]
     assert missing and all(c["status"] == "incomplete" and c["incomplete"] == ["shard 2/3 missing"]
@@ -241,7 +241,7 @@ def test_a_cell_its_shard_did_not_report_is_incomplete(shard_dirs, tmp_path, cap
     out = tmp_path / "m"
     assert cli.main(["merge", *map(str, dirs), "--out", str(out)]) == 2
     assert f"{dirs[1]}: shard 2/3 did not report cell {lost}" in capsys.readouterr().err
-    cell = next(c for c in resultsfile.load(out)["cells"] if c["id"] == lost)
+    cell = next(c for c in resultsreader.load(out)["cells"] if c["id"] == lost)
     assert cell["status"] == "incomplete"
 
 
@@ -295,7 +295,7 @@ def test_a_duplicate_shard_is_named(shard_dirs, tmp_path, capsys):
     assert cli.main(["merge", *map(str, dirs), str(again), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{again}: duplicates shard 1/3 (already given by {dirs[0]})" in err
-    merged = resultsfile.load(out, for_report=True)
+    merged = resultsreader.load(out, for_report=True)
     assert len(merged["cells"]) == 12 and merged["exit_code"] == 2
     assert any("duplicates shard 1/3" in p for p in merged["merge"]["problems"])
 

@@ -5,7 +5,7 @@ starts as category "pending". Cells are guest cell files recorded in real runs."
 import json
 import re
 
-from loopqual import data, results, xfail
+from loopqual import data, expectedfailures, results
 
 
 def meta(param_set):
@@ -19,7 +19,7 @@ def test_drafted_entries_name_their_failure_and_start_pending(fixtures, tmp_path
     cells = [results.evaluate_cell(meta(ps), json.loads((fixtures / "guest" / name).read_text()), None, [])
              for ps, name in (("ec1", "recorded-6.1-stock-0.15.0-ec1-compliance-cell.json"),
                               ("ec0", "recorded-6.1-stock-0.15.0-ec0-compliance-cell.json"))]
-    text = xfail.draft({"cells": cells})
+    text = expectedfailures.draft({"cells": cells})
     path = tmp_path / "draft.toml"
     path.write_text(re.sub(r'reason = "TODO: ', 'reason = "written by a person after reading: ', text))
     entries = data.load_expected_failures(path)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .. import procgroup
 from ..paths import SCENARIOS_DIR
-from .bench import load_fresh
+from .bench_device import load_fresh
 from .runner import emit, rmmod
 
 CAP_VIDEO_CAPTURE = 0x1

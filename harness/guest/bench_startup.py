@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bench import load_fresh
+from .bench_device import load_fresh
 from .bench_programs import (
     DESKTOP_START_LIMIT_S,
     BrowserReader,

@@ -7,7 +7,7 @@ readers (mmap streaming on CAPTURE, separate processes): the writer starts, the 
 start, everyone counts for the measuring window, everyone stops. Plus the guest's memcpy
 bandwidth as the physical reference. Results: one JSON file in the shared directory.
 
-Run as: python -m loopqual.guest.bench PLAN.json
+Run as: python -m loopqual.guest.bench_device PLAN.json
 """
 
 from __future__ import annotations
