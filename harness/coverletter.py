@@ -211,6 +211,7 @@ def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | No
     base = sources.unpack_debian(all_sources[src.base], mirror)
     patched, _ = sources.prepare(src, all_sources, mirror)
     checkpatch = review = ""
+    checkpatch_left = False
     if checkpatch_json and checkpatch_json.is_file():
         try:
             check = json.loads(checkpatch_json.read_text())
@@ -218,6 +219,7 @@ def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | No
             checkpatch = ", ".join(f"{t[k]} {word}{'' if t[k] == 1 else 's'}" for k, word in
                                    (("ERROR", "error"), ("WARNING", "warning"), ("CHECK", "check")))
             review = review_line(check)
+            checkpatch_left = any(t.values())
         except (ValueError, KeyError, TypeError) as exc:
             raise CoverLetterError(f"{checkpatch_json}: not a `loopqual series check` "
                                    f"result ({exc})") from None
@@ -232,6 +234,7 @@ def render(results_dirs: list[Path], patch_dir: Path, checkpatch_json: Path | No
         delivery_note="owed: published while the reader had a buffer queued; -: no figure, "
                       "the reader could not start on that source",
         delivery_table=delivery_table(run), checkpatch=checkpatch, review=review,
+        checkpatch_left=checkpatch_left,
         shortlog=shortlog(patches), diffstat=diffstat(base, patched))
 
 

@@ -173,6 +173,8 @@ def render(v: Verdict, baseline: dict[str, _Allowed]) -> str:
         allowed = baseline[name].count if name in baseline else 0
         level = baseline[name].level if name in baseline else v.levels[name]
         lines.append(f"  {level + ':' + name:40} {v.counts.get(name, 0):3} / {allowed}")
+    if not v.counts and not baseline:
+        lines.append("  none")
     for r in v.regressions:
         lines.append(f"REGRESSION: {r}")
     for i in v.improvements:
