@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import guestroot, procgroup
+from .console import BootWatch, ConsoleStream, end_reason
 from .errors import LoopqualError
-from .guest.runner import EVENT_PREFIX, EXIT_REBOOT
 from .paths import REPO, atomic_write, cache_dir
 
 # to the runner's first event; TCG boots in ~20 s on a quiet machine. A kernel that boots slower
@@ -364,16 +364,15 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event,
     """One boot. budget(cell id) is how long that cell may go without ending; boot_timeout_s
     how long the boot (and the runner between cells) may.
     Returns (cell in progress when it ended or None, reason, console tail)."""
-    console: deque[str] = deque(maxlen=4000)
-    t0 = time.monotonic()
-    deadline = t0 + boot_timeout_s
-    current, reason, booted, finished = None, "", False, False
+    lines: deque[str] = deque(maxlen=4000)
+    watch = BootWatch(time.monotonic(), boot_timeout_s, budget)
+    reason = ""
     if STOP.is_set():
         return None, STOP.reason, []
     proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, cwd=REPO)
     STOP.live.add(proc.pid)
-    buf = b""
+    stream = ConsoleStream()
     try:
         while True:
             if STOP.is_set():  # also when the stop came before this guest was registered
@@ -384,60 +383,28 @@ def _boot_once(gr: GuestRun, cmd: list[str], budget, on_event,
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for raw in lines:
-                    line = raw.decode(errors="replace").rstrip("\r")
-                    idx = line.find(EVENT_PREFIX)
-                    if idx < 0:
-                        console.append(line)
+                for line, ev in stream.feed(chunk):
+                    if ev is None:
+                        lines.append(line)
                         continue
-                    try:
-                        ev = json.loads(line[idx + len(EVENT_PREFIX):])
-                    except json.JSONDecodeError:
-                        console.append(line)
-                        continue
-                    name = ev.get("event")
-                    if name == "boot" and not booted:
-                        booted = True
-                        gr.boot_seconds.append(round(time.monotonic() - t0, 1))
-                        gr.root_fs.append(str(ev.get("root_fs") or "unknown"))
-                        deadline = time.monotonic() + boot_timeout_s
-                    elif name == "ready":
-                        deadline = time.monotonic() + boot_timeout_s
-                    elif name == "cell-start":
-                        current = ev["cell"]
-                        deadline = time.monotonic() + budget(current)
-                    elif name == "cell-end":
-                        current = None
-                        deadline = time.monotonic() + boot_timeout_s
-                    elif name == "done":
-                        finished = True
+                    booted = watch.booted
+                    watch.event(ev, time.monotonic())
+                    if watch.booted and not booted:
+                        gr.boot_seconds.append(watch.boot_s)
+                        gr.root_fs.append(watch.root_fs)
                     on_event(ev)
             elif proc.poll() is not None:
                 break
-            if time.monotonic() > deadline:
-                what = f"cell {current}" if current else ("boot" if not booted else "the runner")
-                reason = (f"guest watchdog: {what} gave no sign of progress within its budget; "
-                          f"the guest was stopped")
+            reason = watch.overdue(time.monotonic())
+            if reason:
                 break
     finally:
         # The whole session: vng, virtme-run and QEMU (a dead vng must not leave QEMU running).
         procgroup.stop(proc, grace=0)
         STOP.live.discard(proc.pid)
-    gr.console.extend(console)
-    tail = list(console)[-CONSOLE_TAIL:]
-    if not reason:
-        panic = next((ln for ln in console if "Kernel panic" in ln), None)
-        if panic:
-            reason = f"kernel panic: {panic.strip()}"
-        elif proc.returncode == EXIT_REBOOT or current is None and finished:
-            reason = ""
-        elif not booted:
-            reason = f"the guest did not boot (vng exit {proc.returncode})"
-        else:
-            reason = f"the guest ended unexpectedly (vng exit {proc.returncode})"
-    return current, reason, tail
+    gr.console.extend(lines)
+    tail = list(lines)[-CONSOLE_TAIL:]
+    return watch.current, reason or end_reason(list(lines), proc.returncode, watch), tail
 
 
 def boot_once(cmd: list[str], budget_s: float, on_event) -> tuple[GuestRun, str, list[str]]:
