@@ -54,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"loopqual {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    _add_qualify(sub)
+    _add_plan(sub)
+    _add_merge(sub)
+    _add_list(sub)
+    _add_build(sub)
+    _add_shell(sub)
+    _add_report(sub)
+    _add_bench(sub)
+    _add_expected_failures(sub)
+    _add_rules(sub)
+    _add_compare(sub)
+    _add_series(sub)
+    return ap
 
+
+def _add_qualify(sub) -> None:
     q = sub.add_parser("qualify", help="build, boot, run the matrix, judge, report",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _matrix_args(q)
@@ -69,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only shard K of the selection's N shards (see loopqual plan); "
                         "results.json says which shard of which plan it is")
 
+
+def _add_plan(sub) -> None:
     pl = sub.add_parser("plan", help="split the selection's cells into N shards balanced by the "
                                      "suites' typical times, printed for a CI matrix; builds and "
                                      "boots nothing")
@@ -78,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="json: each shard with its cells and expected seconds; github: for "
                          "strategy.matrix via fromJSON; gitlab: for parallel: matrix (default json)")
 
+
+def _add_merge(sub) -> None:
     mg = sub.add_parser("merge", help="merge shard results directories into one results.json, "
                                       "junit.xml and report.html; exit code as qualify's",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,11 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", "-o", type=Path, metavar="DIR",
                     help="merged results directory (default: results/<UTC timestamp>)")
 
+
+def _add_list(sub) -> None:
     sub.add_parser("list", help="kernels, module sources, parameter sets and suites known")
 
+
+def _add_build(sub) -> None:
     b = sub.add_parser("build", help="build only (cached); print module paths")
     _matrix_args(b, with_suites=False)
 
+
+def _add_shell(sub) -> None:
     sh = sub.add_parser("shell", help="boot a guest with the module loaded and open a shell")
     sh.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
     sh.add_argument("--module", "-m", metavar="M", default="patched", help="module source")
@@ -100,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--run-timeout", type=float, default=600, metavar="S",
                     help="seconds each --run command may take (default 600)")
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="re-render report.html from a results directory")
     r.add_argument("dir", type=Path, metavar="DIR")
     r.add_argument("--table", action="store_true",
@@ -107,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--series-check", type=Path, metavar="FILE",
                    help="also show the verdicts of `loopqual series check --out FILE`")
 
+
+def _add_bench(sub) -> None:
     be = sub.add_parser("bench", help="patched vs its stock base (kernel/sources.toml) throughput, one boot; "
                                       "prints a table and writes bench.json")
     be.add_argument("--kernel", "-K", metavar="K", help="kernel (default: the default kernel)")
@@ -138,12 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "desktop (OBS Studio's virtual camera writing; headless Chromium and "
                          "Firefox ESR reading: minutes of start-up each under TCG) or all")
 
+
+def _add_expected_failures(sub) -> None:
     xf = sub.add_parser("expected-failures",
                         help="draft kernel/expected-failures.toml entries from a results directory")
     xf.add_argument("dir", type=Path, metavar="DIR")
 
+
+def _add_rules(sub) -> None:
     sub.add_parser("rules", help="each contract rule with the scenarios that check it; "
                                  "exit 1 if a rule has none")
+
+
+def _add_compare(sub) -> None:
     cmp_ = sub.add_parser("compare", help="rules x module sources table from results directories")
     cmp_.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
                       help="one or more results directories (their cells are put together)")
@@ -151,13 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit 1 unless every rule holds for every gated source (patched): "
                            "a rule that is broken, incomplete, not run or only skipped fails")
 
+
+def _add_series(sub) -> None:
     ser = sub.add_parser("series", help="edit the patch series as git commits")
     ser.add_argument("action", choices=["edit", "export", "check", "cover-letter"],
                      help="edit: make a git work tree of base + series; "
                           "export: write its commits back to kernel/patches (and the cover "
                           "letter, given --results); "
                           "check: judge the patches as a reviewer does (checkpatch.pl "
-                          "--strict against kernel/checkpatch-baseline.toml); "
+                          "--strict against kernel/checkpatch-baseline.toml, every prefix "
+                          "built with W=1, sparse, coccinelle); "
                           "cover-letter: write kernel/patches/0000-cover-letter.patch from "
                           "--results")
     ser.add_argument("--results", type=Path, metavar="DIR", action="append", default=[],
@@ -166,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "`make compare-delivery` makes one with every source)")
     ser.add_argument("--no-builds", action="store_true",
                      help="check: checkpatch and the cover letter only, without the prefix "
-                          "builds (W=1, every gate kernel) and sparse")
+                          "builds (W=1, every gate kernel), sparse and coccinelle")
     ser.add_argument("--checkpatch", type=Path, metavar="FILE",
                      default=Path("results/series-check.json"),
                      help="cover-letter: the `series check --out` file whose totals it quotes "
@@ -177,7 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the work tree (default: .cache/series-work)")
     ser.add_argument("--force", action="store_true",
                      help="edit: replace an existing work tree (unexported commits are lost)")
-    return ap
 
 
 class Terminated(KeyboardInterrupt):

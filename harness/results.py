@@ -231,86 +231,105 @@ def write_json(path: Path, run: dict) -> None:
     atomic_write(path, json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
 
 
+class _JunitSuite:
+    """One cell's <testsuite>, counting what its cases say."""
+
+    def __init__(self, root: ET.Element, name: str):
+        self.el = ET.SubElement(root, "testsuite", name=name)
+        self.n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+
+    def case(self, classname: str, name: str, status: str, message: str = "", text: str = "",
+             seconds: float | None = None) -> None:
+        tc = ET.SubElement(self.el, "testcase", classname=classname, name=name)
+        if seconds is not None:
+            tc.set("time", f"{seconds:.3f}")
+        self.n["tests"] += 1
+        if status in ("fail", "xpass"):
+            ET.SubElement(tc, "failure", message=message[:500]).text = text or message
+            self.n["failures"] += 1
+        elif status in ("error", "incomplete"):
+            ET.SubElement(tc, "error", message=message[:500]).text = text or message
+            self.n["errors"] += 1
+        elif status in ("skip", "xfail", "not-applicable"):
+            ET.SubElement(tc, "skipped", message=message[:500])
+            self.n["skipped"] += 1
+        elif message:  # a pass with something to say: a flaky scenario's first failure
+            ET.SubElement(tc, "system-out").text = message
+
+
+def _junit_build_and_cell(ts: _JunitSuite, cell: dict, label: str) -> None:
+    b = cell["build"]
+    if b["status"] == "not run":  # a merge's cell that no shard reported: incomplete below
+        ts.case(label, "build", "skip", f"not run: {b.get('log_tail', '')}")
+    elif b["status"] != "ok":
+        ts.case(label, "build", "error", "build failed", b.get("log_tail", ""))
+    elif cell["gated"] and b.get("warnings"):
+        ts.case(label, "build", "fail", f"{len(b['warnings'])} compiler warning(s)",
+                "\n".join(b["warnings"]))
+    else:
+        ts.case(label, "build", "pass")
+    for inc in cell["incomplete"]:
+        ts.case(label, "cell", "incomplete", f"incomplete: {inc}",
+                "\n".join(cell.get("console_tail", []) or cell.get("kmsg_tail", [])))
+    for err in cell["errors"] if b["status"] == "ok" else []:
+        ts.case(label, "cell", "error", err.splitlines()[0], err)
+
+
+def _junit_scenarios(ts: _JunitSuite, cell: dict, label: str) -> None:
+    for sc in cell["scenarios"]:
+        msg = sc.get("message", "")
+        if sc["status"] == "xfail":
+            msg = f"expected failure ({sc['expected']['rule']}, issue {sc['expected']['issue']}): " \
+                  f"{sc['expected']['reason']} | {msg}"
+        elif sc["status"] == "xpass":
+            msg = "listed in kernel/expected-failures.toml but passes: remove it"
+        elif sc.get("flaky"):
+            msg = f"passed when run again; its first run failed: {sc['flaky'].get('message', '')}"
+        ts.case(f"{label}.scenarios", f"{sc['id']} [{','.join(sc['rules'])}]", sc["status"], msg,
+                sc.get("longrepr", msg), sc.get("duration_s"))
+    for na in cell["suites_not_applicable"]:
+        ts.case(f"{label}.{na['suite']}", na["suite"], "not-applicable", na["reason"])
+
+
+def _junit_compliance(ts: _JunitSuite, cell: dict, label: str) -> None:
+    for r in cell["compliance"]:
+        cls = f"{label}.compliance.{r['profile']}"
+        if r.get("status") == "error":
+            ts.case(cls, "profile", "error", r.get("error", "error"), r.get("log_tail", ""))
+        for inc in r.get("inconsistencies", []):
+            ts.case(cls, "total-line", "fail", inc)
+        for t in r.get("tests", []):
+            msg = "\n".join(t["details"])
+            if t["status"] == "xfail":
+                msg = f"expected failure: {t['expected']['reason']}\n{msg}"
+            elif t["status"] == "xpass":
+                msg = "listed in kernel/expected-failures.toml but passes: remove it"
+            ts.case(cls, f"{t['section']}/{t['name']}", t["status"],
+                    msg.splitlines()[0] if msg else "", msg)
+
+
 def write_junit(path: Path, run: dict) -> None:
     root = ET.Element("testsuites", name="loopqual")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for cell in run["cells"]:
         label = cell_label(cell)
-        ts = ET.SubElement(root, "testsuite", name=label)
-        n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-
-        def case(classname: str, name: str, status: str, message: str = "", text: str = "",
-                 seconds: float | None = None, _ts=ts, _n=n):
-            tc = ET.SubElement(_ts, "testcase", classname=classname, name=name)
-            if seconds is not None:
-                tc.set("time", f"{seconds:.3f}")
-            _n["tests"] += 1
-            if status in ("fail", "xpass"):
-                el = ET.SubElement(tc, "failure", message=message[:500])
-                el.text = text or message
-                _n["failures"] += 1
-            elif status in ("error", "incomplete"):
-                el = ET.SubElement(tc, "error", message=message[:500])
-                el.text = text or message
-                _n["errors"] += 1
-            elif status in ("skip", "xfail", "not-applicable"):
-                ET.SubElement(tc, "skipped", message=message[:500])
-                _n["skipped"] += 1
-            elif message:  # a pass with something to say: a flaky scenario's first failure
-                ET.SubElement(tc, "system-out").text = message
-
-        b = cell["build"]
-        if b["status"] == "not run":  # a merge's cell that no shard reported: incomplete below
-            case(label, "build", "skip", f"not run: {b.get('log_tail', '')}")
-        elif b["status"] != "ok":
-            case(label, "build", "error", "build failed", b.get("log_tail", ""))
-        elif cell["gated"] and b.get("warnings"):
-            case(label, "build", "fail", f"{len(b['warnings'])} compiler warning(s)", "\n".join(b["warnings"]))
-        else:
-            case(label, "build", "pass")
-        for inc in cell["incomplete"]:
-            case(label, "cell", "incomplete", f"incomplete: {inc}",
-                 "\n".join(cell.get("console_tail", []) or cell.get("kmsg_tail", [])))
-        for err in cell["errors"] if b["status"] == "ok" else []:
-            case(label, "cell", "error", err.splitlines()[0], err)
-        for sc in cell["scenarios"]:
-            msg = sc.get("message", "")
-            if sc["status"] == "xfail":
-                msg = f"expected failure ({sc['expected']['rule']}, issue {sc['expected']['issue']}): " \
-                      f"{sc['expected']['reason']} | {msg}"
-            elif sc["status"] == "xpass":
-                msg = "listed in kernel/expected-failures.toml but passes: remove it"
-            elif sc.get("flaky"):
-                msg = f"passed when run again; its first run failed: {sc['flaky'].get('message', '')}"
-            case(f"{label}.scenarios", f"{sc['id']} [{','.join(sc['rules'])}]", sc["status"], msg,
-                 sc.get("longrepr", msg), sc.get("duration_s"))
-        for na in cell["suites_not_applicable"]:
-            case(f"{label}.{na['suite']}", na["suite"], "not-applicable", na["reason"])
-        for r in cell["compliance"]:
-            cls = f"{label}.compliance.{r['profile']}"
-            if r.get("status") == "error":
-                case(cls, "profile", "error", r.get("error", "error"), r.get("log_tail", ""))
-            for inc in r.get("inconsistencies", []):
-                case(cls, "total-line", "fail", inc)
-            for t in r.get("tests", []):
-                msg = "\n".join(t["details"])
-                if t["status"] == "xfail":
-                    msg = f"expected failure: {t['expected']['reason']}\n{msg}"
-                elif t["status"] == "xpass":
-                    msg = "listed in kernel/expected-failures.toml but passes: remove it"
-                case(cls, f"{t['section']}/{t['name']}", t["status"], msg.splitlines()[0] if msg else "", msg)
-        if b["status"] == "ok" and not (cell["incomplete"] and not cell["scenarios"] and not cell["compliance"]):
+        ts = _JunitSuite(root, label)
+        _junit_build_and_cell(ts, cell, label)
+        _junit_scenarios(ts, cell, label)
+        _junit_compliance(ts, cell, label)
+        if cell["build"]["status"] == "ok" and not (
+                cell["incomplete"] and not cell["scenarios"] and not cell["compliance"]):
             bad = health_failures(cell)
-            case(f"{label}.health", "kernel-log+rmmod", "fail" if bad else "pass",
-                 "; ".join(bad), "\n".join(bad + cell.get("kmsg_tail", [])[-40:]))
-        if cell["status"] != "pass" and not (n["failures"] or n["errors"]):
+            ts.case(f"{label}.health", "kernel-log+rmmod", "fail" if bad else "pass",
+                    "; ".join(bad), "\n".join(bad + cell.get("kmsg_tail", [])[-40:]))
+        if cell["status"] != "pass" and not (ts.n["failures"] or ts.n["errors"]):
             # Nothing above failed, yet the cell's verdict is not pass: junit.xml must not be
             # greener than results.json. Say why with the verdict's own lines.
             why = failures(cell) or [f"cell status {cell['status']}"]
-            case(label, "verdict", "error" if cell["status"] in ("error", "incomplete") else "fail",
-                 why[0], "\n".join(why))
-        for k, v in n.items():
-            ts.set(k, str(v))
+            ts.case(label, "verdict", "error" if cell["status"] in ("error", "incomplete") else "fail",
+                    why[0], "\n".join(why))
+        for k, v in ts.n.items():
+            ts.el.set(k, str(v))
             totals[k] += v
     for k, v in totals.items():
         root.set(k, str(v))
