@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import data, rules, sources
+from . import data, rules, seriesbuild, sources
 from .errors import LoopqualError
 from .paths import REPO
 
@@ -167,21 +167,18 @@ def _run_label(results_dir: Path, run: dict) -> str:
 
 
 def review_line(check: dict) -> str:
-    """The builds' and analysers' verdicts of a `series check` result, as a clause."""
+    """The builds' and analysers' verdicts of a `series check` result, as sentences."""
+    fig = seriesbuild.review_figures(check)
     out = []
-    builds = check.get("prefix_builds") or []
-    if builds:
-        kernels = sorted({b["kernel"] for b in builds})
-        bad = [b for b in builds if b["status"] != "ok" or b["new"]]
-        out.append(f"every prefix of the series ({len(builds)} builds, W=1, "
-                   f"{', '.join(kernels)}) " + ("builds without a new warning" if not bad
-                                                else f"has {len(bad)} failing build(s)"))
-    sp = check.get("sparse")
-    if sp:
-        out.append(f"sparse (C=2): {sp['base_total']} warnings on the base, "
-                   f"{sp['patched_total']} with the series, {len(sp['new'])} new")
-    cc = check.get("coccinelle")
-    if cc:
+    if b := fig.get("builds"):
+        out.append(f"every prefix of the series ({b['count']} builds, W=1, "
+                   f"{', '.join(b['kernels'])}) " + (
+                       "builds without a new warning" if not b["failing"]
+                       else f"has {b['failing']} failing build(s)"))
+    if sp := fig.get("sparse"):
+        out.append(f"sparse (C=2): {sp['base']} warnings on the base, "
+                   f"{sp['patched']} with the series, {len(sp['new'])} new")
+    if cc := fig.get("coccinelle"):
         out.append(f"coccinelle ({cc['scripts']} semantic patches of the kernel tree): "
                    f"{len(cc['new'])} new report(s) against the base")
     return "".join(f" {x[0].upper()}{x[1:]}." for x in out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import results, rules
+from . import results, rules, seriesbuild
 from .data import CATEGORIES
 from .errors import LoopqualError
 from .paths import atomic_write
@@ -54,19 +54,19 @@ def terminal_table(run: dict) -> str:
         if i == 0:
             lines.append("-" * (sum(widths) + 10 + len(r[5])))
     problems = []
-    failing = [c for c in run["cells"] if c["status"] != "pass"]
+    failing = [(c, results.failures(c)) for c in run["cells"] if c["status"] != "pass"]
     # A few failures are shown whole: CI keeps only the printed tail, not the results
     # directory, and a flaky scenario's figures are at the end of its message.
-    width = problem_width(sum(min(12, len(results.failures(c))) for c in failing))
-    for cell in failing:
+    width = problem_width(sum(min(12, len(fails)) for _c, fails in failing))
+    for cell, fails in failing:
         label = results.cell_label(cell)
         for line in cell["errors"]:
             problems.append(f"  {label}: error: {line.splitlines()[0]}")
         for line in cell["incomplete"]:
             problems.append(f"  {label}: incomplete: {line}")
-        for line in results.failures(cell)[:12]:
+        for line in fails[:12]:
             problems.append(f"  {label}: {shorten(line, width)}")
-        extra = len(results.failures(cell)) - 12
+        extra = len(fails) - 12
         if extra > 0:
             problems.append(f"  {label}: ... and {extra} more (see the report)")
     if problems:
@@ -203,22 +203,17 @@ def series_summary(path: Path) -> dict:
                   + ("; ".join(check["regressions"]) or "nothing beyond the baseline"))]
         parts.append(("cover letter", "pass" if check["cover_letter"] == "current" else "FAIL",
                       check["cover_letter"]))
-        builds = check.get("prefix_builds") or []
-        if builds:
-            bad = [b for b in builds if b["status"] != "ok" or b["new"]]
-            parts.append(("every prefix built with W=1", "FAIL" if bad else "pass",
-                          f"{len(builds)} builds on "
-                          f"{', '.join(sorted({b['kernel'] for b in builds}))}; "
-                          f"{len(bad)} failing or with a new warning"))
+        fig = seriesbuild.review_figures(check)
+        if b := fig.get("builds"):
+            parts.append(("every prefix built with W=1", "FAIL" if b["failing"] else "pass",
+                          f"{b['count']} builds on {', '.join(b['kernels'])}; "
+                          f"{b['failing']} failing or with a new warning"))
         for key, label, total in (("sparse", "sparse (C=2)", "warnings"),
                                   ("coccinelle", "coccinelle", "report kinds")):
-            part = check.get(key)
-            if part:
-                base = part.get("base_total", len(part.get("base", [])))
-                patched = part.get("patched_total", len(part.get("patched", [])))
+            if part := fig.get(key):
                 parts.append((label, "FAIL" if part["new"] else "pass",
-                              f"base {base} {total}, patched {patched}, new {len(part['new'])}"
-                              + "".join(f"; new: {n}" for n in part["new"])))
+                              f"base {part['base']} {total}, patched {part['patched']}, "
+                              f"new {len(part['new'])}" + "".join(f"; new: {n}" for n in part["new"])))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"{path}: not a `loopqual series check --out` file ({exc}): run "
                           f"`loopqual series check --out {path}` again") from None

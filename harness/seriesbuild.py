@@ -47,7 +47,8 @@ def warning_set(lines: list[str]) -> set[str]:
     return set(warning_counts(lines))
 
 
-def _listed(c: Counter[str]) -> list[str]:
+def listed(c: Counter[str]) -> list[str]:
+    """A multiset as sorted lines, 'message (xN)' where it occurs more than once."""
     return sorted(f"{k} (x{n})" if n > 1 else k for k, n in c.items())
 
 
@@ -119,7 +120,7 @@ def prefix_builds(kernel_names=PREFIX_KERNELS, install: bool = True, say=print
             if k == 0:
                 base_warnings = warns
             r = PrefixResult(name, k, patches[k - 1].name if k else "base", b.status,
-                             _listed(warns), _listed(warns - base_warnings), b.cached,
+                             listed(warns), listed(warns - base_warnings), b.cached,
                              "" if b.status == "ok" else b.log_tail)
             if not b.cached:
                 say(f"series check: built step {k} for {name} (W=1): {b.status}, "
@@ -161,8 +162,8 @@ def sparse_diff(kernel_name: str = SPARSE_KERNEL, install: bool = True) -> Spars
             raise SeriesBuildError(f"the sparse build of the {label} tree for {kernel_name} "
                                    f"failed:\n{b.log_tail}")
         sets.append(warning_counts(b.warnings))
-    return SparseResult(kernel_name, _listed(sets[0]), _listed(sets[1]),
-                        _listed(sets[1] - sets[0]), _listed(sets[0] - sets[1]),
+    return SparseResult(kernel_name, listed(sets[0]), listed(sets[1]),
+                        listed(sets[1] - sets[0]), listed(sets[0] - sets[1]),
                         sum(sets[0].values()), sum(sets[1].values()))
 
 
@@ -197,3 +198,21 @@ def render_sparse(s: SparseResult) -> str:
     lines += [f"  gone: {w}" for w in s.gone]
     lines += [f"  patched: {w}" for w in s.patched]
     return "\n".join(lines)
+
+
+def review_figures(check: dict) -> dict:
+    """What the builds and analysers of a `series check --out` file found, for those who show
+    it (report.html, the cover letter); a part that did not run is absent. A prefix build
+    fails as PrefixResult.passed says: it did not build, or it added a warning."""
+    out: dict = {}
+    builds = check.get("prefix_builds") or []
+    if builds:
+        out["builds"] = {"count": len(builds), "kernels": sorted({b["kernel"] for b in builds}),
+                         "failing": sum(1 for b in builds if b["status"] != "ok" or b["new"])}
+    if sp := check.get("sparse"):
+        out["sparse"] = {"base": sp["base_total"], "patched": sp["patched_total"],
+                         "new": sp["new"]}
+    if cc := check.get("coccinelle"):
+        out["coccinelle"] = {"scripts": cc["scripts"], "base": len(cc["base"]),
+                             "patched": len(cc["patched"]), "new": cc["new"]}
+    return out

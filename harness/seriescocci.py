@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import LoopqualError
 from .paths import atomic_write, cache_dir
+from .seriesbuild import listed
 
 SOURCE_FILE = "v4l2loopback.c"
 # coccicheck's own flags for one file in report mode
@@ -65,10 +66,12 @@ def _version(spatch: str) -> str:
     return (proc.stdout.splitlines() or ["?"])[0]
 
 
-def run_file(source: Path, tree: Path, scripts: list[Path], spatch: str) -> dict[str, str]:
+def run_file(source: Path, tree: Path, scripts: list[Path], spatch: str,
+             version: str) -> dict[str, str]:
     """spatch's output per semantic patch (its name relative to scripts/coccinelle) over one
-    source file, from the cache when the file, the scripts and spatch are the same."""
-    key = hashlib.sha256(source.read_bytes() + _version(spatch).encode())
+    source file, from the cache when the file, the scripts and spatch's `version` are the
+    same."""
+    key = hashlib.sha256(source.read_bytes() + version.encode())
     for s in scripts:
         key.update(s.name.encode() + b"\0" + s.read_bytes())
     cached = cache_dir() / "coccinelle" / f"{key.hexdigest()[:16]}.json"
@@ -104,10 +107,6 @@ class CocciResult:
     gone: list[str]  # in base, not in patched
 
 
-def _listed(c: Counter[str]) -> list[str]:
-    return sorted(f"{k} (x{n})" if n > 1 else k for k, n in c.items())
-
-
 def compare(base_outputs: dict[str, str], patched_outputs: dict[str, str]) -> tuple[Counter, Counter]:
     def counts(outputs):
         return Counter(r for name, text in outputs.items() for r in parse_reports(name, text))
@@ -117,11 +116,12 @@ def compare(base_outputs: dict[str, str], patched_outputs: dict[str, str]) -> tu
 def cocci_diff(tree: Path, base: Path, patched: Path) -> CocciResult:
     """Both module trees' reports; `tree` is the kernel source tree with the semantic patches."""
     spatch = spatch_program()
+    version = _version(spatch)
     scripts = report_scripts(tree)
-    b, p = compare(run_file(base / SOURCE_FILE, tree, scripts, spatch),
-                   run_file(patched / SOURCE_FILE, tree, scripts, spatch))
-    return CocciResult(len(scripts), _version(spatch), _listed(b), _listed(p), _listed(p - b),
-                       _listed(b - p))
+    b, p = compare(run_file(base / SOURCE_FILE, tree, scripts, spatch, version),
+                   run_file(patched / SOURCE_FILE, tree, scripts, spatch, version))
+    return CocciResult(len(scripts), version, listed(b), listed(p), listed(p - b),
+                       listed(b - p))
 
 
 def render(c: CocciResult) -> str:
