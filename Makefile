@@ -58,11 +58,11 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@# The guest's root is read-only and cannot keep .pyc files: compile them here.
-	$(PY) -m compileall -q -j 0 $(VENV)/lib harness scenarios >/dev/null || true
+	$(PY) -m compileall -q -j 0 $(VENV)/lib src scenarios >/dev/null || true
 	@touch $@
 
 lint: venv
-	@$(call record,lint,$(VENV)/bin/ruff check harness scenarios tests)
+	@$(call record,lint,$(VENV)/bin/ruff check src scenarios tests)
 
 # The patch series as a reviewer reads it (issue 27): checkpatch.pl --strict on every patch,
 # no finding beyond kernel/checkpatch-baseline.toml; the cover letter lists the series; every
@@ -141,7 +141,7 @@ SANITIZER_GATE := --kernel debian-6.12-debug --params ec1 --params detectors --s
 # lane's cell instead of booting the debug kernel again), then the sanitizer lane.
 GATE_WITH_SELFTEST ?=
 gate: venv
-	$(PY) -m compileall -q harness scenarios tests >/dev/null
+	$(PY) -m compileall -q src scenarios tests >/dev/null
 	@mkdir -p results
 	@echo "gate: the side lane ($(if $(GATE_WITH_SELFTEST),the selftest then )the sanitizer lane) runs beside the gate; its progress goes to results/gate-side.log"
 	@( exec >results/gate-side.log 2>&1; \
@@ -174,7 +174,7 @@ gate: venv
 # K6 with every real program at once (suite together) on every kernel of the gate, patched,
 # cell ec1 (the gate runs the first two suites without the one-frame scenarios).
 qualify-programs: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@$(call record,qualify-programs,$(LOOPQUAL) qualify $(GATE_KERNELS) --module patched \
 		--params ec1 --suite browser --suite apps --suite together --out results/qualify-programs)
 
@@ -183,7 +183,7 @@ test: lint unit series-check
 	@$(MAKE) --no-print-directory gate GATE_WITH_SELFTEST=1
 
 qualify: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@$(call record,qualify,$(LOOPQUAL) qualify --out results/qualify)
 
 # The rules x sources table (issue 3): every source (0.15.4 is upstream's newest), every
@@ -194,7 +194,7 @@ COMPARE_JOBS ?= 2
 COMPARE_MODULES := --module debian-0.12.7 --module debian-0.13.2 --module debian-0.15.0 \
 	--module debian-0.15.4 --module patched
 compare: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@# the table is printed whatever the runs' verdicts; then make fails if a run did
 	@$(call keep_code,compare,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) $(COMPARE_MODULES) \
 		--suite contract --suite compliance --suite compliance-sid --suite clients --suite browser \
@@ -210,7 +210,7 @@ compare: venv
 # suites delivery (ec0, ec1), delivery-buf8 (ec1-buf8) and clients (ec0, ec1: the real programs'
 # frames counted by content) on the default kernel, all five sources, then their rules table.
 compare-delivery: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@$(call keep_code,compare-delivery,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) \
 		$(COMPARE_MODULES) --suite delivery --suite delivery-buf8 --suite clients \
 		--out results/compare-delivery); \
@@ -220,7 +220,7 @@ compare-delivery: venv
 # of the default kernel, all five sources; the rules table, then reports x sources
 # (reproduces / fixed).
 compare-regressions: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@$(call keep_code,compare-regressions,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) \
 		$(COMPARE_MODULES) --suite regressions --out results/compare-regressions); \
 	$(LOOPQUAL) compare results/compare-regressions; exit $$(cat $(EXIT_CODES)/compare-regressions)
@@ -230,7 +230,7 @@ compare-regressions: venv
 # exclusive_caps=1) of the default kernel, suites browser, apps and together, all five sources,
 # then their rules x sources table (patched must pass; the stock sources' results inform).
 compare-programs: venv
-	$(PY) -m compileall -q harness scenarios >/dev/null
+	$(PY) -m compileall -q src scenarios >/dev/null
 	@$(call keep_code,compare-programs,$(LOOPQUAL) qualify --jobs $(COMPARE_JOBS) \
 		$(COMPARE_MODULES) --params ec1 --suite browser --suite apps --suite together \
 		--out results/compare-programs); \

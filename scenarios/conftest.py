@@ -162,14 +162,14 @@ def cell() -> Cell:
 # -- kernel health around every scenario (H1) ---------------------------------------------
 
 def _harness(name: str):
-    """A module of the harness: loopqual's (the venv), else the repository's own copy."""
+    """A guest-safe module of loopqual.common: the venv's, else the repository's own copy."""
     import importlib
 
     try:
-        return importlib.import_module(f"loopqual.{name}")
+        return importlib.import_module(f"loopqual.common.{name}")
     except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        return importlib.import_module(f"harness.{name}")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+        return importlib.import_module(f"loopqual.common.{name}")
 
 
 def find_splats(lines: list[str]) -> list[dict]:

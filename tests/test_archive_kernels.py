@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from cli_expect import one_line_exit_2
 
-from loopqual import archivekernels, buildroot, data, kernels, results, sources
-from loopqual.errors import DataError
+from loopqual.common.errors import DataError
+from loopqual.config import data
+from loopqual.debian import apt
+from loopqual.kernel import archivekernels, buildroot, kernels
+from loopqual.verdict import results
 
 KF = Path(__file__).parent / "fixtures" / "kernels"
 
@@ -21,7 +24,7 @@ def recorded(name: str) -> str:
 
 
 def stanza(suite: str, package: str) -> dict:
-    (s,) = [e for e in sources.parse_packages(recorded(f"packages-{suite}-excerpt.txt"))
+    (s,) = [e for e in apt.parse_packages(recorded(f"packages-{suite}-excerpt.txt"))
             if e["Package"] == package]
     return s
 
@@ -32,14 +35,14 @@ class FakeApt:
     def __init__(self, suite: str, extra: list[dict] | None = None):
         self.suite = suite
         self.mirror = data.Mirror("http://deb.debian.org/debian", ("main",))
-        self.entries = sources.parse_packages(recorded(f"packages-{suite}-excerpt.txt")) + (extra or [])
+        self.entries = apt.parse_packages(recorded(f"packages-{suite}-excerpt.txt")) + (extra or [])
 
     index = lambda self, suite=None: {e["Package"]: [e] for e in self.entries}  # noqa: E731
 
     def index_entries(self, package, suite=None):
         return [e for e in self.entries if e["Package"] == package]
 
-    newest = sources.PrivateApt.newest
+    newest = apt.PrivateApt.newest
 
 
 def kernel(**kw) -> data.Kernel:
@@ -104,7 +107,7 @@ def test_image_and_headers_metapackages_pointing_apart_are_caught():
     ("1.0a", "1.0"), ("1.0", "1.0+dfsg"),
 ])
 def test_debian_version_order_is_dpkgs(a, b):
-    ours = sources.compare_versions(a, b)
+    ours = apt.compare_versions(a, b)
     lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
     assert (ours < 0) == lt and (ours > 0) == (not lt and a != b)
 
@@ -140,7 +143,7 @@ def test_the_package_apt_could_not_get_is_named(name, package):
 
 
 def test_a_suite_the_mirror_does_not_serve_is_apts_own_line():
-    assert sources.apt_error(recorded("apt-update-unknown-suite.txt")) == \
+    assert apt.apt_error(recorded("apt-update-unknown-suite.txt")) == \
         "The repository 'http://deb.debian.org/debian nosuchsuite Release' does not have a Release file."
 
 

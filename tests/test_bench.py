@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loopqual import bench
+from loopqual.run import bench
 
 GUEST = json.loads((Path(__file__).parent / "fixtures/bench/"
                     "recorded-6.1-stock-0.15.0-vs-patched-unpaced-guest.json").read_text())

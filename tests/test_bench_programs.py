@@ -10,8 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from loopqual import bench
 from loopqual.guest import bench_programs as bp
+from loopqual.run import bench
 
 RECORDED = Path(__file__).parent / "fixtures/bench/recorded-programs-6.1"
 

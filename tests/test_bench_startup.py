@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loopqual import bench
+from loopqual.run import bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench" / "recorded-startup-6.12.json"
 

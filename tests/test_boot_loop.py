@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import qualify, vm
+from loopqual.boot import vm
+from loopqual.run import qualify
 
 SLOW = "guest watchdog: boot gave no sign of progress within its budget; the guest was stopped"
 

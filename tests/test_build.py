@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import build
-from loopqual.kernels import InstalledKernel
-from loopqual.paths import cache_lock
+from loopqual.common.paths import cache_lock
+from loopqual.kernel.kernels import InstalledKernel
+from loopqual.module import build
 
 
 def kernel(release="6.1.0-56-amd64", headers="6.1.192-2"):
@@ -197,8 +197,8 @@ def test_an_unfinished_build_is_not_used(fake):
 RACER = """
 import json, sys
 from pathlib import Path
-from loopqual import build
-from loopqual.kernels import InstalledKernel
+from loopqual.module import build
+from loopqual.kernel.kernels import InstalledKernel
 k = InstalledKernel("fake", "6.1.0-fake", Path("/boot/x"), Path(sys.argv[1]), "1")
 r = build.build("patched", Path(sys.argv[2]), [], k)
 print(json.dumps({"status": r.status, "ko": r.ko, "cached": r.cached}))

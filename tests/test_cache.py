@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from loopqual import paths
+from loopqual.common import paths
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def _spawn(code: str, *args: str) -> subprocess.Popen:
 WRITER = """
 import sys
 from pathlib import Path
-from loopqual.paths import atomic_write
+from loopqual.common.paths import atomic_write
 target, me = Path(sys.argv[1]), sys.argv[2]
 for i in range(40):
     atomic_write(target, (me * 200_000) + "\\n")
@@ -79,7 +79,7 @@ def test_atomic_write_readers_never_see_a_part(tmp_path):
 LOCKER = """
 import os, sys, time
 from pathlib import Path
-from loopqual.paths import cache_lock
+from loopqual.common.paths import cache_lock
 lock, log = Path(sys.argv[1]), Path(sys.argv[2])
 release = lock.with_suffix(".release")
 with cache_lock(lock, "the test step"):

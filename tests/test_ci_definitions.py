@@ -14,7 +14,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from loopqual import cli
-from loopqual.paths import REPO
+from loopqual.common.paths import REPO
 
 CI = REPO / "ci"
 CHECK = Path(sys.executable).parent / "check-jsonschema"

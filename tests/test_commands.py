@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import guestroot, shell, vm
-from loopqual.paths import REPO
+from loopqual.boot import guestroot, shell, vm
+from loopqual.common.paths import REPO
 
 NASTY = Path("/tmp/out dir; touch /tmp/x")
 
@@ -65,7 +65,7 @@ def test_a_kernel_without_guest_udev_boots_vng_in_a_namespace_with_no_udevd(monk
     """guest_udev = false (the debug kernel): vng runs under `unshare --mount` with an empty
     tmpfs over /usr/lib/systemd, the rest of its command line unchanged; the kernels file says
     which kernel asks for it."""
-    from loopqual import data
+    from loopqual.config import data
 
     monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
     plan = tmp_path / "plan-boot1.json"
@@ -83,7 +83,7 @@ def test_a_kernel_without_guest_udev_boots_vng_in_a_namespace_with_no_udevd(monk
 def test_a_kernels_guest_append_goes_on_the_guest_kernels_command_line(monkeypatch, tmp_path):
     """guest_append (the debug kernel: KFENCE's sample interval) is added after loopqual's own
     parameters; a kernel without it boots with those alone."""
-    from loopqual import data
+    from loopqual.config import data
 
     monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
     plan = tmp_path / "plan-boot1.json"
@@ -101,7 +101,7 @@ def test_loopqual_shell_boots_a_kernel_as_qualify_does(monkeypatch):
     """`loopqual shell` on the debug kernel boots it as qualify does: without udev and with its
     guest_append; a production kernel with udev and loopqual's parameters alone. The shell gets
     no --exec script and no --verbose (its console is the user's)."""
-    from loopqual import data
+    from loopqual.config import data
 
     monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
     kernels = data.load_kernels()
@@ -120,7 +120,7 @@ def test_guest_memory_comes_from_loopqual_guest_memory_gib(monkeypatch, tmp_path
     the machine carries follows the memory each takes."""
     import pytest
 
-    from loopqual.errors import LoopqualError
+    from loopqual.common.errors import LoopqualError
 
     monkeypatch.setattr(vm, "vng_path", lambda: "/usr/bin/vng")
     plan = tmp_path / "plan-boot1.json"

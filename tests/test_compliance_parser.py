@@ -3,7 +3,7 @@
 
 import pytest
 
-from loopqual import compliance
+from loopqual.common import compliance
 
 COMPLETE = [
     # fixture, total, succeeded, failed, warnings
@@ -87,7 +87,7 @@ def test_nv12_description_entry_is_what_the_in_tree_vivid_driver_gets_too(fixtur
     names NV12, v4l2-compliance 1.22 expects another name). Its evidence: the same failure,
     excused by the same entry, from the kernel's own vivid output node (Debian 6.1,
     v4l2-compliance 1.22.1) recorded in a real guest."""
-    from loopqual import data
+    from loopqual.config import data
 
     run = compliance.parse(
         (fixtures / "compliance" / "recorded-6.1-in-tree-vivid-output-node.txt").read_text(), "output")

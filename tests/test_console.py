@@ -1,4 +1,4 @@
-"""The guest console as the host reads it (harness/console.py), on streams recorded from real
+"""The guest console as the host reads it (src/loopqual/boot/console.py), on streams recorded from real
 boots: the raw bytes vng printed during one boot of two cells (kernel lines and the runner's
 events mixed), the console.log the host wrote from that boot, and the end of a console where
 the selftest panicked the kernel on purpose."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loopqual.console import BootWatch, ConsoleStream, decode_line, end_reason
+from loopqual.boot.console import BootWatch, ConsoleStream, decode_line, end_reason
 from loopqual.guest.runner import EXIT_REBOOT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "console"

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import coverletter, rules, seriescheck, sources
-from loopqual.paths import REPO
+from loopqual.common.paths import REPO
+from loopqual.module import sources
+from loopqual.review import coverletter, seriescheck
+from loopqual.verdict import rules
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cover-letter" / "recorded-compare-delivery-6.1-cells.json.gz"
 PATCHES = REPO / "kernel" / "patches"

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from loopqual import data
-from loopqual.errors import DataError
+from loopqual.common.errors import DataError
+from loopqual.config import data
 
 
 def test_real_data_files_load():
@@ -353,9 +353,10 @@ def test_a_bad_data_file_is_exit_2_and_one_line_from_the_command_line(tmp_path, 
 
 
 def test_the_guest_side_modules_do_not_import_the_schema_library():
-    """The guest imports loopqual.compliance/health/guest.*; pydantic is for the host."""
-    code = ("import sys, loopqual.compliance, loopqual.health, loopqual.guest.runner, "
-            "loopqual.guest.recorder; bad = [m for m in ('pydantic', 'loopqual.data') if m in sys.modules]; "
+    """The guest imports loopqual.common and loopqual.guest; pydantic is for the host."""
+    code = ("import sys, loopqual.common.compliance, loopqual.common.health, "
+            "loopqual.guest.runner, loopqual.guest.recorder; "
+            "bad = [m for m in ('pydantic', 'loopqual.config.data') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import data, debugkernel, kernels
-from loopqual.errors import DataError, LoopqualError
+from loopqual.common.errors import DataError, LoopqualError
+from loopqual.config import data
+from loopqual.kernel import debugkernel, kernels
 
 FIX = Path(__file__).parent / "fixtures" / "debugkernel"
 RECORDED_CONFIG = FIX / "recorded-debian-6.12-debug.config"
@@ -292,7 +293,7 @@ def test_recorded_progress_output_of_a_real_build():
 
 def test_a_version_the_mirror_no_longer_serves_is_one_line_and_leaves_nothing(tmp_path,
                                                                               monkeypatch):
-    from loopqual import sources
+    from loopqual.debian import apt
 
     monkeypatch.setenv("LOOPQUAL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LOOPQUAL_SECURITY_MIRROR", "http://mirror.invalid/debian-security")
@@ -302,11 +303,11 @@ def test_a_version_the_mirror_no_longer_serves_is_one_line_and_leaves_nothing(tm
             self.suite = suite
 
         def fetch(self, package, version):
-            raise sources.SourceError(
+            raise apt.AptError(
                 f"{package} {version} is not served by http://mirror.invalid {self.suite} (it "
                 "serves: 6.12.117-1~deb12u1); update the version in kernel/sources.toml")
 
-    monkeypatch.setattr(sources, "PrivateApt", FakeApt)
+    monkeypatch.setattr(apt, "PrivateApt", FakeApt)
     spec = debugkernel.DebugSpec("k", "linux-source-6.12", "6.12.1-1", "bookworm-security",
                                  (), 1)
     with pytest.raises(debugkernel.DebugKernelError) as err:
@@ -317,7 +318,7 @@ def test_a_version_the_mirror_no_longer_serves_is_one_line_and_leaves_nothing(tm
 
 
 def test_a_debug_kernel_is_labelled_by_its_name_in_results():
-    from loopqual.results import kernel_label
+    from loopqual.verdict.results import kernel_label
 
     cell = {"kernel": "debian-6.12-debug", "kernel_suite": "debug",
             "kernel_version": "6.12.117-1~deb12u1"}
@@ -329,7 +330,7 @@ def test_a_debug_kernel_is_labelled_by_its_name_in_results():
 def test_recorded_kasan_report_is_a_splat():
     """The report the first debug kernel (5-level paging) printed at boot under TCG, 1 boot
     in 3: kernel/splats.toml's deny list catches it (why the fragment turns 5-level off)."""
-    from loopqual import health
+    from loopqual.common import health
 
     lines = (FIX / "recorded-kasan-boot-report-5level-tcg.log").read_text().splitlines()
     found = health.find_splats(lines)

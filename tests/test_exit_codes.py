@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from loopqual.paths import REPO
+from loopqual.common.paths import REPO
 
 
 def test_make_keeps_the_step_code_that_make_itself_hides(tmp_path):

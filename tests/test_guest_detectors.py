@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import health
+from loopqual.common import health
 
 pytestmark = pytest.mark.guest
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from loopqual import vm
+from loopqual.boot import vm
 
 pytestmark = pytest.mark.guest
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import guestroot, vm
+from loopqual.boot import guestroot, vm
 from loopqual.guest import runner
 
 FIXTURES = Path(__file__).parent / "fixtures" / "guest-root"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from loopqual import health
+from loopqual.common import health
 
 
 def test_clean_log_from_a_real_cell_has_no_splats(fixtures):

@@ -1,14 +1,18 @@
-"""loopqual's modules import each other without a circle (issue 26): a reader can start at
-any module and find what it rests on below it. Imports inside functions count too, since
-they are how circles hide."""
+"""loopqual's modules import each other without a circle, and each stage's folder imports only
+the folders below it (issue 26): a reader can start at any module and find what it rests on
+below it. Imports inside functions count too, since they are how circles hide."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "harness"
-NAMES = ("loopqual", "harness")  # the package's installed name and its folder
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "loopqual"
+NAMES = ("loopqual",)
+# The stages' folders, lowest first (docs/layout.md): a folder imports only from itself and
+# the folders before it; the modules at the top (the CLI) may import any.
+LAYERS = ("common", "guest", "config", "debian", "kernel", "verdict", "module", "review", "boot",
+          "output", "run")
 
 
 def modules() -> dict[str, Path]:
@@ -84,8 +88,31 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_through_others():
     graph = import_graph()
-    assert len(graph) > 30 and graph["kernels"] >= {"archivekernels", "debugkernel", "installedkernel"}
+    assert len(graph) > 30 and graph["kernel.kernels"] >= {
+        "kernel.archivekernels", "kernel.debugkernel", "kernel.installedkernel"}
     assert circles(graph) == []
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for each import of a module in a folder above the importer's own."""
+    def layer(module: str) -> int:
+        folder = module.split(".")[0] if "." in module else ""
+        return LAYERS.index(folder) if folder in LAYERS else len(LAYERS)
+
+    # "" is the package itself: its __init__ holds the version string, below every stage
+    return sorted(f"{a} -> {b}" for a, bs in graph.items() for b in bs if b and layer(b) > layer(a))
+
+
+def test_every_folder_is_a_stage_and_imports_only_those_below_it():
+    graph = import_graph()
+    folders = {m.split(".")[0] for m in graph if "." in m}
+    assert folders == set(LAYERS)
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_found():
+    graph = {"common.paths": {"config.data"}, "config.data": {"common.paths"}, "cli": {"run.qualify"}}
+    assert upward_imports(graph) == ["common.paths -> config.data"]
 
 
 def test_a_circle_is_found_where_it_exists():

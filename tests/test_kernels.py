@@ -3,7 +3,7 @@ waits for the lock instead of failing. No package is really installed: apt-get i
 
 import subprocess
 
-from loopqual import kernels
+from loopqual.kernel import kernels
 
 
 def test_apt_install_waits_for_dpkgs_lock(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from loopqual.kmsg import KmsgReader
+from loopqual.common.kmsg import KmsgReader
 
 
 def test_reader_sees_only_what_was_logged_after_it_was_made():

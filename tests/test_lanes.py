@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import cli, qualify
+from loopqual import cli
+from loopqual.run import qualify
 
 PLAN = Path(__file__).parent / "fixtures/guest/recorded-plan-6.1-four-sources-all-suites.json"
 
@@ -103,7 +104,7 @@ def test_bad_jobs_environment_is_refused_before_anything_boots(monkeypatch, caps
 
 def test_default_jobs_is_what_the_machine_carries():
     """issue 11: a guest per host core, 2 GiB each, one guest's worth of memory left over."""
-    from loopqual.vm import machine_jobs
+    from loopqual.boot.vm import machine_jobs
 
     gib = 1024 * 1024
     assert machine_jobs(cpus=2, mem_kib=24 * gib) == 2  # this machine

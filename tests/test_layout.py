@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_every_module_is_on_the_map():
     text = (REPO / "docs" / "layout.md").read_text()
-    modules = sorted(str(p.relative_to(REPO / "harness")) for p in (REPO / "harness").rglob("*.py")
+    package = REPO / "src" / "loopqual"
+    modules = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                      if p.name != "__init__.py")
     missing = [m for m in modules if f"`{m}`" not in text]
     assert len(modules) > 40 and missing == []

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from loopqual import procgroup
+from loopqual.common import procgroup
 
 
 def alive(pid: int) -> bool:

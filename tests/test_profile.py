@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from loopqual import qualify, report, results, timeprofile
+from loopqual.output import report, timeprofile
+from loopqual.run import qualify
+from loopqual.verdict import results
 
 
 def meta(cid: str, param_set: str) -> dict:

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from loopqual import regressions, rules
-from loopqual.errors import DataError
+from loopqual.common.errors import DataError
+from loopqual.verdict import regressions, rules
 
 
 @pytest.fixture(scope="module")

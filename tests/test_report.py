@@ -7,7 +7,10 @@ runner writes it, with the reasons scenarios/suites.toml gives."""
 import json
 import re
 
-from loopqual import data, qualify, report, results
+from loopqual.config import data
+from loopqual.output import report
+from loopqual.run import qualify
+from loopqual.verdict import results
 
 
 def meta(param_set):

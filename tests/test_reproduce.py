@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import shlex
 
-from loopqual import data, qualify
+from loopqual.config import data
+from loopqual.run import qualify
 
 
 def test_reproduce_line_carries_the_env_prefix(monkeypatch):

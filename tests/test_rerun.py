@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 
-from loopqual import report, results
-from loopqual.guest.suite_record import RERUN_MAX, merge_rerun, rerun_candidates
+from loopqual.common.suite_record import RERUN_MAX, merge_rerun, rerun_candidates
+from loopqual.output import report
+from loopqual.verdict import results
 
 
 def records(fixtures, name: str) -> list[dict]:

@@ -7,7 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from loopqual import data, report, results
+from loopqual.config import data
+from loopqual.output import report
+from loopqual.verdict import results
 
 
 def meta(gated=False, param_set="ec1", build_status="ok"):
@@ -154,7 +156,7 @@ def test_writers(tmp_path, ec1_cell, ec0_cell):
 
 
 def test_expected_failures_draft_scopes_entries_to_where_they_failed(ec1_cell, ec0_cell, tmp_path):
-    from loopqual import expectedfailures
+    from loopqual.verdict import expectedfailures
 
     cells = [results.evaluate_cell(meta(gated=True), ec1_cell, None, []),
              results.evaluate_cell(meta(gated=True, param_set="ec0"), ec0_cell, None, [])]

@@ -8,7 +8,9 @@ import re
 import pytest
 from cli_expect import one_line_exit_2
 
-from loopqual import cli, data, results
+from loopqual import cli
+from loopqual.config import data
+from loopqual.verdict import results
 
 
 def meta(param_set):

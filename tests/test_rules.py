@@ -4,7 +4,8 @@ patched with an empty series, Debian 6.1, contract suite, six parameter sets).""
 
 import json
 
-from loopqual import health, rules
+from loopqual.common import health
+from loopqual.verdict import rules
 
 
 def test_contract_lists_all_49_rules():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loopqual import seriesbuild
+from loopqual.review import seriesbuild
 
 FIXTURE = Path(__file__).parent / "fixtures" / "series-build" / "recorded-6.12-w1-unused-but-set-build.log"
 

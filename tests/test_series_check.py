@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import DataError
-from harness.seriescheck import BASELINE_FILE, judge, load_baseline, parse_checkpatch
+from loopqual.common.errors import DataError
+from loopqual.review.seriescheck import BASELINE_FILE, judge, load_baseline, parse_checkpatch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpatch"
 BEFORE = FIXTURES / "recorded-6.12-strict-series-at-c07ed6d.txt"
@@ -87,8 +87,8 @@ def test_every_baseline_entry_has_a_reason_and_a_malformed_one_is_named(tmp_path
 def test_the_report_shows_each_part_of_a_recorded_series_check(tmp_path):
     import json
 
-    from harness.errors import LoopqualError
-    from harness.report import series_summary
+    from loopqual.common.errors import LoopqualError
+    from loopqual.output.report import series_summary
 
     recorded = Path(__file__).parent / "fixtures" / "cover-letter" / "recorded-series-check-with-builds.json"
     parts = {name: (verdict, text) for name, verdict, text in series_summary(recorded)["parts"]}

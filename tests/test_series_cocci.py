@@ -1,4 +1,4 @@
-"""coccinelle in the series check (harness/seriescocci.py): spatch's report-mode output over
+"""coccinelle in the series check (src/loopqual/review/seriescocci.py): spatch's report-mode output over
 the module source, recorded from real runs of the kernel tree's 73 semantic patches on the
 stock 0.15.4 base and on a state of the series whose QBUF took dev->frame_mutex under a
 condition and returned early under the same one (mini_lock.cocci's report, since removed)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from loopqual import seriescocci
+from loopqual.review import seriescocci
 
 
 def outputs(fixtures, label: str) -> dict[str, str]:

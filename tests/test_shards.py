@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 from cli_expect import one_line_exit_2
 
-from loopqual import cli, qualify, results, resultsreader, rules, shards
+from loopqual import cli
+from loopqual.run import qualify, shards
+from loopqual.verdict import results, resultsreader, rules
 
 RECORDED = "recorded-6.1-stock-0.15.0-and-empty-series-contract.json"
 FOUR = ["debian-0.12.7", "debian-0.13.2", "debian-0.15.0", "patched"]

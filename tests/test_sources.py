@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import data, sources
-from loopqual.paths import cache_lock
+from loopqual.common.paths import cache_lock
+from loopqual.config import data
+from loopqual.debian import apt as apt_
+from loopqual.module import sources
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_archive_source_is_fetched_checked_and_unpacked(private_cache):
     assert (tree / "v4l2loopback.c").is_file()
     assert sources.module_version(tree) == "0.15.0"
     deb = next((private_cache / "apt" / "trixie" / "debs").glob("*.deb"))
-    apt = sources.PrivateApt(mirror, "trixie")
+    apt = apt_.PrivateApt(mirror, "trixie")
     (entry,) = [e for e in apt.index_entries("v4l2loopback-dkms") if e["Version"] == "0.15.0-2"]
     assert hashlib.sha256(deb.read_bytes()).hexdigest() == entry["SHA256"]
 
@@ -44,14 +46,14 @@ def test_archive_source_is_fetched_checked_and_unpacked(private_cache):
 def test_a_version_the_mirror_does_not_serve_names_the_ones_it_does(private_cache):
     mirror, all_sources = data.load_sources()
     gone = data.Source(name="old", package="v4l2loopback-dkms", version="0.12.5-1", suite="bookworm")
-    with pytest.raises(sources.SourceError, match=r"0\.12\.5-1 is not served.*it serves: 0\.12\.7-2"):
+    with pytest.raises(apt_.AptError, match=r"0\.12\.5-1 is not served.*it serves: 0\.12\.7-2"):
         sources.unpack_debian(gone, mirror)
 
 
 def test_a_corrupt_download_is_refused_and_removed(private_cache):
     mirror, all_sources = data.load_sources()
     src = all_sources["debian-0.12.7"]
-    apt = sources.PrivateApt(mirror, src.suite)
+    apt = apt_.PrivateApt(mirror, src.suite)
     deb = apt.fetch(src.package, src.version)
     deb.write_bytes(b"not a deb")
     # a cached file with the wrong hash is downloaded again, never used
@@ -90,7 +92,8 @@ def test_the_committed_series_applies_to_the_pristine_base(private_cache, tmp_pa
 
 UNPACKER = """
 import json, sys
-from loopqual import data, sources
+from loopqual.config import data
+from loopqual.module import sources
 mirror, all_sources = data.load_sources()
 src = all_sources[sys.argv[1]]
 tree, patches = sources.prepare(src, all_sources, mirror)
@@ -119,7 +122,7 @@ def test_two_runs_fetch_and_unpack_the_same_source_at_once(private_cache):
     tree = Path(trees.pop())
     assert (tree / "v4l2loopback.c").is_file() and sources.module_version(tree) == "0.13.2"
     mirror, all_sources = data.load_sources()
-    apt = sources.PrivateApt(mirror, "bookworm-backports")
+    apt = apt_.PrivateApt(mirror, "bookworm-backports")
     (entry,) = [e for e in apt.index_entries("v4l2loopback-dkms") if e["Version"] == "0.13.2-1~bpo12+1"]
     (deb,) = (private_cache / "apt" / "bookworm-backports" / "debs").glob("*.deb")
     assert hashlib.sha256(deb.read_bytes()).hexdigest() == entry["SHA256"]
@@ -152,10 +155,11 @@ def test_an_unpack_that_died_half_way_is_redone(private_cache):
 
 FETCHER = """
 import sys
-from loopqual import data, sources
+from loopqual.config import data
+from loopqual.debian import apt
 mirror, all_sources = data.load_sources()
 src = all_sources[sys.argv[1]]
-print(sources.PrivateApt(mirror, src.suite).fetch(src.package, src.version))
+print(apt.PrivateApt(mirror, src.suite).fetch(src.package, src.version))
 """
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from loopqual import data, qualify
+from loopqual.config import data
+from loopqual.run import qualify
 
 KERNELS = ["debian-6.1", "debian-6.12", "debian-sid"]
 
@@ -63,7 +64,7 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     ec1 on debian-6.1."""
     import re
 
-    from loopqual.paths import REPO
+    from loopqual.common.paths import REPO
 
     make = (REPO / "Makefile").read_text()
     block = re.search(r"GATE_SUITES := ((?:.*\\\n)*.*)", make).group(1)

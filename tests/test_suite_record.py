@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import textwrap
 
-from loopqual import results, rules
+from loopqual.common.paths import REPO
 from loopqual.guest import runner
-from loopqual.paths import REPO
+from loopqual.verdict import results, rules
 
 SCENARIOS_LIB = REPO / "scenarios"
 

@@ -5,7 +5,8 @@ starts as category "pending". Cells are guest cell files recorded in real runs."
 import json
 import re
 
-from loopqual import data, expectedfailures, results
+from loopqual.config import data
+from loopqual.verdict import expectedfailures, results
 
 
 def meta(param_set):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from loopqual import procgroup
+from loopqual.common import procgroup
 
 from .common import (
     H,

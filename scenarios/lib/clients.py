@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loopqual import procgroup
+from loopqual.common import procgroup
 
 from .common import Reader
 from .v4l2 import CAP_VIDEO_CAPTURE, IN_ST_NO_SIGNAL, Device, V4L2Error

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from loopqual import procgroup
+from loopqual.common import procgroup
 
 from . import crash
 from .infra import InfrastructureProblem, need_program

@@ -43,7 +43,7 @@ from regress import (
     wait_visible,
 )
 
-from loopqual import procgroup
+from loopqual.common import procgroup
 
 FRAME = W * H * 2
 WINDOW = 2.5  # how long a reader is watched after another reader's teardown

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from loopqual import health
-from loopqual.kmsg import KmsgReader
+from loopqual.common import health
+from loopqual.common.kmsg import KmsgReader
 
 MODULE = "loopqual_detectors"
 TRIGGERS = ["none", "rcu", "ubsan", "odebug", "list", "kfence", "leak", "lockdep", "kasan"]
