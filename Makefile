@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # of obs-studio, and recommendations are not installed here: it is named.
 # mmdebstrap makes the build roots of kernels from newer suites (kernel/kernels.toml entries
 # with a suite: sid, trixie-backports), which are never installed on the host.
-# gdb reads the core of a real program that died of a signal in a scenario (scenarios/lib/crash.py).
+# gdb reads the core of a real program that died of a signal in a scenario (src/loopqual/guest/programs/crash.py).
 # sparse and coccinelle check the series as a reviewer does (make series-check, C=2).
 APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	linux-image-6.12-amd64 linux-headers-6.12-amd64 \
@@ -102,12 +102,12 @@ selftest: venv
 # without the browser suite 2275 s and 2462 s (stop 23: OBS aborted in K3, and a Firefox
 # session starved on debian-6.12, and debian-sid's guest logged an RCU stall beside two
 # other guests). Since then K3 goes on after one OBS heap abort (apps/test_obs.py), Firefox's sessions
-# end by frames, not seconds, and Firefox runs with fewer processes (lib/browser.py).
+# end by frames, not seconds, and Firefox runs with fewer processes (src/loopqual/guest/programs/browser.py).
 # OBS on debian-sid, beside two other guests, once aborted ("double free or corruption
 # (!prev)", glibc) after its 10th camera stop (stop 18's CI B) and once did nothing for 60 s
 # after its 6th StartVirtualCam (stop 20's CI B); since then K3 passed there 4 times with two
 # host busy loops beside it (stop 21) and in stop 22's CI (K3 75-145 s a kernel). A stall
-# now reports each OBS thread's kernel wait and stack (scenarios/lib/crash.py live_threads).
+# now reports each OBS thread's kernel wait and stack (src/loopqual/guest/programs/crash.py live_threads).
 GATE_KERNELS := --kernel debian-6.1 --kernel debian-6.12 --kernel debian-sid
 GATE_SUITES := --suite contract --suite compliance:debian-6.1,debian-6.12 --suite compliance-sid \
 	--suite clients:debian-6.12 --suite clients-ec1:debian-6.1,debian-sid \

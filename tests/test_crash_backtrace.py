@@ -1,4 +1,4 @@
-"""scenarios/lib/crash.py: gdb's backtrace of a real core dump, summed up for a failure
+"""loopqual.guest.programs.crash: gdb's backtrace of a real core dump, summed up for a failure
 message. The core is a real one, written by gdb's gcore from a live process on the host (the
 guest shares the host's binaries); core_pattern itself is only ever set in a guest."""
 
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scenarios"))
-
-from lib import crash  # noqa: E402
+from loopqual.guest.programs import crash
 
 
 def test_a_real_cores_backtrace_is_kept_and_summed_up(tmp_path):

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import textwrap
 
-from loopqual.common.paths import REPO
 from loopqual.guest import runner
 from loopqual.verdict import results, rules
-
-SCENARIOS_LIB = REPO / "scenarios"
 
 
 def run_suite(tmp_path, body: str, timeout_s: float = 60) -> dict:
     (tmp_path / "scenarios").mkdir(exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
-    (tmp_path / "test_tiny.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(SCENARIOS_LIB)!r})\n" + textwrap.dedent(body))
+    (tmp_path / "test_tiny.py").write_text(textwrap.dedent(body))
     cell_json = tmp_path / "cell.json"
     cell_json.write_text("{}")
     suite = {"name": "tiny", "kind": "pytest", "paths": ["test_tiny.py"], "timeout_s": timeout_s,
@@ -63,7 +59,7 @@ def test_fewer_recorded_scenarios_than_collected_is_incomplete():
 def test_a_missing_program_makes_the_scenario_and_its_cell_incomplete(tmp_path):
     sr = run_suite(tmp_path, """
         import pytest
-        from lib.infra import need_program
+        from loopqual.guest.programs.infra import need_program
 
         @pytest.mark.rules("K4")
         def test_needs_a_browser():

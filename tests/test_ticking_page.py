@@ -1,9 +1,9 @@
-"""scenarios/lib/ticking.py: the reports of the long-reading browser page, as K6 and the
-program bench read them. The lines are recorded from real K6 runs (debian-6.1, OBS writing at
-1 fps, 2026-12-03): patched, where both browsers read; and stock 0.13.2, which refused
-Chromium as a second reader. The *-sessions-6.12 lines: a K6 run on debian-6.12 (patched, an
-ffmpeg writer at 1 fps, 2026-12-04) whose Firefox page began with three rude-stop sessions of
-3 distinct frames each.
+"""loopqual.guest.programs.ticking: the reports of the long-reading browser page, as K6 and
+the program bench read them, and K6's judgement of them (scenarios/lib/ticking.py). The lines
+are recorded from real K6 runs (debian-6.1, OBS writing at 1 fps, 2026-12-03): patched, where
+both browsers read; and stock 0.13.2, which refused Chromium as a second reader. The
+*-sessions-6.12 lines: a K6 run on debian-6.12 (patched, an ffmpeg writer at 1 fps,
+2026-12-04) whose Firefox page began with three rude-stop sessions of 3 distinct frames each.
 Chromium prints the page's console through its log (with its own prefix and suffix), Firefox
 prints dump() as is."""
 
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from loopqual.guest.programs.ticking import TickingBrowser
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scenarios"))
 
-from lib.ticking import TickingBrowser, judge_labels_and_sessions  # noqa: E402
+from lib.ticking import judge_labels_and_sessions  # noqa: E402
 
 RECORDED = Path(__file__).parent / "fixtures/ticking"
 

@@ -32,9 +32,11 @@ import tempfile
 import time
 
 import pytest
-from lib import crash
 from lib.clients import read_window
-from lib.obs import (
+from lib.v4l2 import YUYV, fourcc
+
+from loopqual.guest.programs import crash
+from loopqual.guest.programs.obs import (
     OUTPUT_LIMIT_S,
     START_LIMIT_S,
     Obs,
@@ -43,7 +45,6 @@ from lib.obs import (
     output_size,
     xvfb,
 )
-from lib.v4l2 import YUYV, fourcc
 
 SESSIONS = 11  # the first start, then ten stops and starts
 # OBS Studio 29.0.2 has aborted in glibc's heap checks as its virtual camera stopped: "double
@@ -250,7 +251,7 @@ def test_k3_obs_virtual_camera_stop_and_start(cell, record_property):
 
 def made(before: dict | None, after: dict | None, drawn: bool = False) -> int:
     """Frames OBS's video output made (with drawn: drew anew) between two GetStats replies
-    (lib.obs.frames_made); 0 where OBS did not answer."""
+    (loopqual.guest.programs.obs.frames_made); 0 where OBS did not answer."""
     a, b = frames_made(before, drawn), frames_made(after, drawn)
     return b - a if a is not None and b is not None else 0
 

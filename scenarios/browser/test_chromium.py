@@ -13,13 +13,13 @@ from lib.browser import (
     ONE_FRAME_MIN_FRAMES,
     ONE_FRAME_S,
     browser_set_up,
-    camera_by_label_js,
-    chromium_argv,
     judge_capture,
     judge_writer,
     run_capture_page,
     scenario_timeout,
 )
+
+from loopqual.guest.programs.browser import camera_by_label_js, chromium_argv
 
 PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
 %(by_label)s

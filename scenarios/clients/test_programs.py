@@ -29,8 +29,9 @@ from lib.delivery import (
     program_problems,
     span_figures,
 )
-from lib.infra import need_program
 from lib.v4l2 import OUT, YUYV, Device
+
+from loopqual.guest.programs.infra import need_program
 
 W, H = 160, 120
 FRAME = W * H * 2

@@ -17,7 +17,6 @@ from lib.common import (
     skip_if_keep,
     write_format,
 )
-from lib.infra import InfrastructureProblem
 from lib.v4l2 import (
     CAP,
     CAP_VIDEO_CAPTURE,
@@ -35,6 +34,8 @@ from lib.v4l2 import (
     err,
     frame_bytes,
 )
+
+from loopqual.guest.programs.infra import InfrastructureProblem
 
 
 def _caps(cell):

@@ -13,9 +13,10 @@ import time
 import pytest
 from lib.common import H2, W2, Reader, Writer, caps_str, fmt_str
 from lib.fuzz import walk
-from lib.infra import InfrastructureProblem
 from lib.proc import Hang
 from lib.v4l2 import CAP_VIDEO_CAPTURE, CAP_VIDEO_OUTPUT, OUT, Device
+
+from loopqual.guest.programs.infra import InfrastructureProblem
 
 DURATION = float(os.environ.get("LOOPQUAL_FUZZ_SECONDS", "15"))
 

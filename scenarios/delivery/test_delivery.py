@@ -20,7 +20,8 @@ import os
 import pytest
 from lib.common import need_openers
 from lib.delivery import Kind, keeps_up_problems, run, summary
-from lib.infra import InfrastructureProblem
+
+from loopqual.guest.programs.infra import InfrastructureProblem
 
 FPS = float(os.environ.get("LOOPQUAL_DELIVERY_FPS", "30"))
 SECONDS = float(os.environ.get("LOOPQUAL_DELIVERY_SECONDS", "4"))

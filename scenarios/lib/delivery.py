@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 from linuxpy.video import raw
 
-from .proc import describe_wait, kernel_wait
+from loopqual.guest.programs.kernelwait import describe_wait, kernel_wait
+
 from .v4l2 import CAP, MMAP, OUT, YUYV, ename
 
 MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: neighbouring numbers get unlike words

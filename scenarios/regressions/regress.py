@@ -22,7 +22,6 @@ import pytest
 from lib.clients import Client, cell_logdir, fresh, gst_env, read_window, wait_for_writer
 from lib.common import Reader, caps_str
 from lib.delivery import Feeder, identify, program_problems, span_figures
-from lib.infra import InfrastructureProblem, need_program
 from lib.v4l2 import (
     CAP,
     CAP_STREAMING,
@@ -38,6 +37,8 @@ from lib.v4l2 import (
     frame_bytes,
     frame_number,
 )
+
+from loopqual.guest.programs.infra import InfrastructureProblem, need_program
 
 W, H = 160, 120  # small frames: the guest is one vCPU under TCG
 FPS = 15

@@ -11,7 +11,6 @@ from collections import deque
 import pytest
 from lib.clients import Client
 from lib.common import Reader, Writer, need_openers, start_proc_writer
-from lib.infra import need_program
 from lib.v4l2 import CAP, OUT, V4L2Error, ename, err
 from regress import (
     MJPG,
@@ -24,6 +23,8 @@ from regress import (
     skip_with_keep,
     wait_visible,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 
 @pytest.mark.upstream_report(9)

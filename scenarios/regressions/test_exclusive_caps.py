@@ -17,7 +17,6 @@ from lib.common import (
     start_proc_writer,
     sysfs_attr,
 )
-from lib.infra import need_program
 from lib.v4l2 import (
     CAP,
     CAP_VIDEO_CAPTURE,
@@ -47,6 +46,8 @@ from regress import (
     share_problems,
     wait_visible,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 
 def _no_restart_with_kept_format(cell, who: str) -> None:

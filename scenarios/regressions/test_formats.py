@@ -8,7 +8,6 @@ import re
 import pytest
 from lib.clients import Client
 from lib.common import need_openers
-from lib.infra import need_program
 from lib.v4l2 import CAP, OUT, YUYV, Device, fourcc
 from regress import (
     START_TIMEOUT,
@@ -22,6 +21,8 @@ from regress import (
     need_exclusive,
     wait_visible,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 
 @pytest.mark.upstream_report(472)

@@ -11,7 +11,6 @@ import pytest
 from lib.clients import Client
 from lib.common import need_openers, new_writer_works
 from lib.delivery import frames_in_file
-from lib.infra import need_program
 from regress import (
     FPS,
     FrameFeeder,
@@ -31,6 +30,8 @@ from regress import (
     share_problems,
     wait_visible,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 FRAME = W * H * 2
 NOT_QUEUED = "was not queued"

@@ -9,7 +9,6 @@ import re
 
 import pytest
 from lib.common import caps_str, need_openers, start_proc_writer
-from lib.infra import need_program
 from lib.v4l2 import (
     CAP,
     CAP_VIDEO_CAPTURE,
@@ -26,6 +25,8 @@ from regress import (
     chrome_lists,
     run_program,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 BOTH = CAP_VIDEO_CAPTURE | CAP_VIDEO_OUTPUT
 

@@ -14,7 +14,6 @@ from lib.common import (
     need_openers,
 )
 from lib.delivery import pattern, program_problems, span_figures
-from lib.infra import need_program
 from lib.v4l2 import (
     CAP,
     CAP_VIDEO_CAPTURE,
@@ -41,6 +40,8 @@ from regress import (
     need_exclusive,
     run_program,
 )
+
+from loopqual.guest.programs.infra import need_program
 
 TS_MONOTONIC = 0x2000  # V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC (mask 0xe000)
 MAX_LAG_S = 1.5  # below the 2 s gap the bug adds as delay, above a TCG guest's usual stalls

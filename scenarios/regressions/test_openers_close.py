@@ -15,7 +15,6 @@ from lib.common import (
     sysfs_attr,
 )
 from lib.delivery import frames_in_file, pattern, program_problems, span_figures
-from lib.infra import need_program
 from regress import (
     FPS,
     MIN_FRAMES,
@@ -44,6 +43,7 @@ from regress import (
 )
 
 from loopqual.common import procgroup
+from loopqual.guest.programs.infra import need_program
 
 FRAME = W * H * 2
 WINDOW = 2.5  # how long a reader is watched after another reader's teardown

@@ -12,7 +12,6 @@ import time
 import pytest
 from lib.clients import Client
 from lib.common import Reader, Writer, need_openers, start_proc_writer
-from lib.infra import need_program
 from lib.v4l2 import (
     OUT,
     POLLIN,
@@ -24,6 +23,8 @@ from lib.v4l2 import (
     frame_number,
 )
 from regress import FPS, logdir, select_readable, share_problems
+
+from loopqual.guest.programs.infra import need_program
 
 _select = select_readable
 

@@ -54,14 +54,16 @@ import tempfile
 import time
 
 import pytest
-from lib import crash, ticking
 from lib.browser import START_LIMIT_S, assert_idle_shows_output
 from lib.clients import Client, wait_for_writer
 from lib.common import need_openers
-from lib.infra import InfrastructureProblem, need_program, package_version
 from lib.load import guest_load
-from lib.obs import OUTPUT_LIMIT_S, Obs, frames_made, fresh_home, output_size, xvfb
-from lib.ticking import FIREFOX_SESSIONS, SESSIONS_LIMIT_S, judge_labels_and_sessions
+from lib.ticking import SESSIONS_LIMIT_S, judge_labels_and_sessions
+
+from loopqual.guest.programs import crash, ticking
+from loopqual.guest.programs.infra import InfrastructureProblem, need_program, package_version
+from loopqual.guest.programs.obs import OUTPUT_LIMIT_S, Obs, frames_made, fresh_home, output_size, xvfb
+from loopqual.guest.programs.ticking import FIREFOX_SESSIONS
 
 OBS_FPS = 1
 WINDOW_S = 20

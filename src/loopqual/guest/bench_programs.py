@@ -11,8 +11,8 @@ window opens. What each program reported is timestamped as it arrives, so that t
 cover the window only and not the programs' start-up (under TCG, seconds to minutes):
 - the reader's frames in the window, per second: ffmpeg's frames that differ from the frame
   before them (by MD5, -f framemd5); GStreamer's buffers through an identity element; a
-  browser page's frames that differ from the frame before them (lib/ticking.py's page, which
-  reports every second);
+  browser page's frames that differ from the frame before them (programs/ticking.py's page,
+  which reports every second);
 - the writer's frames in the window (ffmpeg's frame= counter; GStreamer: buffers through an
   identity element before v4l2sink; OBS: frames its graphics thread rendered, from
   obs-websocket's GetStats each second), per second, and the frames the writer itself
@@ -38,8 +38,10 @@ import time
 from pathlib import Path
 
 from loopqual.common import procgroup
-from loopqual.common.paths import SCENARIOS_DIR
 from loopqual.guest.bench_device import load_fresh
+from loopqual.guest.programs import ticking
+from loopqual.guest.programs.infra import need_program
+from loopqual.guest.programs.obs import Obs, fresh_home, xvfb
 from loopqual.guest.runner import emit, rmmod
 
 CAP_VIDEO_CAPTURE = 0x1
@@ -197,14 +199,6 @@ def changes(frames: list[tuple[float, str]]) -> int:
     return sum(1 for i, (_t, k) in enumerate(frames) if i == 0 or k != frames[i - 1][1])
 
 
-def scenario_lib():
-    """The scenarios' own helpers for OBS and the browsers (scenarios/lib), importable as
-    `lib` here as in the scenarios."""
-    path = str(SCENARIOS_DIR)
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-
 class ProgramWriter(Watched):
     """ffmpeg or GStreamer writing a test pattern."""
 
@@ -227,9 +221,6 @@ class ObsWriter:
     kind = "obs"
 
     def __init__(self, log_dir: Path):
-        scenario_lib()
-        from lib.obs import Obs, fresh_home, xvfb
-
         self.start_limit_s = DESKTOP_START_LIMIT_S
         self.home = tempfile.mkdtemp(prefix="loopqual-bench-obs-")
         self.stack = contextlib.ExitStack()
@@ -306,7 +297,7 @@ class ProgramReader(Watched):
 
 
 class BrowserReader:
-    """Headless Chromium or Firefox ESR on lib/ticking.py's page, which reports every second
+    """Headless Chromium or Firefox ESR on programs/ticking.py's page, which reports every second
     what it has received; a thread reads its output. Chromium's page reads every frame
     (MediaStreamTrackProcessor): its frames unlike the one before count. Firefox's page looks
     at its <video> element only every 100 ms: the frames the element presented count
@@ -315,10 +306,6 @@ class BrowserReader:
     COUNTER = {"chromium": "changes", "firefox": "presented"}
 
     def __init__(self, kind: str, device: str, log_dir: Path, run_s: int):
-        scenario_lib()
-        from lib import ticking
-        from lib.infra import need_program
-
         self.kind = kind
         with open(f"/sys/class/video4linux/{os.path.basename(device)}/name") as f:
             card = f.read().strip()
@@ -413,7 +400,7 @@ def measure(device: str, pair: dict, plan: dict, log_dir: Path) -> dict:
             if proc.p.poll() is not None:
                 row.setdefault("notes", []).append(f"the {name} ended during the window "
                                                    f"(exit {proc.p.returncode}): {proc.tail(3)}")
-    except Exception as exc:  # a program that cannot start (lib.infra's problems): said, not raised
+    except Exception as exc:  # a program that cannot start (InfrastructureProblem): said, not raised
         row["error"] = f"{type(exc).__name__}: {exc}"[:1500]
     finally:
         if reader is not None:

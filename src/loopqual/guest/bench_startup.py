@@ -4,8 +4,8 @@ keeps). The host boots this once per guest root (9p, virtiofs) and puts the figu
 side.
 
 - runner: a fresh Python that imports what the guest runner imports before its first cell;
-- chromium, firefox: headless, on lib/ticking.py's page reading the device while ffmpeg writes
-  into it: to the page's first report, and to its first frame;
+- chromium, firefox: headless, on programs/ticking.py's page reading the device while ffmpeg
+  writes into it: to the page's first report, and to its first frame;
 - obs: OBS Studio under Xvfb with K3's configuration: to obs-websocket answering, and to its
   virtual camera making the device stream.
 

@@ -6,7 +6,7 @@ and the number of scenarios collected) to the `.finished` file beside it, so tha
 can tell a whole suite from one that lost scenarios, even when pytest's process had to be
 killed afterwards and its exit status was lost.
 
-A scenario that raises an exception with `infrastructure = True` (scenarios/lib/infra.py: a
+A scenario that raises an exception with `infrastructure = True` (guest/programs/infra.py: a
 program it needs is missing or cannot start) is "incomplete": it judged nothing."""
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import signal
 import subprocess
 from collections.abc import Iterator
 
-from .infra import need_program
-from .proc import describe_wait, in_module, kernel_wait
+from loopqual.guest.programs.infra import need_program
+from loopqual.guest.programs.kernelwait import describe_wait, in_module, kernel_wait
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 # coredump_filter bits: 0x01 anonymous private memory, 0x10 ELF headers (no shared memory:

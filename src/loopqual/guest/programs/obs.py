@@ -22,15 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loopqual.common import procgroup
+from loopqual.common.paths import SCENARIOS_DIR
+from loopqual.guest.programs import crash
+from loopqual.guest.programs.infra import InfrastructureProblem, need_program
 
-from . import crash
-from .infra import InfrastructureProblem, need_program
-
-CONFIG = Path(__file__).resolve().parent.parent / "apps" / "obs-config"
+CONFIG = SCENARIOS_DIR / "apps" / "obs-config"
 WEBSOCKET_PORT = 4455  # global.ini's [OBSWebSocket] ServerPort
 # Under TCG Chromium took 82-117 s to start and Firefox 71-72 s; OBS is measured by the
 # scenario (startup_s). A loaded machine is slower by up to 3x.
-START_LIMIT_S = 900  # as the browsers' (lib/browser.py): a loaded machine is slower by 3x and more
+START_LIMIT_S = 900  # as the browsers' (scenarios/lib/browser.py): a loaded machine is slower by 3x and more
 XVFB_LIMIT_S = 60
 OUTPUT_LIMIT_S = 60  # from StartVirtualCam/StopVirtualCam to the output's new state
 
@@ -140,7 +140,7 @@ class Obs:
         self.t0 = time.monotonic()
         # OBS logs through stdio, block-buffered into a file: line-buffered, a line that
         # explains a failure is in the log when the scenario reads it
-        # it may dump core: a crash is reported with its backtrace (lib/crash.py)
+        # it may dump core: a crash is reported with its backtrace (crash.py)
         self.p = procgroup.spawn(
             [*crash.core_limit_prefix(), "stdbuf", "-oL", "-eL", self.program, "--multi",
              "--profile", "loopqual", "--collection", "loopqual"],
