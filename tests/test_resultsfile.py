@@ -35,7 +35,9 @@ def run(fixtures):
 
 
 def write(tmp_path, run):
-    results.write_json(tmp_path / "results.json", run)
+    """results.json laid out as the writer lays it out, but unchecked: most files here are
+    broken on purpose, which the writer would refuse (test_resultsmodel.py)."""
+    (tmp_path / "results.json").write_text(json.dumps({"schema": results.SCHEMA, **run}, indent=1))
     return tmp_path
 
 
@@ -44,7 +46,8 @@ COMMANDS = ["report", "compare", "expected-failures"]
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_whole_results_directory_is_read(tmp_path, run, command, capsys):
-    assert cli.main([command, str(write(tmp_path, run))]) in (0, 1)
+    results.write_json(tmp_path / "results.json", run)
+    assert cli.main([command, str(tmp_path)]) in (0, 1)
     assert capsys.readouterr().err.count("error") == 0
 
 

@@ -94,10 +94,12 @@ def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[
 
 
 def _model_at(model: type[BaseModel], keys: list) -> type[BaseModel] | None:
-    """The model that describes the table at keys (through lists of models), or None where
-    keys lead into a plain table or list."""
+    """The model that describes the table at keys (through lists and named tables of models),
+    or None where keys lead into a plain table or list."""
+    named = False  # the key before was a table of models by name: this key is a name
     for k in keys:
-        if isinstance(k, int):
+        if isinstance(k, int) or named:
+            named = False
             continue
         field = model.model_fields.get(k)
         inner = [] if field is None else [a for a in _flatten(field.annotation)
@@ -105,6 +107,8 @@ def _model_at(model: type[BaseModel], keys: list) -> type[BaseModel] | None:
         if not inner:
             return None
         model = inner[0]
+        annotations = (field.annotation, *typing.get_args(field.annotation))
+        named = any(typing.get_origin(a) is dict for a in annotations)
     return model
 
 

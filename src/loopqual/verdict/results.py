@@ -1,5 +1,6 @@
-"""The results model: a cell's verdict from what the guest recorded, gating against the
-expected-failures list, and the writers (results.json, junit.xml).
+"""A run's verdicts: a cell's verdict from what the guest recorded, gating against the
+expected-failures list, and the writers (results.json, checked against
+verdict/resultsmodel.py; junit.xml).
 
 Cell status:  error       the module did not build or load, or the harness failed for it
               incomplete  some step did not run to the end (timeout, hang, panic, watchdog)
@@ -22,8 +23,8 @@ from loopqual.common.health import KMEMLEAK_SCAN
 from loopqual.common.paths import atomic_write
 from loopqual.common.suite_record import unjudged_line
 from loopqual.config.data import ExpectedFailure
+from loopqual.verdict.resultsmodel import SCHEMA, check_written
 
-SCHEMA = 1
 FAILING = ("fail", "error")
 
 
@@ -227,8 +228,12 @@ def cell_label(cell: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- writers
-def write_json(path: Path, run: dict) -> None:
-    atomic_write(path, json.dumps({"schema": SCHEMA, **run}, indent=1, default=str))
+def write_json(path: Path, run: dict, copied: tuple[str, ...] = ()) -> None:
+    """results.json, once it fits the results model (verdict/resultsmodel.py); copied: keys
+    whose values were read back from other results files (check_written)."""
+    text = json.dumps({"schema": SCHEMA, **run}, indent=1, default=str)
+    check_written(path, text, copied)
+    atomic_write(path, text)
 
 
 class _JunitSuite:
