@@ -640,12 +640,24 @@ def judge(plan: Plan, lanes: list[Lane], runs: list[vm.GuestRun], sel: Selection
                                   sel.expected) for meta in plan.metas]
 
 
+def write_outputs(out: Path, run: dict, copied: tuple[str, ...] = ()) -> None:
+    """results.json, junit.xml and report.html, all three even when results.json does not fit
+    its model (that error is raised once the others are written)."""
+    misfit = None
+    try:
+        results.write_json(out / "results.json", run, copied)
+    except results.ResultsFileError as exc:
+        misfit = exc
+    results.write_junit(out / "junit.xml", run)
+    report.write_html(out / "report.html", run)
+    if misfit:
+        raise misfit
+
+
 def write_results(out: Path, run: dict) -> None:
     code = run["exit_code"]
     run["profile"] = time_profile(run)  # where the time went, from the cells and lanes
-    results.write_json(out / "results.json", run)
-    results.write_junit(out / "junit.xml", run)
-    report.write_html(out / "report.html", run)
+    write_outputs(out, run)
     print(report.terminal_table(run))
     print(f"\nresults: {out}/results.json  junit: {out}/junit.xml  report: {out}/report.html")
     print(f"wall {run['wall_s']} s, {run['boots']} boot(s); exit {code} "

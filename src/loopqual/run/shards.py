@@ -18,6 +18,7 @@ from pathlib import Path
 from loopqual.common.errors import LoopqualError
 from loopqual.output import report
 from loopqual.output.timeprofile import time_profile
+from loopqual.run import qualify
 from loopqual.run.qualify import ShardPlan, git_commit
 from loopqual.verdict import results, resultsreader, rules
 
@@ -114,9 +115,7 @@ def merge(dirs: list[Path], out: Path, argv: list[str]) -> int:
     code = run["exit_code"] = 2 if problems else code
     out.mkdir(parents=True, exist_ok=True)
     run["profile"] = time_profile(run)
-    results.write_json(out / "results.json", run, copied=COPIED_FROM_SHARDS)
-    results.write_junit(out / "junit.xml", run)
-    report.write_html(out / "report.html", run)
+    qualify.write_outputs(out, run, copied=COPIED_FROM_SHARDS)
     print(report.terminal_table(run))
     print()
     print(rules.render_compare(run, rules.load_rules()))

@@ -229,11 +229,13 @@ def cell_label(cell: dict) -> str:
 
 # ---------------------------------------------------------------------------- writers
 def write_json(path: Path, run: dict, copied: tuple[str, ...] = ()) -> None:
-    """results.json, once it fits the results model (verdict/resultsmodel.py); copied: keys
-    whose values were read back from other results files (check_written)."""
+    """results.json, then ResultsFileError if it does not fit the results model
+    (verdict/resultsmodel.py): written first, so that a model that lags behind what the
+    guest records never costs a run its results. copied: keys whose values were read back
+    from other results files (check_written)."""
     text = json.dumps({"schema": SCHEMA, **run}, indent=1, default=str)
-    check_written(path, text, copied)
     atomic_write(path, text)
+    check_written(path, text, copied)
 
 
 class _JunitSuite:

@@ -382,7 +382,7 @@ def _cell_label(doc: dict, key: str) -> str:
 
 
 def check_written(path: Path, text: str, copied: tuple[str, ...] = ()) -> None:
-    """Refuse to write `text` to path unless it is a results.json the model describes. The
+    """Raise unless `text`, written to path, is a results.json the model describes. The
     text, not the dict it came from, is checked: it is what the readers will get. copied:
     top-level keys whose values were read back from other results files (what a merge takes
     from its shards' files), where keys another loopqual wrote are passed over; their types
@@ -394,5 +394,6 @@ def check_written(path: Path, text: str, copied: tuple[str, ...] = ()) -> None:
             doc = {**doc, **read_back.model_dump(mode="json", by_alias=True, include=set(copied))}
         Results.model_validate(doc)
     except ValidationError as exc:
-        raise ResultsFileError(f"{path}: not written, it does not fit the results model "
-                               f"(verdict/resultsmodel.py): {problem(Results, doc, exc)}") from None
+        raise ResultsFileError(f"{path}: it does not fit the results model "
+                               f"(verdict/resultsmodel.py), a loopqual defect: "
+                               f"{problem(Results, doc, exc)}") from None
