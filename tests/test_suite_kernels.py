@@ -61,7 +61,7 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     browsers judge K4 and K5) in ec1 on every kernel (issue 10), the browser suite nowhere;
     bookworm's v4l2-compliance on the bookworm kernels; delivery (issue 24) in ec0 and ec1 on
     every kernel, with 8 buffers (ec1-buf8) on debian-6.12; upstream's reports (issue 25) in
-    ec1 on debian-6.1."""
+    ec1 on debian-6.1 and ec0 on debian-6.12."""
     import re
 
     from loopqual.common.paths import REPO
@@ -77,7 +77,7 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
                 if not s.get("not_applicable")]
 
     assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients",
-                                           "delivery"]
+                                           "delivery", "regressions-ec0"]
     assert names("debian-6.12", "ec1") == ["contract", "compliance", "compliance-sid", "clients",
                                            "apps", "together", "delivery"]
     assert names("debian-6.12", "ec1-buf8") == ["contract", "compliance", "compliance-sid",

@@ -102,16 +102,17 @@ def ffmpeg_reader(cell, name: str, out: str, frames: int) -> Client:
 
 def gst_writer(cell, name: str, fmt: str = "yuy2", w: int = W, h: int = H, fps: str = f"{FPS}/1",
                middle: tuple[str, ...] = (), sink: tuple[str, ...] = ("sync=false",),
-               debug: str = "") -> Client:
+               debug: str = "", colorimetry: str = "bt601") -> Client:
     """GStreamer's v4l2sink fed raw frames on its stdin (fdsrc ! rawvideoparse). The
-    colorimetry is the one the device reports (BT.601): without it the caps carry none and
-    v4l2sink's do not meet them. `middle` goes between the parser and the sink."""
+    colorimetry is the one the device reports (BT.601 for a format the module chose):
+    without it the caps carry none and v4l2sink's do not meet them. `middle` goes between
+    the parser and the sink."""
     need_program("gst-launch-1.0")
     size = frame_size(fmt, w, h)
     dbg = [f"--gst-debug={debug}"] if debug else []
     return Client(["gst-launch-1.0", "-q", *dbg, "fdsrc", "fd=0", f"blocksize={size}", "!",
                    "rawvideoparse", f"format={fmt}", f"width={w}", f"height={h}",
-                   f"framerate={fps}", "colorimetry=bt601", "!", *middle, "v4l2sink",
+                   f"framerate={fps}", f"colorimetry={colorimetry}", "!", *middle, "v4l2sink",
                    f"device={cell.device}", *sink],
                   name, logdir(cell, "gst"), env=gst_env(cell), stdin_pipe=True)
 
