@@ -244,7 +244,7 @@ def test_suites_restricted_to_parameter_sets_say_why_elsewhere():
 
 def test_expected_failure_id_with_brackets_matches_exactly():
     e = data.ExpectedFailure(kind="scenario", id="contract/test_5_close.py::test_c2_sigkill[writer-dqbuf]",
-                             reason="r", rule="C2", issue="3")
+                             reason="r", rule="C2", issue="3", category="pending", detail="")
     assert e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[writer-dqbuf]", "ec1", "k")
     assert not e.matches("scenario", "contract/test_5_close.py::test_c2_sigkill[reader-dqbuf]", "ec1", "k")
 

@@ -88,7 +88,7 @@ def test_bad_debug_kernels_file_is_one_clear_error(tmp_path, text, message):
 
 def test_debug_kernel_without_an_entry_names_the_file(tmp_path):
     p = write(tmp_path, "debug-kernels.toml", "")
-    k = data.Kernel("nope", "", "", "", debug=True)
+    k = data.Kernel("nope", "", "", "", kind="debug")
     with pytest.raises(debugkernel.DebugKernelError, match=r'no \[debug."nope"\] entry'):
         debugkernel.spec_for(k, p)
 

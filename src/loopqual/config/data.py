@@ -1,6 +1,10 @@
 """The data loopqual runs on: kernels, module sources, parameter sets, suites, expected
 failures. Every file is TOML; every mistake in one is a DataError naming the file, the
-entry and what to do, raised before any guest boots."""
+entry and what to do, raised before any guest boots.
+
+Each entity (Kernel, Source, Suite, ...) is one frozen pydantic model: its fields are the
+keys of its table, its validators the rules of one entry. The loaders then check what spans
+entries or files (a suite's profiles, a patched source's base, parameter names)."""
 
 from __future__ import annotations
 
@@ -8,16 +12,24 @@ import fnmatch
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from loopqual.common.errors import DataError
 from loopqual.common.paths import KERNEL_DIR, REPO, SCENARIOS_DIR
+from loopqual.config.schema import Entity, dotted, explain, file_keys
 from loopqual.config.schema import Entry as _Entry
-from loopqual.config.schema import explain
 from loopqual.config.schema import shown as _shown
 
 KERNELS_FILE = KERNEL_DIR / "kernels.toml"
@@ -59,15 +71,26 @@ def named_table(path: Path, data: dict, key: str) -> dict[str, dict]:
     return table
 
 
+def _as_tuple(value):
+    """A TOML list, kept as a tuple: entities are immutable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 _Seconds = Annotated[float, Field(gt=0, description="a positive number of seconds")]
-_Strings = Annotated[list[str], Field(description='a list of strings, e.g. ["a", "b"]')]
+_Strings = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+_SOME_STRINGS = 'a list of strings, e.g. ["a", "b"]'
 _Conditions = Annotated[dict[str, int | str | bool],
                         Field(description="a table of parameter values, e.g. { exclusive_caps = 1 }")]
 
 
-def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
-                  exc: ValidationError) -> DataError:
-    """One line for the first problem: file, [entry] key, the value given, what is expected."""
+def _entry_error(path: Path, where: str, rule_where: str, model: type[BaseModel], entry: dict,
+                 exc: ValidationError) -> DataError:
+    """One line for the first problem: file, [entry] key, the value given, what is expected;
+    or, when every value has its type, the first rule broken, in the rule's own words."""
+    errors = exc.errors()
+    if all(e["type"] == "value_error" for e in errors):
+        key = dotted(errors[0]["loc"])
+        return DataError(f"{path}: [{rule_where}] {key}{' ' if key else ''}{errors[0]['ctx']['error']}")
     key, problem = explain(model, entry, exc)
     if problem.startswith("unknown key"):
         return DataError(f"{path}: [{where}]: unknown key {key}{problem.removeprefix('unknown key')}")
@@ -76,11 +99,28 @@ def _schema_error(path: Path, where: str, model: type[BaseModel], entry: dict,
     return DataError(f"{path}: [{where}] {key}: {problem}")
 
 
-def validate_entry(path: Path, where: str, model: type[_Entry], entry: dict):
+def validate_entry(path: Path, where: str, model: type[_Entry], entry: dict,
+                   rule_where: str | None = None, **not_in_file):
+    """The entry as a `model`, or a DataError naming the file, [where] and the problem.
+    not_in_file: values the loader gives rather than the file (name=, from [kernel.NAME]);
+    rule_where: how a broken rule names the entry once its values have their types."""
+    # the file's first unknown key, as pydantic names one: a field the loader sets is one too
+    allowed = file_keys(model)
+    stray = next((k for k in entry if k not in allowed), None)
+    if stray in getattr(model, "not_in_file", ()):
+        raise DataError(f"{path}: [{where}]: unknown key {stray}; allowed: {', '.join(allowed)}")
+    entry = {**entry, **not_in_file}
     try:
-        return model.model_validate(entry)
+        return model.model_validate(entry, context={"file": path})
     except ValidationError as exc:
-        raise _schema_error(path, where, model, entry, exc) from None
+        raise _entry_error(path, where, rule_where or where, model, entry, exc) from None
+
+
+def _in_file(info: ValidationInfo) -> bool:
+    """Do the rules of the data files apply? They do to an entry read by validate_entry; an
+    entity built in Python (a test, a command line's parameter set, a local tree) is taken as
+    it is given, as long as its values have their types."""
+    return info.context is not None
 
 
 def unknown_name(kind: str, name: str, known: list[str], path: Path) -> DataError:
@@ -92,119 +132,144 @@ def unknown_name(kind: str, name: str, known: list[str], path: Path) -> DataErro
 
 
 # ---------------------------------------------------------------------------- kernels
-@dataclass(frozen=True)
-class Kernel:
+_SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
+_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~-]*$")
+_PACKAGE = "a Debian package name (a string)"
+
+
+class Kernel(Entity):
+    """A kernel modules are built for and booted on: [kernel.NAME] of kernel/kernels.toml."""
+    not_in_file: ClassVar = frozenset({"name"})
+
     name: str
-    description: str
-    image_package: str
-    headers_package: str
-    build_needs: tuple[str, ...] = ()
+    description: str = ""
+    image_package: str = Field(default="", description=_PACKAGE)
+    headers_package: str = Field(default="", description=_PACKAGE)
+    build_needs: _Strings = Field(default=(), description='a list of Debian packages, e.g. ["dwarves"]')
     default: bool = False
-    suite: str | None = None  # an archive kernel: the suite serving it (None: installed on the host)
-    base_suite: str | None = None  # the suite its build root is made of (default: suite)
-    version: str | None = None  # a pin: the image package's Debian version (None: the newest)
-    debug: bool = False  # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py)
-    boot_timeout_s: int = 240  # to the guest runner's first sign of life (kernels.toml)
-    time_factor: float = 1.0  # a cell here takes this many times a Debian kernel's (kernels.toml)
-    guest_udev: bool = True  # False: the guest boots without udev's coldplug (kernels.toml)
-    guest_append: str = ""  # added to the guest kernel's command line (kernels.toml)
+    # an archive kernel: the suite serving it (None: installed on the host)
+    suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "sid"')
+    # the suite its build root is made of (default: suite)
+    base_suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "trixie"')
+    # a pin: the image package's Debian version (None: the newest)
+    version: str | None = Field(default=None,
+                                description='a Debian version (a string), e.g. "7.3.4-1~bpo13+1"')
+    # kind = "debug" in kernels.toml: built by loopqual (debugkernel.py); the kind property
+    # also tells the two kinds of Debian kernel apart
+    declared_kind: Literal["debug"] | None = Field(
+        default=None, alias="kind",
+        description='"debug" (a kernel loopqual builds, described in kernel/debug-kernels.toml)')
+    # to the guest runner's first sign of life
+    boot_timeout_s: int = Field(default=240, ge=30, le=3600,
+                                description="seconds, a whole number from 30 to 3600")
+    # a cell here takes this many times a Debian kernel's
+    time_factor: float = Field(default=1.0, ge=1, le=100, description="a number from 1 to 100")
+    guest_udev: bool = True  # False: the guest boots without udev's coldplug
+    # added to the guest kernel's command line
+    guest_append: str = Field(default="", pattern=r"^(?:[A-Za-z0-9_.-]+=[A-Za-z0-9_.,-]+ ?)*$",
+                              description='kernel parameters, e.g. "kfence.sample_interval=10000"')
 
     @property
     def kind(self) -> str:
         """host: installed on this machine with apt, built for on it; archive: downloaded
         from its suite into the cache, built for in a build root of that suite; debug: built
         by loopqual from Debian's kernel source (kernel/debug-kernels.toml)."""
-        return "debug" if self.debug else "archive" if self.suite else "host"
+        return self.declared_kind or ("archive" if self.suite else "host")
 
     @property
     def arg(self) -> str:
         """How --kernel names exactly this kernel: NAME, or NAME@VERSION for a pinned one."""
         return f"{self.name}@{self.version}" if self.version else self.name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metapackage(cls, entry: dict, info: ValidationInfo) -> dict:
+        """A Debian kernel's headers_package, empty or left out by an archive kernel, is
+        linux-headers-amd64 (a host kernel names its own; a debug kernel has none)."""
+        if not _in_file(info) or entry.get("kind") == "debug":
+            return entry
+        if entry.get("headers_package") == "" or ("suite" in entry and "headers_package" not in entry):
+            return {**entry, "headers_package": "linux-headers-amd64"}
+        return entry
 
-class _KernelEntry(_Entry):
-    description: str = ""
-    image_package: str | None = Field(default=None, description="a Debian package name (a string)")
-    headers_package: str | None = Field(default=None, description="a Debian package name (a string)")
-    build_needs: list[str] = Field(default=[], description='a list of Debian packages, e.g. ["dwarves"]')
-    default: bool = False
-    suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "sid"')
-    base_suite: str | None = Field(default=None, description='a Debian suite (a string), e.g. "trixie"')
-    version: str | None = Field(default=None, description='a Debian version (a string), e.g. "7.3.4-1~bpo13+1"')
-    kind: Literal["debug"] | None = Field(default=None, description='"debug" (a kernel loopqual '
-                                          "builds, described in kernel/debug-kernels.toml)")
-    boot_timeout_s: int = Field(default=Kernel.boot_timeout_s, ge=30, le=3600,
-                                description="seconds, a whole number from 30 to 3600")
-    time_factor: float = Field(default=Kernel.time_factor, ge=1, le=100,
-                               description="a number from 1 to 100")
-    guest_udev: bool = True
-    guest_append: str = Field(default="", pattern=r"^(?:[A-Za-z0-9_.-]+=[A-Za-z0-9_.,-]+ ?)*$",
-                              description='kernel parameters, e.g. "kfence.sample_interval=10000"')
+    @field_validator("guest_append")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
 
-
-_SUITE = re.compile(r"^[a-z][a-z0-9-]*$")
-_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~-]*$")
+    @model_validator(mode="after")
+    def _check_kind(self, info: ValidationInfo) -> Kernel:
+        """Which keys an entry gives decides its kind: each kind has its own."""
+        if not _in_file(info):
+            return self
+        given = self.model_fields_set
+        if self.declared_kind == "debug":
+            stray = [f for f in ("image_package", "headers_package", "build_needs", "suite",
+                                 "base_suite", "version") if f in given]
+            if stray:
+                raise ValueError(f"{stray[0]} belongs to a Debian kernel; a debug kernel is "
+                                 "described in kernel/debug-kernels.toml")
+            return self
+        if "image_package" not in given:
+            raise ValueError(f'image_package: missing; expected {_PACKAGE}, or kind = "debug"')
+        if self.suite is None:
+            stray = [f for f in ("base_suite", "version") if f in given]
+            if stray:
+                raise ValueError(f"{stray[0]} belongs to a kernel from an archive suite: add "
+                                 f"suite = \"...\" or remove {stray[0]}")
+            if "headers_package" not in given:
+                raise ValueError(f"headers_package: missing; expected {_PACKAGE}")
+            return self
+        for f, value in (("suite", self.suite), ("base_suite", self.base_suite)):
+            if value is not None and not _SUITE.match(value):
+                raise ValueError(f"{f} = {_shown(value)}: expected a Debian suite name, e.g. "
+                                 "\"sid\" or \"trixie-backports\"")
+        if self.version is not None and not _VERSION.match(self.version):
+            raise ValueError(f"version = {_shown(self.version)}: expected a Debian version, "
+                             "e.g. \"7.3.4-1~bpo13+1\"")
+        return self
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> dict[str, Kernel]:
-    data = load_toml(path, {"kernel"})
-    out = {}
-    for name, e in named_table(path, data, "kernel").items():
-        where = f"kernel.{name}"
-        k = validate_entry(path, where, _KernelEntry, e)
-        if k.kind == "debug":
-            stray = [f for f in ("image_package", "headers_package", "build_needs", "suite",
-                                 "base_suite", "version") if f in e]
-            if stray:
-                raise DataError(f"{path}: [{where}] {stray[0]} belongs to a Debian kernel; a "
-                                "debug kernel is described in kernel/debug-kernels.toml")
-            out[name] = Kernel(name=name, description=k.description, image_package="",
-                               headers_package="", default=k.default, debug=True,
-                               boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
-                               guest_udev=k.guest_udev, guest_append=k.guest_append.strip())
-            continue
-        if k.image_package is None:
-            raise DataError(f"{path}: [{where}] image_package: missing; expected a Debian "
-                            'package name (a string), or kind = "debug"')
-        if k.suite is None:
-            stray = [f for f in ("base_suite", "version") if f in e]
-            if stray:
-                raise DataError(f"{path}: [{where}] {stray[0]} belongs to a kernel from an archive "
-                                f"suite: add suite = \"...\" or remove {stray[0]}")
-            if k.headers_package is None:
-                raise DataError(f"{path}: [{where}] headers_package: missing; expected a Debian "
-                                "package name (a string)")
-        else:
-            for f, value in (("suite", k.suite), ("base_suite", k.base_suite)):
-                if value is not None and not _SUITE.match(value):
-                    raise DataError(f"{path}: [{where}] {f} = {_shown(value)}: expected a Debian "
-                                    "suite name, e.g. \"sid\" or \"trixie-backports\"")
-            if k.version is not None and not _VERSION.match(k.version):
-                raise DataError(f"{path}: [{where}] version = {_shown(k.version)}: expected a "
-                                "Debian version, e.g. \"7.3.4-1~bpo13+1\"")
-        out[name] = Kernel(name=name, description=k.description, image_package=k.image_package,
-                           headers_package=k.headers_package or "linux-headers-amd64",
-                           build_needs=tuple(k.build_needs), default=k.default, suite=k.suite,
-                           base_suite=k.base_suite, version=k.version,
-                           boot_timeout_s=k.boot_timeout_s, time_factor=k.time_factor,
-                           guest_udev=k.guest_udev, guest_append=k.guest_append.strip())
+    out = {name: validate_entry(path, f"kernel.{name}", Kernel, e, name=name)
+           for name, e in named_table(path, load_toml(path, {"kernel"}), "kernel").items()}
     if not out:
         raise DataError(f"{path}: no [kernel.NAME] entries")
     return out
 
 
 # ---------------------------------------------------------------------------- sources
-@dataclass(frozen=True)
-class Source:
+class Mirror(Entity):
+    """The Debian archive sources, archive kernels and build roots come from: [mirror] of
+    kernel/sources.toml."""
+    url: str = Field(default="", description='a URL, e.g. "http://deb.debian.org/debian"')
+    components: _Strings = Field(default=("main",), description=_SOME_STRINGS)
+    # the file's from = "apt": the URL of the machine's apt configuration (debian/apt.py)
+    from_: Literal["apt"] | None = Field(default=None, alias="from")
+
+    @model_validator(mode="after")
+    def _check_url(self, info: ValidationInfo) -> Mirror:
+        if _in_file(info) and "url" not in self.model_fields_set and self.from_ is None:
+            raise ValueError("needs url = \"http://...\" or from = \"apt\"")
+        return self
+
+
+class Source(Entity):
+    """A module source: [source.NAME] of kernel/sources.toml (a Debian package, or another
+    source with patches), or a local tree named on the command line."""
+    not_in_file: ClassVar = frozenset({"name", "path"})
+
     name: str
-    description: str = ""
     package: str | None = None  # Debian package (archive sources)
     version: str | None = None
     suite: str | None = None
     base: str | None = None  # another source (patched sources)
-    patches: Path | None = None  # series file
-    path: Path | None = None  # a local tree
+    # series file
+    patches: Path | None = Field(default=None, description="a series file path (a string), "
+                                                           "relative to this file")
     gated: bool = False
+    description: str = ""
+    path: Path | None = None  # a local tree
 
     @property
     def kind(self) -> str:
@@ -214,28 +279,34 @@ class Source:
             return "patched"
         return "debian"
 
+    @field_validator("patches", mode="before")
+    @classmethod
+    def _beside_the_file(cls, value, info: ValidationInfo):
+        """sources.toml names a series file relative to itself."""
+        if _in_file(info) and isinstance(value, str):
+            return (info.context["file"].parent / value).resolve()
+        return value
 
-@dataclass(frozen=True)
-class Mirror:
-    url: str
-    components: tuple[str, ...]
-
-
-class _MirrorEntry(_Entry):
-    url: str | None = Field(default=None, description='a URL, e.g. "http://deb.debian.org/debian"')
-    from_: Literal["apt"] | None = Field(default=None, alias="from")
-    components: _Strings = ["main"]
-
-
-class _SourceEntry(_Entry):
-    package: str | None = None
-    version: str | None = None
-    suite: str | None = None
-    base: str | None = None
-    patches: str | None = Field(default=None, description="a series file path (a string), "
-                                                          "relative to this file")
-    gated: bool = False
-    description: str = ""
+    @model_validator(mode="after")
+    def _check_kind(self, info: ValidationInfo) -> Source:
+        if not _in_file(info):
+            return self
+        given = self.model_fields_set
+        if self.base is not None:
+            if self.patches is None:
+                raise ValueError("has base but no patches (series file)")
+            stray = [k for k in ("package", "version", "suite") if k in given]
+            if stray:
+                raise ValueError(f"is built from base '{self.base}': {', '.join(stray)} belong to "
+                                 "archive sources; remove them")
+            return self
+        missing = {"package", "version", "suite"} - given
+        if missing:
+            raise ValueError(f"needs package, version and suite (missing "
+                             f"{', '.join(sorted(missing))}), or base + patches")
+        if self.patches is not None:
+            raise ValueError("has patches but no base source")
+        return self
 
 
 def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
@@ -243,35 +314,11 @@ def load_sources(path: Path = SOURCES_FILE) -> tuple[Mirror, dict[str, Source]]:
     m = data.get("mirror")
     if not isinstance(m, dict):
         raise DataError(f"{path}: needs a [mirror] table with url = \"http://...\" or from = \"apt\"")
-    mirror_entry = validate_entry(path, "mirror", _MirrorEntry, m)
-    if mirror_entry.url is None and mirror_entry.from_ is None:
-        raise DataError(f"{path}: [mirror] needs url = \"http://...\" or from = \"apt\"")
-    url = os.environ.get("LOOPQUAL_MIRROR") or mirror_entry.url or ""
-    mirror = Mirror(url.rstrip("/"), tuple(mirror_entry.components))
-    out: dict[str, Source] = {}
-    for name, e in named_table(path, data, "source").items():
-        s = validate_entry(path, f"source.{name}", _SourceEntry, e)
-        if s.base is not None:
-            if s.patches is None:
-                raise DataError(f"{path}: [source.{name}] has base but no patches (series file)")
-            stray = [k for k in ("package", "version", "suite") if k in e]
-            if stray:
-                raise DataError(f"{path}: [source.{name}] is built from base '{s.base}': "
-                                f"{', '.join(stray)} belong to archive sources; remove them")
-            src = Source(name=name, description=s.description, base=s.base,
-                         patches=(path.parent / s.patches).resolve(), gated=s.gated)
-        else:
-            missing = {"package", "version", "suite"} - set(e)
-            if missing:
-                raise DataError(
-                    f"{path}: [source.{name}] needs package, version and suite "
-                    f"(missing {', '.join(sorted(missing))}), or base + patches"
-                )
-            if s.patches is not None:
-                raise DataError(f"{path}: [source.{name}] has patches but no base source")
-            src = Source(name=name, description=s.description, package=s.package,
-                         version=s.version, suite=s.suite, gated=s.gated)
-        out[name] = src
+    mirror = validate_entry(path, "mirror", Mirror, m)
+    url = os.environ.get("LOOPQUAL_MIRROR") or mirror.url  # the environment's mirror wins
+    mirror = Mirror(url.rstrip("/"), mirror.components)
+    out = {name: validate_entry(path, f"source.{name}", Source, e, name=name)
+           for name, e in named_table(path, data, "source").items()}
     for s in out.values():
         if s.base is not None and (s.base not in out or out[s.base].base is not None):
             raise DataError(f"{path}: [source.{s.name}] base '{s.base}' must name an archive source")
@@ -298,12 +345,17 @@ def resolve_source(name: str, sources: dict[str, Source]) -> Source:
 
 
 # ---------------------------------------------------------------------------- parameter sets
-@dataclass(frozen=True)
-class ParamSet:
+class ParamSet(Entity):
+    """Module parameters and controls a cell runs with: [set.NAME] of scenarios/params.toml,
+    or NAME=VALUE,... on the command line."""
+    not_in_file: ClassVar = frozenset({"name"})
+
     name: str
-    description: str
-    module: dict = field(default_factory=dict)
-    controls: dict = field(default_factory=dict)
+    description: str = ""
+    module: dict[str, int | str | bool] = Field(
+        default={}, description="a table of module parameters, e.g. { exclusive_caps = 1 }")
+    controls: dict[str, int] = Field(
+        default={}, description="a table of integer V4L2 controls, e.g. { keep_format = 1 }")
     default: bool = False
 
     @property
@@ -316,15 +368,6 @@ class _KnownEntry(_Entry):
                                          'parameter names, e.g. ["exclusive_caps"]')
     controls: list[str] = Field(min_length=1, description="a non-empty list of V4L2 control "
                                 'names, e.g. ["keep_format"]')
-
-
-class _SetEntry(_Entry):
-    description: str = ""
-    module: dict[str, int | str | bool] = Field(
-        default={}, description="a table of module parameters, e.g. { exclusive_caps = 1 }")
-    controls: dict[str, int] = Field(
-        default={}, description="a table of integer V4L2 controls, e.g. { keep_format = 1 }")
-    default: bool = False
 
 
 def _known(path: Path, data: dict) -> _KnownEntry:
@@ -340,9 +383,9 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, ParamSet]:
     mod_known, ctl_known = set(known.module_parameters), set(known.controls)
     out = {}
     for name, e in named_table(path, data, "set").items():
-        ps = validate_entry(path, f"set.{name}", _SetEntry, e)
+        ps = validate_entry(path, f"set.{name}", ParamSet, e, name=name)
         validate_param_names(ps.module, ps.controls, mod_known, ctl_known, f"{path}: [set.{name}]")
-        out[name] = ParamSet(name, ps.description, dict(ps.module), dict(ps.controls), ps.default)
+        out[name] = ps
     if not out:
         raise DataError(f"{path}: no [set.NAME] entries")
     return out
@@ -399,14 +442,14 @@ def resolve_params(name: str, sets: dict[str, ParamSet]) -> ParamSet:
 
 
 # ---------------------------------------------------------------------------- suites
-@dataclass(frozen=True)
-class NotApplicable:
+class NotApplicable(Entity):
     """Where a suite or profile is not run, and why (shown in the report): parameter values
     (`when`; a parameter a set does not give counts as 0) and/or parameter sets (globs)."""
-    because: str
-    when: dict = field(default_factory=dict)
-    param_sets: tuple[str, ...] = ()
-    tools: tuple[str, ...] = ()  # compliance profiles: only when run by these tools
+    when: _Conditions = {}
+    param_sets: _Strings = Field(default=(), description=_SOME_STRINGS)
+    # compliance profiles: only when run by these tools
+    tools: _Strings = Field(default=(), description=_SOME_STRINGS)
+    because: str = Field(description="a string: why the suite or profile cannot apply there")
 
     def matches(self, params: ParamSet, tool: str | None = None) -> bool:
         if self.param_sets and not any(fnmatch.fnmatchcase(params.name, g) for g in self.param_sets):
@@ -423,59 +466,97 @@ class NotApplicable:
             where.append(f"tool {'/'.join(self.tools)}")
         return f"not applicable with {', '.join(where)}: {self.because}"
 
+    @field_validator("because")
+    @classmethod
+    def _one_line(cls, because: str, info: ValidationInfo) -> str:
+        """The report shows the reason on one line."""
+        because = " ".join(because.split())
+        if not because and _in_file(info):
+            raise ValueError("is empty: say why it cannot apply there")
+        return because
 
-@dataclass(frozen=True)
-class Profile:
+    @model_validator(mode="after")
+    def _check_where(self, info: ValidationInfo) -> NotApplicable:
+        if _in_file(info) and not self.when and not self.param_sets:
+            raise ValueError("needs when = { PARAMETER = VALUE } or param_sets = [...]: where it "
+                             "does not apply")
+        return self
+
+
+_NotApplicables = Annotated[
+    tuple[NotApplicable, ...], BeforeValidator(_as_tuple),
+    Field(description='a list of tables, e.g. [{ when = { exclusive_caps = 0 }, because = "..." }]')]
+
+
+class Profile(Entity):
+    """A v4l2-compliance run of a compliance suite: [profile.NAME] of scenarios/suites.toml."""
+    not_in_file: ClassVar = frozenset({"name"})
+
     name: str
-    description: str
-    args: tuple[str, ...]
-    producer: bool
-    timeout_s: float
-    idle_s: float
-    not_applicable: tuple[NotApplicable, ...] = ()
-    typical_s: float = 15  # usual duration under TCG: only balances parallel guests (--jobs)
+    description: str = ""
+    args: _Strings = Field(default=(), description='a list of v4l2-compliance arguments, e.g. ["-s"]')
+    producer: bool = False
+    timeout_s: _Seconds
+    idle_s: _Seconds = Field(default_factory=lambda given: given["timeout_s"])  # default: timeout_s
+    not_applicable: _NotApplicables = ()
+    typical_s: _Seconds = 15  # usual duration under TCG: only balances parallel guests (--jobs)
 
     def applies_to(self, params: ParamSet, tool: str | None = None) -> str | None:
         """None if the profile applies (run by the host's v4l2-compliance, or by tool)."""
         return next((x.reason() for x in self.not_applicable if x.matches(params, tool)), None)
 
 
-@dataclass(frozen=True)
-class Tool:
+class Tool(Entity):
     """A v4l2-compliance other than the host's: it runs from a Debian root of its suite
-    (made with mmdebstrap, cached), chrooted in the guest."""
+    (made with mmdebstrap, cached), chrooted in the guest. [tool.NAME] of scenarios/suites.toml."""
+    not_in_file: ClassVar = frozenset({"name", "program"})
+
     name: str
-    description: str
-    suite: str  # the Debian suite the root is made of
-    packages: tuple[str, ...]  # what the root holds beyond the essential set
+    description: str = ""
+    # the Debian suite the root is made of
+    suite: str = Field(description='a Debian suite (a string), e.g. "sid"')
+    # what the root holds beyond the essential set
+    packages: _Strings = Field(min_length=1, description='a list of Debian packages, e.g. ["v4l-utils"]')
     program: str = "v4l2-compliance"
 
 
-@dataclass(frozen=True)
-class Suite:
+class _KmodTable(_Entry):
+    path: str = Field(description='a kernel module tree in this repository, e.g. "tests/kmod"')
+    ko: str = Field(description='the module file it makes, e.g. "loopqual_detectors.ko"')
+    env: str = Field(description='the LOOPQUAL_* variable that gives the scenarios its path')
+
+
+class Suite(Entity):
+    """What a cell runs: scenario files (pytest) or v4l2-compliance profiles (compliance).
+    [suite.NAME] of scenarios/suites.toml."""
+    not_in_file: ClassVar = frozenset({"name"})
+
     name: str
-    kind: str  # pytest | compliance
-    description: str
-    paths: tuple[str, ...] = ()
-    profiles: tuple[str, ...] = ()
+    kind: Literal["pytest", "compliance"] = Field(description='"pytest" or "compliance"')
+    description: str = ""
+    paths: _Strings = Field(default=(), description='a list of scenario paths, e.g. ["scenarios/contract"]')
+    profiles: _Strings = Field(default=(), description='a list of profile names, e.g. ["output"]')
     default: bool = False
-    timeout_s: float = 900
-    requires: dict = field(default_factory=dict)
+    timeout_s: _Seconds = 900
+    requires: _Conditions = {}
     strict: bool = False  # compliance: run profiles even where they do not apply
-    param_sets: tuple[str, ...] = ()  # run only in cells of these sets (empty: every cell)
-    env: dict = field(default_factory=dict)  # environment for the scenarios (pytest suites)
-    typical_s: float = 60  # usual duration under TCG: only balances parallel guests (--jobs)
+    # run only in cells of these sets (empty: every cell)
+    param_sets: _Strings = Field(default=(), description='a list of parameter set names, e.g. ["ec1"]')
+    # environment for the scenarios (pytest suites)
+    env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
+    typical_s: _Seconds = 60  # usual duration under TCG: only balances parallel guests (--jobs)
     # starts the desktop programs (browsers, OBS): the lane planner keeps cells running such
     # suites apart in time (src/loopqual/run/qualify.py stagger)
     heavy: bool = False
-    not_applicable: tuple[NotApplicable, ...] = ()
-    tool: str | None = None  # compliance: a [tool.NAME] instead of the host's v4l2-compliance
+    not_applicable: _NotApplicables = ()
+    # compliance: a [tool.NAME] instead of the host's v4l2-compliance
+    tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
     # False: the suite judges the harness or the kernel, not the module (a cell that runs only
     # such suites is not gated: its failures are its purpose, checked by whoever asked for it)
     judges_module: bool = True
-    # (tree, module file, LOOPQUAL_* variable): a test module built on the host for each
-    # kernel before its guest boots, its path given to the scenarios in that variable
-    kmod: tuple[str, str, str] | None = None
+    # a test module built on the host for each kernel before its guest boots, its path given
+    # to the scenarios in a variable: a table in the file, (tree, module file, variable) here
+    kmod: Annotated[_KmodTable, AfterValidator(lambda t: (t.path, t.ko, t.env))] | None = None
 
     def applies_to(self, params: ParamSet) -> str | None:
         """None if the suite applies to this parameter set, else the reason it does not."""
@@ -488,86 +569,27 @@ class Suite:
         return next((f"suite {self.name} {x.reason()}" for x in self.not_applicable
                      if x.matches(params)), None)
 
-
-class _NotApplicableEntry(_Entry):
-    when: _Conditions = {}
-    param_sets: _Strings = []
-    tools: _Strings = []
-    because: str = Field(description="a string: why the suite or profile cannot apply there")
-
-
-_NotApplicableList = Annotated[
-    list[_NotApplicableEntry],
-    Field(description='a list of tables, e.g. [{ when = { exclusive_caps = 0 }, because = "..." }]')]
-
-
-class _ProfileEntry(_Entry):
-    description: str = ""
-    args: list[str] = Field(default=[], description='a list of v4l2-compliance arguments, e.g. ["-s"]')
-    producer: bool = False
-    timeout_s: _Seconds
-    idle_s: _Seconds | None = Field(default=None, description="a positive number of seconds")
-    not_applicable: _NotApplicableList = []
-    typical_s: _Seconds = 15
-
-
-class _KmodEntry(_Entry):
-    path: str = Field(description='a kernel module tree in this repository, e.g. "tests/kmod"')
-    ko: str = Field(description='the module file it makes, e.g. "loopqual_detectors.ko"')
-    env: str = Field(description='the LOOPQUAL_* variable that gives the scenarios its path')
-
-
-class _SuiteEntry(_Entry):
-    kind: Literal["pytest", "compliance"] = Field(description='"pytest" or "compliance"')
-    description: str = ""
-    paths: list[str] = Field(default=[], description='a list of scenario paths, e.g. ["scenarios/contract"]')
-    profiles: list[str] = Field(default=[], description='a list of profile names, e.g. ["output"]')
-    default: bool = False
-    timeout_s: _Seconds = 900
-    requires: _Conditions = {}
-    strict: bool = False
-    param_sets: list[str] = Field(default=[], description='a list of parameter set names, e.g. ["ec1"]')
-    env: dict[str, str] = Field(default={}, description='a table of strings, e.g. { NAME = "value" }')
-    typical_s: _Seconds = 60
-    heavy: bool = False
-    not_applicable: _NotApplicableList = []
-    tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
-    judges_module: bool = True
-    kmod: _KmodEntry | None = None
-
-
-class _ToolEntry(_Entry):
-    description: str = ""
-    suite: str = Field(description='a Debian suite (a string), e.g. "sid"')
-    packages: list[str] = Field(description='a list of Debian packages, e.g. ["v4l-utils"]',
-                                min_length=1)
+    @model_validator(mode="after")
+    def _check_kind(self, info: ValidationInfo) -> Suite:
+        if not _in_file(info):
+            return self
+        if self.kind == "pytest" and (not self.paths or self.profiles):
+            raise ValueError("kind = \"pytest\" runs scenario files: give paths = [...] and no "
+                             "profiles")
+        if self.kind == "compliance" and (not self.profiles or self.paths):
+            raise ValueError("kind = \"compliance\" runs v4l2-compliance: give profiles = [...] "
+                             "and no paths")
+        if self.tool is not None and self.kind != "compliance":
+            raise ValueError(f"tool = {self.tool!r}: only a compliance suite runs a tool")
+        return self
 
 
 def load_tools(path: Path | None = None) -> dict[str, Tool]:
     """The [tool.NAME] tables of scenarios/suites.toml: other v4l2-compliance builds."""
     path = path or SUITES_FILE
     data = load_toml(path, {"suite", "profile", "tool"})
-    tools = {}
-    for name, e in named_table(path, data, "tool").items():
-        t = validate_entry(path, f"tool.{name}", _ToolEntry, e)
-        tools[name] = Tool(name, t.description, t.suite, tuple(t.packages))
-    return tools
-
-
-def _exclusions(path: Path, where: str, entries: list[_NotApplicableEntry],
-                known: set[str]) -> tuple[NotApplicable, ...]:
-    out = []
-    for i, x in enumerate(entries):
-        because = " ".join(x.because.split())
-        if not because:
-            raise DataError(f"{path}: [{where}] not_applicable[{i}].because is empty: say why it "
-                            f"cannot apply there")
-        if not x.when and not x.param_sets:
-            raise DataError(f"{path}: [{where}] not_applicable[{i}] needs when = {{ PARAMETER = "
-                            f"VALUE }} or param_sets = [...]: where it does not apply")
-        _known_conditions(path, where, f"not_applicable[{i}].when", x.when, known)
-        out.append(NotApplicable(because, dict(x.when), tuple(x.param_sets), tuple(x.tools)))
-    return tuple(out)
+    return {name: validate_entry(path, f"tool.{name}", Tool, e, name=name)
+            for name, e in named_table(path, data, "tool").items()}
 
 
 def _known_conditions(path: Path, where: str, key: str, conditions: dict, known: set[str]) -> None:
@@ -575,6 +597,12 @@ def _known_conditions(path: Path, where: str, key: str, conditions: dict, known:
         if k not in known:
             raise DataError(f"{path}: [{where}] {key} names '{k}', which is neither a module "
                             f"parameter nor a control (known: {', '.join(sorted(known))})")
+
+
+def _known_exclusions(path: Path, where: str, exclusions: tuple[NotApplicable, ...],
+                      known: set[str]) -> None:
+    for i, x in enumerate(exclusions):
+        _known_conditions(path, where, f"not_applicable[{i}].when", x.when, known)
 
 
 def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
@@ -586,11 +614,8 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
     profiles = {}
     for name, e in named_table(path, data, "profile").items():
         where = f"profile.{name}"
-        p = validate_entry(path, where, _ProfileEntry, e)
-        profiles[name] = Profile(
-            name, p.description, tuple(p.args), p.producer, p.timeout_s,
-            p.idle_s if p.idle_s is not None else p.timeout_s,
-            _exclusions(path, where, p.not_applicable, known), p.typical_s)
+        profiles[name] = validate_entry(path, where, Profile, e, name=name)
+        _known_exclusions(path, where, profiles[name].not_applicable, known)
     for prof in profiles.values():
         for x in prof.not_applicable:
             unknown = [t for t in x.tools if t not in tools]
@@ -608,33 +633,17 @@ def load_suites(path: Path = SUITES_FILE, params_path: Path = PARAMS_FILE
                 raise DataError(f"{path}: [{where}] like = {like!r}: name a suite of this file "
                                 f"that is not itself like another (known: {', '.join(raw)})")
             e = {**base, **{k: v for k, v in e.items() if k != "like"}}
-        s = validate_entry(path, where, _SuiteEntry, e)
+        s = validate_entry(path, where, Suite, e, name=name)
         for prof in s.profiles:
             if prof not in profiles:
                 raise DataError(f"{path}: [{where}] names unknown profile '{prof}'; "
                                 f"known: {', '.join(profiles)}")
-        if s.kind == "pytest" and (not s.paths or s.profiles):
-            raise DataError(f"{path}: [{where}] kind = \"pytest\" runs scenario files: give "
-                            f"paths = [...] and no profiles")
-        if s.kind == "compliance" and (not s.profiles or s.paths):
-            raise DataError(f"{path}: [{where}] kind = \"compliance\" runs v4l2-compliance: give "
-                            f"profiles = [...] and no paths")
-        if s.tool is not None and s.kind != "compliance":
-            raise DataError(f"{path}: [{where}] tool = {s.tool!r}: only a compliance suite runs a "
-                            f"tool")
         if s.tool is not None and s.tool not in tools:
             raise DataError(f"{path}: [{where}] names unknown tool '{s.tool}'; known: "
                             f"{', '.join(tools) or 'none ([tool.NAME] tables)'}")
         _known_conditions(path, where, "requires", s.requires, known)
-        suites[name] = Suite(
-            name=name, kind=s.kind, description=s.description, paths=tuple(s.paths),
-            profiles=tuple(s.profiles), default=s.default, timeout_s=s.timeout_s,
-            requires=dict(s.requires), strict=s.strict, param_sets=tuple(s.param_sets),
-            env=dict(s.env), typical_s=s.typical_s, heavy=s.heavy,
-            not_applicable=_exclusions(path, where, s.not_applicable, known), tool=s.tool,
-            judges_module=s.judges_module,
-            kmod=(s.kmod.path, s.kmod.ko, s.kmod.env) if s.kmod else None,
-        )
+        _known_exclusions(path, where, s.not_applicable, known)
+        suites[name] = s
     return suites, profiles
 
 
@@ -647,19 +656,28 @@ CATEGORIES = {
     "pending": "a fix still to come",
 }
 
+_GLOB_SET = re.compile(r"\[[^]]*\]")
+_PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b", re.IGNORECASE)
+MIN_REASON_WORDS = 4
 
-@dataclass(frozen=True)
-class ExpectedFailure:
-    kind: str  # scenario | compliance
-    id: str  # glob: scenario node id, or "<profile>::<section>/<test name>"
-    reason: str
-    rule: str
-    issue: str
-    category: str = "pending"  # inherent | policy | pending (CATEGORIES)
-    param_sets: tuple[str, ...] = ()  # globs; empty = every set
-    kernels: tuple[str, ...] = ()
-    detail: str = ""  # regex the failure's text must contain (its fail: lines, or message)
-    tool_versions: tuple[str, ...] = ()  # compliance: globs over v4l2-compliance's version
+
+class ExpectedFailure(Entity):
+    """A failure known not to be the module's fault: [[failure]] of kernel/expected-failures.toml."""
+    kind: Literal["scenario", "compliance"] = Field(description='"scenario" or "compliance"')
+    # glob: scenario node id, or "<profile>::<section>/<test name>"
+    id: str = Field(description='a string: "<profile>::<section>/<test>" or a scenario id (globs)')
+    # regex the failure's text must contain (its fail: lines, or message)
+    detail: str = Field(description="a regex (a string) the failure's text must contain")
+    category: Literal["inherent", "policy", "pending"] = Field(
+        description='"inherent", "policy" or "pending" (the kinds of reason: see the file\'s header)')
+    rule: str = Field(description='a contract rule (a string), e.g. "A3"')
+    issue: str = Field(description='an issue number (a string), e.g. "4"')
+    reason: str = Field(description="a string: why the failure is expected")
+    # globs; empty = every set
+    param_sets: _Strings = Field(default=(), description='a list of parameter set globs, e.g. ["ec0*"]')
+    kernels: _Strings = Field(default=(), description='a list of kernel names, e.g. ["debian-6.1"]')
+    tool_versions: _Strings = Field(
+        default=(), description='compliance only: v4l2-compliance version globs, e.g. ["1.22.*"]')
 
     @property
     def inherent(self) -> bool:
@@ -684,71 +702,52 @@ class ExpectedFailure:
             return False
         return text is None or not self.detail or re.search(self.detail, text) is not None
 
+    @model_validator(mode="after")
+    def _check_entry(self, info: ValidationInfo) -> ExpectedFailure:
+        """An entry excuses only the failure it names, and says why."""
+        if not _in_file(info):
+            return self
+        self._check_id()
+        if self.tool_versions and self.kind != "compliance":
+            raise ValueError("tool_versions scopes v4l2-compliance results: a scenario entry "
+                             "cannot have it")
+        text = " ".join(self.reason.split())
+        if _PLACEHOLDER.search(text) or len(re.findall(r"[A-Za-z0-9]+", text)) < MIN_REASON_WORDS:
+            raise ValueError(f"reason = {_shown(text)} is a placeholder: say why the failure is "
+                             f"expected, in at least {MIN_REASON_WORDS} words (a drafted 'TODO' is "
+                             f"not a reason)")
+        try:
+            pattern = re.compile(self.detail)
+        except re.error as exc:
+            raise ValueError(f"detail is not a valid regex: {exc}") from exc
+        if pattern.search("") is not None:
+            raise ValueError(f"detail = {self.detail!r} matches any text: give the part of the "
+                             f"failure's fail: line (or message) that this entry excuses")
+        return self
 
-class _FailureEntry(_Entry):
-    kind: Literal["scenario", "compliance"] = Field(description='"scenario" or "compliance"')
-    id: str = Field(description='a string: "<profile>::<section>/<test>" or a scenario id (globs)')
-    detail: str = Field(description="a regex (a string) the failure's text must contain")
-    category: Literal["inherent", "policy", "pending"] = Field(
-        description='"inherent", "policy" or "pending" (the kinds of reason: see the file\'s header)')
-    rule: str = Field(description='a contract rule (a string), e.g. "A3"')
-    issue: str = Field(description='an issue number (a string), e.g. "4"')
-    reason: str = Field(description="a string: why the failure is expected")
-    param_sets: list[str] = Field(default=[], description='a list of parameter set globs, e.g. ["ec0*"]')
-    kernels: list[str] = Field(default=[], description='a list of kernel names, e.g. ["debian-6.1"]')
-    tool_versions: list[str] = Field(
-        default=[], description='compliance only: v4l2-compliance version globs, e.g. ["1.22.*"]')
-
-
-_GLOB_SET = re.compile(r"\[[^]]*\]")
-_PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b", re.IGNORECASE)
-MIN_REASON_WORDS = 4
+    def _check_id(self) -> None:
+        """An id names at least one literal part: the profile or test name (compliance,
+        "<profile>::<section>/<test>"), the file or test name (scenario, "<file>::<test>")."""
+        head, sep, tail = self.id.partition("::")
+        if self.kind == "compliance":
+            _section, slash, test = tail.partition("/")
+            if not sep or not slash:
+                raise ValueError(f"id = {self.id!r}: expected \"<profile>::<section>/<test>\", "
+                                 f"e.g. \"output::Required ioctls/VIDIOC_QUERYCAP\"")
+            named = _literal(head) or _literal(test)
+        else:
+            if not sep:
+                raise ValueError(f"id = {self.id!r}: expected a scenario id \"<file>::<test>\", "
+                                 f"e.g. \"contract/test_1_claims.py::test_a3_second_claim\"")
+            named = _literal(head) or _literal(tail)
+        if not named:
+            raise ValueError(f"id = {self.id!r} matches every test: name the profile or the test "
+                             f"(or, for scenarios, the file or the test)")
 
 
 def _literal(part: str) -> bool:
     """Does a glob part name something, rather than match anything ('*', '?', '[ab]*')?"""
     return bool(_GLOB_SET.sub("", part).replace("*", "").replace("?", "").strip())
-
-
-def _check_id(path: Path, where: str, kind: str, item_id: str) -> None:
-    """An id names at least one literal part: the profile or test name (compliance,
-    "<profile>::<section>/<test>"), the file or test name (scenario, "<file>::<test>")."""
-    head, sep, tail = item_id.partition("::")
-    if kind == "compliance":
-        _section, slash, test = tail.partition("/")
-        if not sep or not slash:
-            raise DataError(f"{path}: [{where}] id = {item_id!r}: expected "
-                            f"\"<profile>::<section>/<test>\", e.g. \"output::Required ioctls/VIDIOC_QUERYCAP\"")
-        named = _literal(head) or _literal(test)
-    else:
-        if not sep:
-            raise DataError(f"{path}: [{where}] id = {item_id!r}: expected a scenario id "
-                            f"\"<file>::<test>\", e.g. \"contract/test_1_claims.py::test_a3_second_claim\"")
-        named = _literal(head) or _literal(tail)
-    if not named:
-        raise DataError(f"{path}: [{where}] id = {item_id!r} matches every test: name the profile "
-                        f"or the test (or, for scenarios, the file or the test)")
-
-
-def _check_reason(path: Path, where: str, reason: str) -> str:
-    text = " ".join(reason.split())
-    words = re.findall(r"[A-Za-z0-9]+", text)
-    if _PLACEHOLDER.search(text) or len(words) < MIN_REASON_WORDS:
-        raise DataError(f"{path}: [{where}] reason = {_shown(text)} is a placeholder: say why the "
-                        f"failure is expected, in at least {MIN_REASON_WORDS} words (a drafted "
-                        f"'TODO' is not a reason)")
-    return reason
-
-
-def _check_detail(path: Path, where: str, detail: str) -> str:
-    try:
-        pattern = re.compile(detail)
-    except re.error as exc:
-        raise DataError(f"{path}: [{where}] detail is not a valid regex: {exc}") from exc
-    if pattern.search("") is not None:
-        raise DataError(f"{path}: [{where}] detail = {detail!r} matches any text: give the part of "
-                        f"the failure's fail: line (or message) that this entry excuses")
-    return detail
 
 
 def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[ExpectedFailure]:
@@ -760,27 +759,25 @@ def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> list[Expected
         raise DataError(f"{path}: failures are [[failure]] tables (a list), not {_shown(entries)}")
     out = []
     for i, e in enumerate(entries, 1):
-        where = f"failure #{i}"
         if not isinstance(e, dict):
             raise DataError(f"{path}: [[failure]] #{i} must be a table")
-        f = validate_entry(path, where, _FailureEntry, e)
-        where = f"failure #{i}, id {f.id!r}"
-        _check_id(path, where, f.kind, f.id)
-        if f.tool_versions and f.kind != "compliance":
-            raise DataError(f"{path}: [{where}] tool_versions scopes v4l2-compliance results: "
-                            f"a scenario entry cannot have it")
-        out.append(ExpectedFailure(
-            kind=f.kind, id=f.id, reason=_check_reason(path, where, f.reason), rule=f.rule,
-            issue=f.issue, category=f.category, param_sets=tuple(f.param_sets),
-            kernels=tuple(f.kernels), detail=_check_detail(path, where, f.detail),
-            tool_versions=tuple(f.tool_versions),
-        ))
+        out.append(validate_entry(path, f"failure #{i}", ExpectedFailure, e,
+                                  rule_where=f"failure #{i}, id {e.get('id')!r}"))
     return out
 
 
 # ---------------------------------------------------------------------------- splat patterns
 class _SplatEntry(_Entry):
     regex: str = Field(description="a regular expression (a string), e.g. 'kernel BUG at '")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str) -> str:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression: {exc}") from None
+        return regex
 
 
 def check_splats(path: Path = SPLATS_FILE) -> int:
@@ -790,12 +787,7 @@ def check_splats(path: Path = SPLATS_FILE) -> int:
     deny = 0
     for table in ("deny", "allow"):
         for name, e in named_table(path, data, table).items():
-            entry = validate_entry(path, f"{table}.{name}", _SplatEntry, e)
-            try:
-                re.compile(entry.regex)
-            except re.error as exc:
-                raise DataError(f"{path}: [{table}.{name}] regex is not a valid regular expression: "
-                                f"{exc}") from None
+            validate_entry(path, f"{table}.{name}", _SplatEntry, e)
             deny += table == "deny"
     if not deny:
         raise DataError(f"{path}: no [deny.NAME] entries: the kernel log would never be judged")
@@ -816,5 +808,5 @@ def resolve_kernel(name: str, kernels: dict[str, Kernel]) -> Kernel:
         if not _VERSION.match(version):
             raise DataError(f"kernel '{name}': {version!r} is not a Debian version "
                             f"(e.g. {base}@7.2.13-1)")
-        return replace(k, version=version)
+        return k.model_copy(update={"version": version})
     raise unknown_name("kernel", base, list(kernels), KERNELS_FILE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import typing
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -16,12 +17,30 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class Entity(Entry):
+    """An entry that loopqual also builds in Python, with positional arguments in field order
+    as well (Mirror(url, components))."""
+    # attributes the loader sets rather than the file, e.g. the name of [kernel.NAME]
+    not_in_file: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *args, **kwargs):
+        names = [info.alias or name for name, info in type(self).model_fields.items()]
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional arguments")
+        super().__init__(**dict(zip(names[:len(args)], args, strict=True)), **kwargs)
+
+    # model_validate then validates a table without calling __init__ (pydantic's RootModel
+    # marks its own __init__ the same way)
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
 EXPECTED = {
     "string_type": "a string (in quotes)",
     "float_type": "a number",
     "int_type": "an integer",
     "bool_type": "true or false",
     "list_type": 'a list, e.g. ["a", "b"]',
+    "tuple_type": 'a list, e.g. ["a", "b"]',
     "dict_type": 'a table, e.g. { NAME = "value" }',
     "model_type": "a table",
     "greater_than": "a number above 0",
@@ -45,8 +64,10 @@ def shown(value) -> str:
 def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[str, str]:
     """The first problem pydantic found, as (key, what is wrong), e.g. ("timeout_s",
     '= "ten": expected a positive number of seconds'). Also used for results.json."""
-    # an unknown key (often a misspelt one) explains a missing one: name it first
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    # an unknown key (often a misspelt one) explains a missing one: name it first; a rule a
+    # validator checks (a ValueError) comes after every value of a wrong type
+    errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden",
+                                                 e["type"] == "value_error"))
     first = errors[0]
 
     def resolve(loc) -> tuple[list, object, bool]:
@@ -67,12 +88,10 @@ def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[
         return keys, cur, True
 
     keys, value, found = resolve(first["loc"])
-    key = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k))
-                  for i, k in enumerate(keys))
+    key = dotted(keys)
     if first["type"] == "extra_forbidden":
-        table = _model_at(model, keys[:-1]) or model
-        allowed = ", ".join(sorted(f.alias or n for n, f in table.model_fields.items()))
         hint = f" ({HINTS[keys[-1]]})" if keys and keys[-1] in HINTS else ""
+        allowed = ", ".join(file_keys(_model_at(model, keys[:-1]) or model))
         return key, f"unknown key{hint}; allowed: {allowed}"
     # the field's own description of what it holds, when the problem is the field itself
     inner = _model_at(model, keys[:-1])
@@ -91,6 +110,16 @@ def explain(model: type[BaseModel], entry: dict, exc: ValidationError) -> tuple[
     return key, (f"= {shown(value)}: " if found else "") + f"expected {expected}"
 
 
+def file_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a table of this model may hold."""
+    hidden = getattr(model, "not_in_file", frozenset())
+    return sorted(info.alias or name for name, info in model.model_fields.items() if name not in hidden)
+
+
+def dotted(loc) -> str:
+    """A location as the files write it: not_applicable[0].because."""
+    return "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k))
+                   for i, k in enumerate(loc))
 
 
 def _model_at(model: type[BaseModel], keys: list) -> type[BaseModel] | None:
