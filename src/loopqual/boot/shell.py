@@ -72,6 +72,20 @@ def guest_command(kernel: data.Kernel, vmlinuz: Path, accel: str) -> list[str]:
     return [c for c in cmd if c != "--verbose"]
 
 
+def _run_commands(con: Console, commands: list[str], timeout_s: float) -> int:
+    """Each command in turn, its output printed; the first non-zero exit status, else 0."""
+    first_failure = 0
+    for command in commands:
+        try:
+            rc, out = con.run(command, timeout=timeout_s)
+        except pexpect.TIMEOUT:
+            raise LoopqualError(f"in the guest, `{command}` did not finish within "
+                                f"{timeout_s:.0f} s") from None
+        print(f"$ {command}\n{out.rstrip()}\n[exit {rc}]", flush=True)
+        first_failure = first_failure or rc
+    return first_failure
+
+
 def run(kernel_name: str | None, module_name: str, params_name: str,
         commands: list[str] | None = None, timeout_s: float = 600) -> int:
     """The interactive shell; or, given `commands`, each run in turn (each within timeout_s),
@@ -119,19 +133,10 @@ def run(kernel_name: str | None, module_name: str, params_name: str,
               f"Kernel {ik.release}.")
     if commands:
         print(loaded, flush=True)
-        first_failure = 0
         try:
-            for command in commands:
-                try:
-                    rc, out = con.run(command, timeout=timeout_s)
-                except pexpect.TIMEOUT:
-                    raise LoopqualError(f"in the guest, `{command}` did not finish within "
-                                        f"{timeout_s:.0f} s") from None
-                print(f"$ {command}\n{out.rstrip()}\n[exit {rc}]", flush=True)
-                first_failure = first_failure or rc
+            return _run_commands(con, commands, timeout_s)
         finally:
             child.terminate(force=True)
-        return first_failure
     print(f"\n{loaded}\nLeave the shell (exit or Ctrl-D) to stop the guest.", flush=True)
     child.sendline("export PS1='loopqual-guest# '")
     child.interact()

@@ -278,6 +278,23 @@ def cell_budget(cell: dict) -> float:
     return total
 
 
+def _settle(gr: GuestRun, cells: list[dict], reason: str, tail: list[str]) -> None:
+    """Cells the lane gives up on: incomplete, with the reason."""
+    for c in cells:
+        gr.host_incomplete[c["id"]] = {"reason": reason, "console_tail": tail}
+
+
+def _settle_cell_in_progress(gr: GuestRun, current: str | None, cells_dir: Path, reason: str,
+                             tail: list[str], on_event) -> None:
+    """The cell a boot ended in, without its result file: incomplete, with the boot's reason."""
+    if current is None or (cells_dir / f"{current}.json").exists():
+        return
+    why = reason or "the guest ended during this cell"
+    gr.host_incomplete[current] = {"reason": why, "console_tail": tail}
+    on_event({"event": "cell-end", "cell": current, "complete": False, "host": True,
+              "incomplete": [why]})
+
+
 def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=None,
              boot_timeout_s: float = BOOT_TIMEOUT_S, udev: bool = True,
              append: str = "") -> GuestRun:
@@ -306,20 +323,16 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
         return [c for c in plan["cells"]
                 if not (cells_dir / f"{c['id']}.json").exists() and c["id"] not in gr.host_incomplete]
 
-    def settle(cells: list[dict], reason: str, tail: list[str]) -> None:
-        for c in cells:
-            gr.host_incomplete[c["id"]] = {"reason": reason, "console_tail": tail}
-
     max_boots = len(plan["cells"]) + EXTRA_BOOTS
     failed_in_a_row, last_reason, last_tail = 0, "", []
     while remaining := pending():
         if STOP.is_set():
-            settle(remaining, STOP.reason, [])
+            _settle(gr, remaining, STOP.reason, [])
             break
         if gr.boots >= max_boots:
-            settle(remaining, f"reboot limit: {gr.boots} boots for {len(plan['cells'])} cell(s) "
-                              f"(at most cells + {EXTRA_BOOTS}); last: {last_reason or 'no reason'}",
-                   last_tail)
+            _settle(gr, remaining, f"reboot limit: {gr.boots} boots for {len(plan['cells'])} "
+                    f"cell(s) (at most cells + {EXTRA_BOOTS}); last: {last_reason or 'no reason'}",
+                    last_tail)
             break
         plan_path = rwdir / f"plan-boot{gr.boots + 1}.json"
         plan_path.write_text(json.dumps({**plan, "cells": remaining, "out": str(rwdir)}, indent=1))
@@ -328,11 +341,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
         last_reason, last_tail = reason, tail
         if STOP.is_set():
             reason = STOP.reason
-        if current is not None and not (cells_dir / f"{current}.json").exists():
-            why = reason or "the guest ended during this cell"
-            gr.host_incomplete[current] = {"reason": why, "console_tail": tail}
-            on_event({"event": "cell-end", "cell": current, "complete": False, "host": True,
-                      "incomplete": [why]})
+        _settle_cell_in_progress(gr, current, cells_dir, reason, tail, on_event)
         if len(pending()) < len(remaining) or STOP.is_set():
             failed_in_a_row = 0
             continue
@@ -341,7 +350,7 @@ def run_plan(plan: dict, vmlinuz: Path, rwdir: Path, on_event, accel: str, boot=
         if failed_in_a_row == 1:
             on_event({"event": "boot-retry", "reason": why})
         else:
-            settle(pending(), f"{why} (on a retry too)", tail)
+            _settle(gr, pending(), f"{why} (on a retry too)", tail)
     return gr
 
 

@@ -390,6 +390,26 @@ def finished(build_dir: Path) -> dict | None:
         return None
 
 
+def _make_logged(cmd: list[str], log_path: Path, prog: Progress) -> int:
+    """Run make, its output appended to log_path and fed to prog; its exit code."""
+    with log_path.open("a") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        try:  # a session of its own: on Ctrl-C or SIGTERM, the whole of make is stopped
+            proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True, errors="replace")
+        except FileNotFoundError as exc:
+            raise DebugKernelError("make or nice is not installed (`make deps`)") from exc
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                prog.feed(line)
+            return proc.wait()
+        except BaseException:
+            procgroup.stop(proc, grace=15)  # SIGTERM: kbuild deletes the targets it was writing
+            raise
+
+
 def build(p: Plan, out=None) -> dict:
     """Build the plan's kernel (if not built yet) and return its .finished record."""
     bd = p.build_dir
@@ -415,22 +435,7 @@ def build(p: Plan, out=None) -> dict:
               f"{bd / 'build.log'})", file=out or sys.stderr, flush=True)
         prog = Progress(total, out=out)
         t0 = time.monotonic()
-        with (bd / "build.log").open("a") as log:
-            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-            try:  # a session of its own: on Ctrl-C or SIGTERM, the whole of make is stopped
-                proc = procgroup.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, text=True, errors="replace")
-            except FileNotFoundError as exc:
-                raise DebugKernelError("make or nice is not installed (`make deps`)") from exc
-            assert proc.stdout is not None
-            try:
-                for line in proc.stdout:
-                    log.write(line)
-                    prog.feed(line)
-                rc = proc.wait()
-            except BaseException:
-                procgroup.stop(proc, grace=15)  # SIGTERM: kbuild deletes the targets it was writing
-                raise
+        rc = _make_logged(cmd, bd / "build.log", prog)
         prog.finish()
         elapsed = time.monotonic() - t0
         bzimage = bd / "arch" / "x86" / "boot" / "bzImage"

@@ -298,6 +298,19 @@ def _package_version(package: str) -> str:
     return p.stdout
 
 
+def _check_program_args(window_s: float, pair_set: str) -> None:
+    if window_s <= 0:
+        raise LoopqualError(f"--window {window_s}: give a positive number of seconds")
+    if pair_set not in PAIR_SETS:
+        raise LoopqualError(f"--pairs {pair_set!r}: give one of {', '.join(PAIR_SETS)}")
+
+
+def _print_steps(ev: dict) -> None:
+    """The guest's progress events, a line each on stderr."""
+    if ev.get("event") == "step":
+        print(f"  {ev['step']}", file=sys.stderr, flush=True)
+
+
 def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
                  modules: list[str] | None = None, size: tuple[int, int] = (640, 480),
                  fps: int = 30, warmup_s: float = 3.0, start_limit_s: float = 120.0,
@@ -305,10 +318,7 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
     """Real programs through the device: each pair (writer, reader) of PAIR_SETS[pair_set] on
     each module, every module in the same boot, pair by pair. Prints the table, writes
     bench-programs.json. Measures; asserts nothing."""
-    if window_s <= 0:
-        raise LoopqualError(f"--window {window_s}: give a positive number of seconds")
-    if pair_set not in PAIR_SETS:
-        raise LoopqualError(f"--pairs {pair_set!r}: give one of {', '.join(PAIR_SETS)}")
+    _check_program_args(window_s, pair_set)
     pairs = PAIR_SETS[pair_set]
     used = {prog for pair in pairs for prog in pair}
     all_kernels = data.load_kernels()
@@ -337,10 +347,6 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
           f"{window_s:.0f} s windows",
           file=sys.stderr, flush=True)
 
-    def progress(ev):
-        if ev.get("event") == "step":
-            print(f"  {ev['step']}", file=sys.stderr, flush=True)
-
     def per_pair(pair: tuple[str, str]) -> float:
         return sum(DESKTOP_START_LIMIT_S if prog in DESKTOP_PROGRAMS else start_limit_s
                    for prog in pair) + warmup_s + window_s + 60
@@ -349,7 +355,7 @@ def run_programs(kernel_name: str | None, out: Path | None, window_s: float,
                          guest_module="loopqual.guest.bench_programs",
                          udev=kernel.guest_udev, append=kernel.guest_append)
     limit = len(built) * sum(per_pair(pair) for pair in pairs) + 180
-    _gr, reason, tail = vm.boot_once(cmd, limit, progress)
+    _gr, reason, tail = vm.boot_once(cmd, limit, _print_steps)
     result_file = rw / "bench-programs-guest.json"
     if not result_file.exists():
         raise LoopqualError("the program bench did not finish: " + (reason or "no result file")

@@ -67,6 +67,23 @@ def kernel_label(cell: dict) -> str:
     return cell["kernel"]
 
 
+def _add_pytest_suite(cell: dict, suite: dict, expected: list[ExpectedFailure]) -> None:
+    """A pytest suite's scenarios into the cell, expected failures applied."""
+    unjudged = []
+    for sc in suite["scenarios"]:
+        sc = {**sc, "suite": suite["name"]}
+        _apply_expectations(sc, "scenario", sc["id"], cell, expected)
+        cell["scenarios"].append(sc)
+        if sc["status"] == "incomplete":  # its set-up failed (a program missing): it judged nothing
+            unjudged.append(sc)
+            line = unjudged_line(sc)
+            if not any(line in known for known in cell["incomplete"]):  # the runner's says it
+                cell["incomplete"].append(line)
+    if suite.get("incomplete") or unjudged:
+        cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
+        cell["incomplete_suites"].append(suite["name"])
+
+
 def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                   expected: list[ExpectedFailure]) -> dict:
     """meta: kernel, kernel_release, module, module_version, params, param_set, gated,
@@ -100,19 +117,7 @@ def evaluate_cell(meta: dict, guest: dict | None, host_incomplete: dict | None,
                 {"suite": suite["name"], "reason": suite["not_applicable"]})
             continue
         if suite["kind"] == "pytest":
-            unjudged = []
-            for sc in suite["scenarios"]:
-                sc = {**sc, "suite": suite["name"]}
-                _apply_expectations(sc, "scenario", sc["id"], cell, expected)
-                cell["scenarios"].append(sc)
-                if sc["status"] == "incomplete":  # its set-up failed (a program missing): it judged nothing
-                    unjudged.append(sc)
-                    line = unjudged_line(sc)
-                    if not any(line in known for known in cell["incomplete"]):  # the runner's says it
-                        cell["incomplete"].append(line)
-            if suite.get("incomplete") or unjudged:
-                cell["problems"].append(f"{suite['name']}: pytest log tail:\n{suite.get('log_tail', '')}")
-                cell["incomplete_suites"].append(suite["name"])
+            _add_pytest_suite(cell, suite, expected)
         else:
             for run in suite["runs"]:
                 run = dict(run)
