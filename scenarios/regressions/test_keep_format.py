@@ -149,10 +149,11 @@ def test_issue_610_restarting_writers_keep_the_reader(cell, openers, record_prop
     size = 320 * 240 * 2
     rd = None
     try:
-        # v4l2-ctl keeps the colorspace of the format before: named, so that v4l2sink is
-        # offered the same colorimetry whatever ran before
+        # v4l2-ctl keeps the colorimetry of the format before (colorspace, transfer function,
+        # encoding, range): all named, so that v4l2sink is offered the same whatever ran before
         rc, out = run_program(cell, ["v4l2-ctl", "-d", cell.device, "--set-fmt-video-out=width=320,"
-                                     "height=240,pixelformat=UYVY,colorspace=srgb"],
+                                     "height=240,pixelformat=UYVY,colorspace=srgb,xfer=srgb,"
+                                     "ycbcr=601,quantization=lim-range"],
                               "v4l2-ctl-set-fmt")
         assert rc == 0, f"v4l2-ctl --set-fmt-video-out: exit {rc}: {out!r}"
         # the example's set-caps UYVY:640x480@25/1 sets the output rate too: a kept format
@@ -169,7 +170,7 @@ def test_issue_610_restarting_writers_keep_the_reader(cell, openers, record_prop
         for k in range(3):
             time.sleep(0.5)  # the last writer's frames are dequeued before its successor's count
             since = rd.mark()
-            # the format's V4L2_COLORSPACE_SRGB, as GStreamer names it for v4l2sink's caps
+            # that colorimetry as GStreamer names it (range:matrix:transfer:primaries)
             c = gst_writer(cell, f"v4l2sink-{k}", fmt="uyvy", w=320, h=240, colorimetry="2:4:7:1")
             try:
                 c.feed(size, 15)
