@@ -58,11 +58,12 @@ def _recv(fd: int, timeout: float | None):
 class _Pump:
     """Writer or reader loop in a thread of the worker process."""
 
-    def __init__(self, dev: Device, role: str, mode: str, size: int, fps: float, count: int):
+    def __init__(self, dev: Device, role: str, mode: str, size: int, fps: float, count: int,
+                 first: int = 0):
         self.dev, self.role, self.mode, self.size = dev, role, mode, size
         self.period = 1.0 / fps
         self.count = count
-        self.frames = 0
+        self.frames = first  # a writer's next frame number: frames 0..first-1 are out already
         # (frame number, sequence, bytesused, whole: the buffer is all that frame's content)
         self.seen: list[tuple[int, int, int, bool]] = []
         self.error: str | None = None
@@ -81,7 +82,7 @@ class _Pump:
 
     def _write_loop(self):
         d = self.dev
-        n = 0
+        n = self.frames
         if self.mode == "write":
             while not self.stop.is_set():
                 d.write(_frame(n, self.size))
@@ -241,8 +242,8 @@ def _start_writer(dev, mode="mmap", width=160, height=120, pixfmt=YUYV, count=2,
             dev.mmap(OUT, i)
         dev.streamon(OUT)
     else:
-        dev.write(_frame(0, size))
-    pump = _Pump(dev, "writer", mode, size, fps, granted)
+        dev.write(_frame(0, size))  # write() sets itself up (W1): frame 0 is out
+    pump = _Pump(dev, "writer", mode, size, fps, granted, first=0 if mode == "mmap" else 1)
     return {"format": fmt, "count": granted, "pump": pump}
 
 
