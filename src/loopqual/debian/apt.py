@@ -24,8 +24,11 @@ from loopqual.config.data import Mirror
 class AptError(LoopqualError):
     """A package could not be had from Debian's archive."""
 
-def run(cmd: list[str], what: str, error: type[LoopqualError] = None, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+def run(cmd: list[str], what: str, error: type[LoopqualError] | None = None,
+        **kw) -> subprocess.CompletedProcess:
+    """cmd's completed process; its exit code other than 0 raises `error` (AptError by
+    default) with the command and the last lines of its output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", **kw)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
         raise (error or AptError)(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")

@@ -47,6 +47,7 @@ from loopqual.common.paths import KERNEL_DIR, atomic_write, cache_dir, cache_loc
 from loopqual.config import data
 from loopqual.config.data import Kernel, Mirror
 from loopqual.config.schema import Entry
+from loopqual.debian import apt
 from loopqual.kernel.installedkernel import InstalledKernel
 
 DEBUG_KERNELS_FILE = KERNEL_DIR / "debug-kernels.toml"
@@ -279,13 +280,12 @@ def suite_mirror(suite: str) -> Mirror:
 
 def source_tree(spec: DebugSpec) -> Path:
     """The unpacked kernel source (downloaded and unpacked once)."""
-    from loopqual.debian.apt import AptError, PrivateApt, unpack_once
 
     def fetch() -> Path:
         try:
-            return PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(spec.source_package,
-                                                                          spec.version)
-        except AptError as exc:  # its advice names sources.toml: here the file is ours
+            return apt.PrivateApt(suite_mirror(spec.suite), spec.suite).fetch(
+                spec.source_package, spec.version)
+        except apt.AptError as exc:  # its advice names sources.toml: here the file is ours
             raise DebugKernelError(str(exc).replace("kernel/sources.toml",
                                                     f"{DEBUG_KERNELS_FILE.name}")) from None
 
@@ -301,9 +301,9 @@ def source_tree(spec: DebugSpec) -> Path:
         if not _find_tree(tmp):
             raise DebugKernelError(f"{deb.name}: no kernel tree (Makefile, Kconfig) inside")
 
-    return unpack_once(_root() / "src" / _safe(f"{spec.source_package}_{spec.version}"),
-                       f"the kernel source {spec.version}", fetch, extract, _find_tree,
-                       DebugKernelError)
+    return apt.unpack_once(_root() / "src" / _safe(f"{spec.source_package}_{spec.version}"),
+                           f"the kernel source {spec.version}", fetch, extract, _find_tree,
+                           DebugKernelError)
 
 
 def _find_tree(dest: Path) -> Path | None:
@@ -312,11 +312,7 @@ def _find_tree(dest: Path) -> Path | None:
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", **kw)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        raise DebugKernelError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc
+    return apt.run(cmd, what, DebugKernelError, **kw)
 
 
 def virtme_lines() -> list[str]:
