@@ -61,7 +61,8 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     browsers judge K4 and K5) in ec1 on every kernel (issue 10), the browser suite nowhere;
     bookworm's v4l2-compliance on the bookworm kernels; delivery (issue 24) in ec0 and ec1 on
     every kernel, with 8 buffers (ec1-buf8) on debian-6.12; upstream's reports (issue 25) in
-    ec1 on debian-6.1 and ec0 on debian-6.12."""
+    ec1 on debian-6.1 and ec0 on debian-6.12. K6, whose browsers start in the background when
+    the cell begins, runs after the cell's other suites."""
     import re
 
     from loopqual.common.paths import REPO
@@ -79,17 +80,17 @@ def test_the_gates_selection_runs_obs_and_k6_on_every_kernel():
     assert names("debian-6.12", "ec0") == ["contract", "compliance", "compliance-sid", "clients",
                                            "delivery", "regressions-ec0"]
     assert names("debian-6.12", "ec1") == ["contract", "compliance", "compliance-sid", "clients",
-                                           "apps", "together", "delivery"]
+                                           "apps", "delivery", "together"]
     assert names("debian-6.12", "ec1-buf8") == ["contract", "compliance", "compliance-sid",
                                                 "delivery-buf8"]
     assert names("debian-6.1", "ec0") == ["contract", "compliance", "compliance-sid", "delivery"]
     assert names("debian-6.1", "ec1") == ["contract", "compliance", "compliance-sid", "clients-ec1",
-                                          "apps", "together", "delivery", "regressions-ec1"]
+                                          "apps", "delivery", "regressions-ec1", "together"]
     assert names("debian-6.1", "ec1-buf8") == ["contract", "compliance", "compliance-sid"]
     # sid's kernel: sid's v4l2-compliance only
     assert names("debian-sid", "ec0") == ["contract", "compliance-sid", "delivery"]
     assert names("debian-sid", "ec1") == ["contract", "compliance-sid", "clients-ec1", "apps",
-                                          "together", "delivery"]
+                                          "delivery", "together"]
 
 
 def test_compliance_limits_grow_with_the_kernels_time_factor():

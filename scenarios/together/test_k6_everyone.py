@@ -37,7 +37,11 @@ time, Firefox took 300 s to start beside OBS and a reading Chromium (112-130 s i
 browser) and K6 took 702 s (debian-6.1, two guests on the machine); with Firefox first and
 Chromium after the hand-over, Chromium took 320 s beside OBS and a reading Firefox (705 s,
 debian-6.12, one guest). So the browsers start before OBS, on a writer that costs little,
-and a writer handing its readers over to another is judged on the way.
+and a writer handing its readers over to another is judged on the way. And they start earlier
+still: the guest runner starts both when the cell begins, in the background at nice 19, on
+pages that wait to be told to read (suites.toml's prestart; the cell runs this suite last),
+and K6 takes them over (guest/programs/prestart.py); one that is not running is launched here,
+and steps["prestart"] says which happened.
 The browsers' pages report what they received every TICK_S seconds (LOOPQUAL_TICK {json}):
 frames, non-blank frames, distinct non-blank frames and changes (a non-blank frame unlike the
 one before) so far; ffmpeg writes each frame's MD5 (-f framemd5), flushed per frame. A
@@ -60,7 +64,7 @@ from lib.common import need_openers
 from lib.load import guest_load
 from lib.ticking import SESSIONS_LIMIT_S, judge_labels_and_sessions
 
-from loopqual.guest.programs import crash, ticking
+from loopqual.guest.programs import crash, prestart, ticking
 from loopqual.guest.programs.infra import InfrastructureProblem, need_program, package_version
 from loopqual.guest.programs.obs import OUTPUT_LIMIT_S, Obs, frames_made, fresh_home, output_size, xvfb
 from loopqual.guest.programs.ticking import FIREFOX_SESSIONS
@@ -223,9 +227,15 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
                              f"{waiting}" + (f"; OBS: {obs.stats()} {obs.exited()}" if obs else ""))
 
     def launch(name: str) -> ticking.TickingBrowser:
-        b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
-                           home, log_dir, card, RUN_S, TICK_S,
-                           sessions=FIREFOX_SESSIONS if name == "firefox" else 0)
+        """The browser the guest runner started ahead in the background (suites.toml's
+        prestart), told to read now; launched here if there is none running."""
+        sessions = FIREFOX_SESSIONS if name == "firefox" else 0
+        b, steps.setdefault("prestart", {})[name] = prestart.take_over(
+            name, prestart.folder(cell.work_dir, cell.id), log_dir, card, RUN_S, TICK_S,
+            sessions=sessions)
+        if b is None:
+            b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
+                               home, log_dir, card, RUN_S, TICK_S, sessions=sessions)
         browsers.append(b)
         readers[name] = b
         return b
@@ -242,7 +252,10 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
             ready(["ffmpeg"], {}, FIRST_FRAME_LIMIT_S, "ffmpeg_ready")
             firefox, chromium = launch("firefox"), launch("chromium")
             ready(["firefox", "chromium"], {}, READY_LIMIT_S, "browsers_ready")
+            # seconds since each browser's launch (by the runner, in the background, when
+            # prestarted): its page up, told to read, the camera open
             steps["browser_startup_s"] = {b.name: b.marks.get("LOOPQUAL_STARTED") for b in browsers}
+            steps["browser_go_s"] = {b.name: b.marks.get("LOOPQUAL_GO") for b in browsers}
             steps["browser_open_s"] = {b.name: b.marks.get("LOOPQUAL_OPENED") for b in browsers}
             judge_labels_and_sessions(browsers, firefox, card, versions["firefox"], steps)
             obs = Obs(fresh_home(os.path.join(home, "obs"), fps=OBS_FPS), display,

@@ -10,6 +10,8 @@ it too.
   session under another group), wait `grace` seconds, then SIGKILL what is left.
 - kill(pid): SIGKILL the group and session at once (safe from a signal handler).
 - reap(pid, timeout): wait for one child up to `timeout` seconds; its exit code or None.
+- stop_foreign(pid, grace=...): stop() for a group another process started (and reaps).
+- exit_status(pid): a process's exit code once it has ended, read from /proc (any parent).
 - Registry: the live groups of a run, so a signal handler can stop every one of them.
 """
 
@@ -28,6 +30,33 @@ def spawn(cmd: list[str], **popen_kw) -> subprocess.Popen:
     if isinstance(cmd, str):
         raise TypeError("procgroup.spawn takes an argument list, not a string")
     return subprocess.Popen(cmd, start_new_session=True, **popen_kw)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state is the first), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def exit_status(pid: int) -> int | None:
+    """None while pid runs; its exit code (negative: signal) while it is a zombie; -1 once
+    it is gone (reaped by its parent: the code is lost)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return -1
+    if fields[0] != "Z":
+        return None
+    try:  # exit_code, field 52 of the whole line (Linux 3.5 and later)
+        return os.waitstatus_to_exitcode(int(fields[49]))
+    except (IndexError, ValueError):
+        return -1
+
+
+def live_members(sid: int) -> list[int]:
+    """session_members(sid) that have not ended (zombies left out)."""
+    return [p for p in session_members(sid) if (f := _stat_fields(p)) and f[0] != "Z"]
 
 
 def session_members(sid: int) -> list[int]:
@@ -106,6 +135,25 @@ def stop(proc: subprocess.Popen | int, grace: float = 5.0, sig: int = signal.SIG
         except subprocess.TimeoutExpired:
             return None
     return reap(pid, reap_s)
+
+
+def stop_foreign(pid: int, grace: float = 5.0, sig: int = signal.SIGTERM,
+                 wait_s: float = 15.0) -> bool:
+    """stop() for a group this process did not start (it cannot reap it): sig, up to grace
+    seconds, SIGKILL, then up to wait_s seconds until every member has ended. True if none
+    is left running."""
+    if grace > 0 and live_members(pid):
+        signal_group(pid, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and live_members(pid):
+            time.sleep(0.1)
+    kill(pid)
+    end = time.monotonic() + wait_s
+    while live_members(pid):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 class Registry:

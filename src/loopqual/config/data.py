@@ -548,6 +548,10 @@ class Suite(Entity):
     # starts the desktop programs (browsers, OBS): the lane planner keeps cells running such
     # suites apart in time (src/loopqual/run/qualify.py stagger)
     heavy: bool = False
+    # browsers the guest starts in the background when a cell running this suite begins, for
+    # its scenarios to take over (src/loopqual/guest/programs/prestart.py); the cell runs
+    # such a suite after its others
+    prestart: _Strings = Field(default=(), description='a list of "chromium" and "firefox"')
     not_applicable: _NotApplicables = ()
     # compliance: a [tool.NAME] instead of the host's v4l2-compliance
     tool: str | None = Field(default=None, description='a tool name from [tool.NAME], e.g. "sid"')
@@ -579,6 +583,9 @@ class Suite(Entity):
         if self.kind == "compliance" and (not self.profiles or self.paths):
             raise ValueError("kind = \"compliance\" runs v4l2-compliance: give profiles = [...] "
                              "and no paths")
+        if unknown := [n for n in self.prestart if n not in ("chromium", "firefox")]:
+            raise ValueError(f"prestart names {', '.join(unknown)}: give \"chromium\" and/or "
+                             "\"firefox\"")
         if self.tool is not None and self.kind != "compliance":
             raise ValueError(f"tool = {self.tool!r}: only a compliance suite runs a tool")
         return self

@@ -1,6 +1,7 @@
 """The guest side: one Python process per boot walks every cell of the plan.
 
-For each cell: insmod -> wait for the nodes -> set controls -> suites (pytest scenario
+For each cell: insmod -> wait for the nodes -> set controls -> the browsers a suite asks to
+have started ahead, in the background (programs/prestart.py) -> suites (pytest scenario
 suites in a forked child; v4l2-compliance profiles, some with a producer process writing
 frames) -> kernel-log check -> close all -> rmmod. Every step has a timeout; a step that
 overruns is killed and the cell is marked incomplete with what it left behind.
@@ -34,6 +35,7 @@ from loopqual.common.suite_record import (
     rerun_candidates,
     unjudged_line,
 )
+from loopqual.guest.programs import prestart
 
 EVENT_PREFIX = "@@LQ "
 EXIT_REBOOT = 3
@@ -656,6 +658,18 @@ def suites_stage(run: CellRun, devices: list[str], plan: dict, out_dir: Path,
     """Each suite of the cell in turn, from the parameter set's own state."""
     cell, res = run.cell, run.res
     cell_json = write_cell_json(cell, devices, res["loaded_params"], out_dir)
+    wanted = sorted({n for s in cell["suites"] if not s.get("not_applicable")
+                     for n in s.get("prestart", [])})
+    started = prestart.start(wanted, prestart.folder(str(out_dir), cell["id"])) if wanted else []
+    try:
+        _run_suites(run, devices, plan, out_dir, kmsg, all_kmsg, cell_json)
+    finally:
+        prestart.stop_all(started)
+
+
+def _run_suites(run: CellRun, devices: list[str], plan: dict, out_dir: Path,
+                kmsg: KmsgReader, all_kmsg: list[str], cell_json: Path) -> None:
+    cell, res = run.cell, run.res
     for suite in cell["suites"]:
         if suite.get("not_applicable"):
             res["suites"].append({"name": suite["name"], "kind": suite["kind"],

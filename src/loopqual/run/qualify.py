@@ -735,7 +735,9 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
     (a suite selected for other kernels only is left out)."""
     suites = []
     factor = next((k.time_factor for k in sel.kernels if k.name == kernel), 1.0)
-    for s in sel.suites_for(kernel):
+    # a suite whose browsers start ahead in the background runs last: they start on the
+    # time the cell's other suites leave idle
+    for s in sorted(sel.suites_for(kernel), key=lambda s: bool(s.prestart)):
         # Suite settings first; LOOPQUAL_* from the caller's environment win (to reproduce:
         # LOOPQUAL_SEED=... loopqual qualify ...). The guest does not inherit the host's.
         kmod_env = {s.kmod[2]: kmods[s.kmod[2]]} if s.kmod and s.kmod[2] in (kmods or {}) else {}
@@ -745,6 +747,8 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
         why = s.applies_to(ps)
         if why:
             entry["not_applicable"] = why
+        if s.prestart and os.environ.get("LOOPQUAL_PRESTART", "1") != "0":
+            entry["prestart"] = list(s.prestart)
         if s.tool:
             t = (prepared or {}).get(s.tool)
             entry["tool"] = t.to_plan() if t else {"name": s.tool}

@@ -1,21 +1,23 @@
 """Real browsers in the guest: headless Chromium or Firefox ESR with a fresh profile on a
 local page, its output logged and read line by line for the page's marks: LOOPQUAL_STARTED when
-its script runs (the browser is up), LOOPQUAL_OPENED when the camera is open, LOOPQUAL_RESULT
-{json} at the end. The pages themselves are their users' (the scenarios' capture pages,
-ticking.py's long-reading page).
+its script runs (the browser is up), LOOPQUAL_GO when the page was told to read (ticking.py),
+LOOPQUAL_OPENED when the camera is open, LOOPQUAL_RESULT {json} at the end. The pages
+themselves are their users' (the scenarios' capture pages, ticking.py's long-reading page).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import time
 
 from loopqual.common import procgroup
 
-MARKS = (b"LOOPQUAL_STARTED", b"LOOPQUAL_OPENED", b"LOOPQUAL_RESULT ")
+_AT = re.compile(rb" ?at=(\d+)")
+MARKS = (b"LOOPQUAL_STARTED", b"LOOPQUAL_GO", b"LOOPQUAL_OPENED", b"LOOPQUAL_RESULT ")
 
 
 # A page's function cameraByLabel(stream, out): given the stream of a first getUserMedia (a
@@ -35,7 +37,12 @@ CAMERA_BY_LABEL_JS = r"""const cameraByLabel = async (stream, out) => {
 
 def camera_by_label_js(card: str) -> str:
     """CAMERA_BY_LABEL_JS for the loopback device whose card name is `card`."""
-    return CAMERA_BY_LABEL_JS % {"card": json.dumps(card[:20])}
+    return camera_by_label_js_of(json.dumps(card[:20]))
+
+
+def camera_by_label_js_of(expr: str) -> str:
+    """CAMERA_BY_LABEL_JS looking for the card name a JavaScript expression gives."""
+    return CAMERA_BY_LABEL_JS % {"card": expr}
 
 
 def chromium_argv(program: str, home: str, page_url: str) -> list[str]:
@@ -114,33 +121,77 @@ def firefox_argv(program: str, home: str, page_url: str) -> list[str]:
     return [program, "--headless", "--no-remote", "--profile", profile, page_url]
 
 
+class AdoptedProcess:
+    """A browser another process started (the guest runner, ahead of the suite: prestart.py),
+    followed by its pid: poll() as Popen's, the exit status read from /proc while it is a
+    zombie (its parent reaps it later); -1 once it is gone without one."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = procgroup.exit_status(self.pid)
+        return self.returncode
+
+
 class BrowserRun:
     """A browser in its own session, its output logged to a file (unbuffered: a scenario cut
-    short still leaves it) and read line by line for the page's marks."""
+    short still leaves it) and read line by line for the page's marks. Or, made by follow(), a
+    browser another process started with its output going to a file: that file is read."""
 
     def __init__(self, argv: list[str], env: dict, log_path: str):
         self.log = open(log_path, "wb", buffering=0)
-        self.t0 = time.monotonic()
+        self.t0, self.epoch0 = time.monotonic(), time.time()
         self.p = procgroup.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=env)
+        self._source = None  # the pipe: self.p.stdout
+        self._reset()
+
+    def _reset(self) -> None:
         self.marks: dict[str, float] = {}  # mark -> seconds since launch
         self.result: dict | None = None
         self.tail = b""
         self._buf = b""
 
+    @classmethod
+    def follow(cls, pid: int, log_path: str, t0: float, epoch0: float):
+        """The browser `pid` (not a child of this process) whose output goes to log_path,
+        launched at monotonic time t0 (the clock is the guest's, shared by its processes),
+        epoch0 by the wall clock."""
+        self = cls.__new__(cls)
+        self.p, self.t0, self.epoch0 = AdoptedProcess(pid), t0, epoch0
+        self.log = self._source = open(log_path, "rb")
+        self._reset()
+        return self
+
+    def _read(self, timeout: float) -> bytes | None:
+        """New output within timeout (b"" if none came), None once the output has ended."""
+        if self._source is None:
+            r, _, _ = select.select([self.p.stdout], [], [], timeout)
+            if not r:
+                return None if self.p.poll() is not None else b""
+            return os.read(self.p.stdout.fileno(), 65536) or None
+        chunk = self._source.read(65536)
+        if chunk:
+            return chunk
+        if self.p.poll() is not None:
+            return self._source.read(65536) or None
+        time.sleep(min(timeout, 0.2))
+        return b""
+
     def wait_for(self, mark: str, limit: float) -> bool:
         """Read the browser's output until the page printed `mark` (True) or `limit` seconds
         since launch passed or the browser ended (False)."""
         while mark not in self.marks and time.monotonic() - self.t0 < limit:
-            r, _, _ = select.select([self.p.stdout], [], [], 1.0)
-            if not r:
-                if self.p.poll() is not None:
-                    return False
-                continue
-            chunk = os.read(self.p.stdout.fileno(), 65536)
-            if not chunk:
+            chunk = self._read(1.0)
+            if chunk is None:
                 return False
-            self.log.write(chunk)
+            if not chunk:
+                continue
+            if self._source is None:
+                self.log.write(chunk)
             self.tail = (self.tail + chunk)[-3000:]
             self._buf += chunk
             while b"\n" in self._buf:
@@ -153,13 +204,21 @@ class BrowserRun:
             i = line.find(mark)
             if i < 0:
                 continue
-            self.marks.setdefault(mark.decode().strip(), round(time.monotonic() - self.t0, 1))
+            # a page that says when (at=<ms since the epoch>) is timed by it: a followed
+            # browser's log is read long after the page wrote it
+            at = _AT.match(line, i + len(mark))
+            since = (int(at.group(1)) / 1000 - self.epoch0 if at
+                     else time.monotonic() - self.t0)
+            self.marks.setdefault(mark.decode().strip(), round(since, 1))
             if mark == b"LOOPQUAL_RESULT ":
                 js = line[i + len(mark):].decode(errors="replace")
                 self.result = json.loads(js[: js.rfind("}") + 1])
 
     def stop(self) -> None:
-        procgroup.stop(self.p, grace=5.0)
+        if isinstance(self.p, AdoptedProcess):
+            procgroup.stop_foreign(self.p.pid, grace=5.0)
+        else:
+            procgroup.stop(self.p, grace=5.0)
         self.log.close()
 
     def output_tail(self, n: int = 1200) -> str:

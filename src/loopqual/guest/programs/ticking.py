@@ -18,7 +18,7 @@ import json
 import os
 import time
 
-from loopqual.guest.programs.browser import BrowserRun, camera_by_label_js, chromium_argv, firefox_argv
+from loopqual.guest.programs.browser import BrowserRun, camera_by_label_js_of, chromium_argv, firefox_argv
 
 # Firefox's rude-stop sessions (K5): each reads until it has seen SESSION_DISTINCT distinct
 # non-blank frames (in K6, of a writer at 1 fps), then stops the rude way. Sessions of a fixed
@@ -46,17 +46,32 @@ OPEN_JS = r"""      let stream = null;
       out.opened++;
 """
 
+# Both pages run main(cfg) once go.js, beside the page, calls loopqualGo(cfg): a browser started
+# ahead of its scenario (prestart.py) waits on its page until the scenario writes go.js, and
+# one launched by the scenario finds go.js at once. A script element, not fetch(): a file://
+# page may load scripts from its directory in both browsers, and nothing else.
+GO_JS = r"""let going = false;
+window.loopqualGo = (cfg) => { if (going) return; going = true; say("LOOPQUAL_GO"); main(cfg); };
+const lookForGo = () => {
+  if (going) return;
+  const s = document.createElement("script");
+  s.src = "go.js?" + Date.now();
+  s.onerror = () => { s.remove(); setTimeout(lookForGo, 1000); };
+  document.head.appendChild(s);
+};
+lookForGo();
+"""
+
 CHROMIUM_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body><script>
-%(by_label)s
 const say = (s) => console.log(s);
-say("LOOPQUAL_STARTED");
+say("LOOPQUAL_STARTED at=" + Date.now());
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-(async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, opened: 0,
+const main = async (cfg) => {
+%(by_label)s  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, opened: 0,
                error: null, devices: []};
   const seen = new Set();
   let last = null;
-  const until = performance.now() + %(run_s)d * 1000;
+  const until = performance.now() + cfg.run_s * 1000;
   let next = performance.now();
   try {
     while (performance.now() < until) {
@@ -70,7 +85,7 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
       while (performance.now() < until) {
         if (performance.now() >= next) {
           out.distinct = seen.size; out.ended = track.readyState === "ended";
-          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += cfg.tick_s * 1000;
         }
         if (!pending) pending = reader.read();
         const r = await Promise.race([pending,
@@ -94,22 +109,21 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
   } catch (e) { out.error = String(e); }
   out.distinct = seen.size;
   say("LOOPQUAL_RESULT " + JSON.stringify(out));
-})();
-</script></body></html>
+};
+%(go)s</script></body></html>
 """
 
 FIREFOX_PAGE = r"""<!doctype html><html><head><title>loopqual</title></head><body>
 <video id="v" muted playsinline></video><canvas id="c" width="64" height="48"></canvas><script>
-%(by_label)s
 const say = (s) => { dump(s + "\n"); };
-say("LOOPQUAL_STARTED");
+say("LOOPQUAL_STARTED at=" + Date.now());
 const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-(async () => {
-  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
+const main = async (cfg) => {
+%(by_label)s  const out = {label: null, frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: 0,
                opened: 0, error: null, devices: [], sessions: []};
   const seen = new Set();
   let last = null;
-  const until = performance.now() + %(run_s)d * 1000;
+  const until = performance.now() + cfg.run_s * 1000;
   let next = performance.now();
   const v = document.getElementById("v"), c = document.getElementById("c");
   const ctx = c.getContext("2d", {willReadFrequently: true});
@@ -123,17 +137,17 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
 %(open)s      if (out.opened === 1) say("LOOPQUAL_OPENED");
       v.srcObject = stream;
       await v.play();
-      // the first %(sessions)d openings are sessions of %(session_distinct)d distinct frames,
+      // the first cfg.sessions openings are sessions of cfg.session_distinct distinct frames each,
       // each ended the rude way
-      const session = out.sessions.length < %(sessions)d;
+      const session = out.sessions.length < cfg.sessions;
       const sessionStart = performance.now();
       const sess = {frames: 0, nonblank: 0, distinct: 0, changes: 0, presented: -out.presented};
       const sSeen = new Set();
       while (performance.now() < until && track.readyState !== "ended"
-             && !(session && sSeen.size >= %(session_distinct)d)) {
+             && !(session && sSeen.size >= cfg.session_distinct)) {
         if (performance.now() >= next) {
           out.distinct = seen.size; out.ended = false;
-          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += %(tick_s)d * 1000;
+          say("LOOPQUAL_TICK " + JSON.stringify(out)); next += cfg.tick_s * 1000;
         }
         await sleep(100);
         if (!v.videoWidth || (v.requestVideoFrameCallback && !fresh)) continue;
@@ -148,7 +162,7 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
           if (h !== last) { out.changes++; sess.changes++; } last = h;
         }
       }
-      if (session && track.readyState !== "ended" && sSeen.size >= %(session_distinct)d) {
+      if (session && track.readyState !== "ended" && sSeen.size >= cfg.session_distinct) {
         // the rude stop: the tracks go, nothing is released in order; then the camera again
         sess.distinct = sSeen.size; sess.presented += out.presented;
         sess.s = Math.round((performance.now() - sessionStart) / 100) / 10;
@@ -163,8 +177,8 @@ const sleep = (ms) => new Promise(r => setTimeout(r, ms));
   } catch (e) { out.error = String(e); }
   out.distinct = seen.size;
   say("LOOPQUAL_RESULT " + JSON.stringify(out));
-})();
-</script></body></html>
+};
+%(go)s</script></body></html>
 """
 
 
@@ -175,6 +189,17 @@ class TickingBrowser(BrowserRun):
 
     def __init__(self, name: str, argv: list[str], env: dict, log_path: str):
         super().__init__(argv, env, log_path)
+        self._reports(name)
+
+    @classmethod
+    def follow_named(cls, name: str, pid: int, log_path: str, t0: float, epoch0: float
+                     ) -> TickingBrowser:
+        """BrowserRun.follow for a browser on the ticking page (prestart.py)."""
+        self = cls.follow(pid, log_path, t0, epoch0)
+        self._reports(name)
+        return self
+
+    def _reports(self, name: str) -> None:
         self.name = name
         self.last: dict = {}
         self.history: list[tuple[float, dict]] = []  # (arrival, report) per report
@@ -224,6 +249,37 @@ def pump_all(browsers: list[TickingBrowser], seconds: float) -> None:
             b.pump(min(0.5, max(0.05, left / len(running))))
 
 
+def write_page(name: str, bhome: str) -> str:
+    """The ticking page for `name` in bhome, waiting for its go.js; its path."""
+    page = os.path.join(bhome, "page.html")
+    with open(page, "w") as f:
+        f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
+                % {"open": OPEN_JS, "by_label": camera_by_label_js_of("cfg.card"), "go": GO_JS})
+    return page
+
+
+def write_go(bhome: str, card: str, run_s: int, tick_s: int = 2, sessions: int = 0,
+             session_distinct: int = SESSION_DISTINCT) -> None:
+    """go.js beside the page: it starts reading (written whole, then renamed into place)."""
+    cfg = {"card": card[:20], "run_s": run_s, "tick_s": tick_s, "sessions": sessions,
+           "session_distinct": session_distinct}
+    tmp = os.path.join(bhome, ".go.js")
+    with open(tmp, "w") as f:
+        f.write(f"loopqualGo({json.dumps(cfg)});\n")
+    os.replace(tmp, os.path.join(bhome, "go.js"))
+
+
+def browser_command(name: str, program: str, bhome: str) -> tuple[list[str], dict]:
+    """(argv, environment) of `name` on its page in bhome, with a fresh profile there."""
+    page = write_page(name, bhome)
+    env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
+               XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
+    if name == "chromium":
+        return chromium_argv(program, bhome, f"file://{page}"), env
+    env["MOZ_HEADLESS"] = "1"
+    return firefox_argv(program, bhome, f"file://{page}"), env
+
+
 def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: int,
            tick_s: int = 2, sessions: int = 0,
            session_distinct: int = SESSION_DISTINCT) -> TickingBrowser:
@@ -236,16 +292,6 @@ def launch(name: str, program: str, home: str, log_dir: str, card: str, run_s: i
         raise ValueError("the rude-stop sessions are Firefox's page's (K5)")
     bhome = os.path.join(home, name)
     os.makedirs(bhome)
-    page = os.path.join(bhome, "page.html")
-    with open(page, "w") as f:
-        f.write((CHROMIUM_PAGE if name == "chromium" else FIREFOX_PAGE)
-                % {"open": OPEN_JS, "by_label": camera_by_label_js(card), "tick_s": tick_s,
-                   "run_s": run_s, "sessions": sessions,
-                   "session_distinct": session_distinct})
-    env = dict(os.environ, HOME=bhome, XDG_CONFIG_HOME=os.path.join(bhome, "config"),
-               XDG_CACHE_HOME=os.path.join(bhome, "cache"), DBUS_SESSION_BUS_ADDRESS="disabled:")
-    if name == "chromium":
-        argv = chromium_argv(program, bhome, f"file://{page}")
-    else:
-        argv, env["MOZ_HEADLESS"] = firefox_argv(program, bhome, f"file://{page}"), "1"
+    argv, env = browser_command(name, program, bhome)
+    write_go(bhome, card, run_s, tick_s, sessions, session_distinct)
     return TickingBrowser(name, argv, env, os.path.join(log_dir, f"{name}.log"))
