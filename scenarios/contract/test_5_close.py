@@ -56,21 +56,26 @@ def _keeps_publishing(w, fps: float, what: str, secs: float = WINDOW_S) -> None:
 
 
 def _carries_on(r, w, what: str, secs: float = WINDOW_S) -> None:
-    """Reader pump `r` receives, whole and counted by content, at least MIN_SHARE of the frames
-    writer pump `w` publishes over `secs` (the writer numbers its frames 0, 1, ...)."""
-    w0, s0 = w.call("pump_status")["frames"], len(r.call("pump_status")["seen"])
+    """Reader pump `r` (or each of a list of them, over the same window) receives, whole and
+    counted by content, at least MIN_SHARE of the frames writer pump `w` publishes over `secs`
+    (the writer numbers its frames 0, 1, ...)."""
+    readers = r if isinstance(r, list) else [r]
+    w0 = w.call("pump_status")["frames"]
+    s0 = [len(x.call("pump_status")["seen"]) for x in readers]
     time.sleep(secs)
-    ws, rs = w.call("pump_status"), r.call("pump_status")
+    ws = w.call("pump_status")
     published = set(range(w0, ws["frames"]))
-    new = rs["seen"][s0:]
-    got = {n for n, _seq, _used, whole in new if whole} & published
-    torn = sum(1 for *_rest, whole in new if not whole)
-    assert published and len(got) >= MIN_SHARE * len(published) and not torn \
-        and rs["error"] is None and ws["error"] is None, (
-            f"{what}: expected {r.name} to receive at least {MIN_SHARE:.0%} of the frames "
-            f"{w.name} published in {secs:.0f} s, whole: it received {len(got)} of "
-            f"{len(published)}, {torn} torn (reader error: {rs['error']}, writer error: "
-            f"{ws['error']})")
+    for x, seen0 in zip(readers, s0, strict=True):
+        rs = x.call("pump_status")
+        new = rs["seen"][seen0:]
+        got = {n for n, _seq, _used, whole in new if whole} & published
+        torn = sum(1 for *_rest, whole in new if not whole)
+        assert published and len(got) >= MIN_SHARE * len(published) and not torn \
+            and rs["error"] is None and ws["error"] is None, (
+                f"{what}: expected {x.name} to receive at least {MIN_SHARE:.0%} of the frames "
+                f"{w.name} published in {secs:.0f} s, whole: it received {len(got)} of "
+                f"{len(published)}, {torn} torn (reader error: {rs['error']}, writer error: "
+                f"{ws['error']})")
 
 
 @pytest.mark.rules("C1")
@@ -114,8 +119,7 @@ def test_c1_close_with_three_readers(cell, openers):
                         f"reader(s) stream: {exc} (A3)")
         rs.append(r)
     rs[0].stop()
-    for r in rs[1:]:
-        _carries_on(r, w, "after reader0 closed")
+    _carries_on(rs[1:], w, "after reader0 closed")
     w.kill()
     w2 = openers.proc("writer2")
     try:
@@ -123,8 +127,7 @@ def test_c1_close_with_three_readers(cell, openers):
     except OSError as exc:
         pytest.fail(f"a new writer after the first writer was killed: expected success, got "
                     f"{exc}")
-    for r in rs[1:]:
-        _carries_on(r, w2, "after the writer was killed and a new one started")
+    _carries_on(rs[1:], w2, "after the writer was killed and a new one started")
 
 
 # victim, blocked-in, setup: how to block the victim in the named call
