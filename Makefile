@@ -117,6 +117,10 @@ GATE_SUITES := --suite contract --suite compliance:debian-6.1,debian-6.12 --suit
 # crashed in K3 under that load (docs/ci-time.md). The planner staggers the cells that start
 # the browsers and OBS (suites marked heavy) over the lanes that start together.
 GATE_JOBS ?= 2
+# How long the side lane's guest runs beside the gate's (the selftest then the sanitizer
+# lane: 650-1100 s in recent runs, docs/ci-time.md): the planner starts no heavy cell before
+# it ends where a lane has other work for that time (--beside-s).
+GATE_SIDE_LANE_S ?= 900
 # Its sanitizer lane (issue 12): patched on the KASAN + lockdep + kmemleak kernel (built once
 # into loopqual's cache), cell ec1: the contract (with its 5 s random walk) and both
 # v4l2-compliance versions, and delivery at 10 fps (suite delivery-debug); a cell passes only with no sanitizer report, no leak through the
@@ -152,7 +156,7 @@ gate: venv
 	   $(call keep_code,detectors,LOOPQUAL_DETECTORS_RESULTS=results/gate-sanitizer \
 		$(PY) -m pytest -q -m guest tests/test_guest_detectors.py) ) & \
 	$(call keep_code,gate,$(LOOPQUAL) qualify --jobs $(GATE_JOBS) $(GATE_KERNELS) --module patched \
-		$(GATE_SUITES) --out results/gate); \
+		$(GATE_SUITES) --beside-s $(GATE_SIDE_LANE_S) --out results/gate); \
 	wait; echo "--- the side lane (results/gate-side.log, its end):"; \
 	if [ -f results/series-check.json ] && [ -f results/gate/results.json ]; then \
 	  $(LOOPQUAL) report results/gate --series-check results/series-check.json >/dev/null; fi; \

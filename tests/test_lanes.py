@@ -151,3 +151,37 @@ def test_lanes_that_run_one_at_a_time_are_not_staggered(plan_and_weight):
     kernels = [("debian-6.1", mine), ("debian-6.12", mine), ("debian-sid", mine)]
     lanes = qualify.split_lanes(kernels, 1, weight, heavy=heavy)
     assert [ids(ln) for ln in lanes] == [[c["id"] for c in mine]] * 3
+
+
+def test_heavy_cells_come_after_a_guest_that_runs_beside(plan_and_weight):
+    """make test's side lane runs a third guest for its first minutes: with beside_s, the
+    heavy cells of the lanes that start together begin after it where their lanes have that
+    much other work (all of it here, for a side lane longer than any lane's other work), and
+    a lone lane with a heavy cell is moved too; without it, the plain stagger."""
+    cells, weight = plan_and_weight
+    mine = [c for c in cells if c["module"] == "patched"]
+
+    def heavy(c):
+        return c["param_set"] == "ec1"
+
+    other = sum(weight(c) for c in mine if not heavy(c))
+    kernels = [("debian-6.1", mine), ("debian-sid", mine)]
+    lanes = qualify.split_lanes(kernels, 2, weight, heavy=heavy, beside_s=other + 1)
+    for _k, lane in lanes:
+        assert [heavy(c) for c in lane][-1] and sum(map(heavy, lane)) == 1
+    half = qualify.split_lanes(kernels, 2, weight, heavy=heavy, beside_s=other / 2)
+    starts = [sum(weight(c) for c in lane[:next(i for i, c in enumerate(lane) if heavy(c))])
+              for _k, lane in half]
+    assert all(s >= other / 2 for s in starts) and starts[0] < starts[1]
+    (alone,) = qualify.split_lanes([("debian-6.1", mine)], 1, weight, heavy=heavy,
+                                   beside_s=other + 1)
+    assert heavy(alone[1][-1])
+    assert qualify.split_lanes(kernels, 2, weight, heavy=heavy) == qualify.stagger(
+        qualify.split_lanes(kernels, 2, weight), 2, weight, heavy)
+
+
+def test_beside_seconds_must_be_a_number_of_seconds(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["qualify", "--beside-s=soon"])
+    assert exc.value.code == 2
+    assert "'soon': give seconds from 0 to 86400" in capsys.readouterr().err

@@ -22,6 +22,16 @@ Data: kernel/kernels.toml, kernel/sources.toml, scenarios/params.toml,
 scenarios/suites.toml, kernel/expected-failures.toml."""
 
 
+def _seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        s = -1.0
+    if not 0 <= s <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r}: give seconds from 0 to 86400")
+    return s
+
+
 def _jobs(value: str, what: str = "--jobs") -> int:
     if not value.strip().isdigit() or not 1 <= int(value) <= 16:
         msg = f"{what}={value!r}: give a whole number of guests from 1 to 16"
@@ -80,6 +90,10 @@ def _add_qualify(sub) -> None:
                         "$LOOPQUAL_JOBS, else what the machine carries: a guest per core, "
                         "2 GiB of memory each; --jobs 1 runs one guest at a time)")
 
+    q.add_argument("--beside-s", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="another guest runs beside this run for its first SECONDS (make "
+                        "test's side lane): the cells that start the desktop programs are "
+                        "planned after that where their lanes have other work for it")
     q.add_argument("--shard", metavar="K/N",
                    help="run only shard K of the selection's N shards (see loopqual plan); "
                         "results.json says which shard of which plan it is")
@@ -284,7 +298,8 @@ def _qualify(args, argv: list[str]) -> int:
 
     env_jobs = os.environ.get("LOOPQUAL_JOBS")
     jobs = args.jobs or (_jobs(env_jobs, "LOOPQUAL_JOBS") if env_jobs else machine_jobs())
-    return qualify.qualify(sel, _out_dir(args), argv, jobs=jobs, shard=shard)
+    return qualify.qualify(sel, _out_dir(args), argv, jobs=jobs, shard=shard,
+                           beside_s=args.beside_s)
 
 
 def _out_dir(args) -> Path:

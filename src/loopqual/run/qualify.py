@@ -262,7 +262,7 @@ def lanes_wall(lanes: list[tuple[str, list[dict]]], jobs: int, weight) -> float:
 
 
 def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight,
-                heavy=None) -> list[tuple[str, list[dict]]]:
+                heavy=None, beside_s: float = 0.0) -> list[tuple[str, list[dict]]]:
     """Spread each kernel's cells over lanes (guests) so that `jobs` guests can run at once.
     A kernel gets lanes in proportion to its share of the work (at least one, at most one per
     cell); then, while it shortens the expected wall time (lanes_wall, a boot per lane), the
@@ -270,9 +270,10 @@ def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight,
     in two lanes, instead of a third lane that runs alone at the end). Its cells are dealt over
     its lanes by balance(); the lanes run heaviest first. jobs=1: one lane per kernel, as
     planned. heavy(cell): cells that start the desktop programs, which stagger() keeps apart
-    in the lanes that start together."""
+    in the lanes that start together, and after the first beside_s seconds (another guest
+    runs beside the run for that long)."""
     if heavy is not None:
-        return stagger(split_lanes(per_kernel, jobs, weight), jobs, weight, heavy)
+        return stagger(split_lanes(per_kernel, jobs, weight), jobs, weight, heavy, beside_s)
     if jobs <= 1:
         return [(kname, balance(cells, 1, weight)[0]) for kname, cells in per_kernel]
     total = sum(weight(c) for _k, cells in per_kernel for c in cells) or 1.0
@@ -302,22 +303,26 @@ def split_lanes(per_kernel: list[tuple[str, list[dict]]], jobs: int, weight,
         counts[kname] += 1
 
 
-def stagger(lanes: list[tuple[str, list[dict]]], jobs: int, weight, heavy
-            ) -> list[tuple[str, list[dict]]]:
+def stagger(lanes: list[tuple[str, list[dict]]], jobs: int, weight, heavy,
+            beside_s: float = 0.0) -> list[tuple[str, list[dict]]]:
     """The first `jobs` lanes start together: in the n of them that hold heavy cells (the
     browsers and OBS, CPU-bound under TCG), the heavy cells of the k-th begin about k/n into
-    its other work, so that they do not all start their programs at once. Other cells keep
-    their order; lanes that start later are left as they are."""
+    its other work, so that they do not all start their programs at once. beside_s: another
+    guest runs beside the first beside_s seconds (make test's side lane), and a guest more
+    on the cores starved the real programs: the heavy cells begin after it where the lane
+    has that much other work, the k-th about k/n into what follows. Other cells keep their
+    order; lanes that start later are left as they are."""
     holding = [i for i, (_k, cells) in enumerate(lanes[:max(1, jobs)])
                if any(heavy(c) for c in cells)]
-    if len(holding) < 2:  # nothing heavy runs beside them: the planned order stays
+    if len(holding) < (1 if beside_s > 0 else 2):  # nothing heavy runs beside them
         return lanes
     out = list(lanes)
     for rank, i in enumerate(holding):
         kname, cells = lanes[i]
         heavies = [c for c in cells if heavy(c)]
         rest = [c for c in cells if not heavy(c)]
-        target = sum(weight(c) for c in rest) * rank / len(holding)
+        rest_s = sum(weight(c) for c in rest)
+        target = beside_s + max(0.0, rest_s - beside_s) * rank / len(holding)
         pos, before = 0, 0.0
         while pos < len(rest) and before < target:
             before += weight(rest[pos])
@@ -446,16 +451,17 @@ class Plan:
 
 
 def qualify(sel: Selection, out: Path, argv: list[str], jobs: int = 1,
-            shard: tuple[ShardPlan, int] | None = None) -> int:
+            shard: tuple[ShardPlan, int] | None = None, beside_s: float = 0.0) -> int:
     """plan (build every module) -> lanes -> boot and run them -> judge -> write results.
-    shard: (the plan, K): run only shard K's cells, and say so in results.json."""
+    shard: (the plan, K): run only shard K's cells, and say so in results.json. beside_s:
+    another guest runs beside the first so many seconds (the lanes' heavy cells come after)."""
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
     seed = run_seed()
     env = run_env(seed)
     plan = plan_cells(sel, env, only=set(shard[0].shards[shard[1] - 1]) if shard else None)
-    lanes = make_lanes(plan, sel, out, jobs)
+    lanes = make_lanes(plan, sel, out, jobs, beside_s)
     accel = {k.name: vm.detect_accel(ik.vmlinuz) for k, ik, _cs in plan.to_boot}
     with stop_on_signals():
         runs = run_lanes(lanes, plan, accel, jobs)
@@ -571,15 +577,17 @@ def _build_module(kernel: data.Kernel, ik: kernels.InstalledKernel, m: data.Sour
     return b, sources.module_version(tree), patches
 
 
-def make_lanes(plan: Plan, sel: Selection, out: Path, jobs: int) -> list[Lane]:
+def make_lanes(plan: Plan, sel: Selection, out: Path, jobs: int, beside_s: float = 0.0
+               ) -> list[Lane]:
     """Spread the planned cells over lanes (one guest chain each) and give each a fresh
-    work directory (an earlier run's files must never stand in for this run's)."""
+    work directory (an earlier run's files must never stand in for this run's). beside_s:
+    another guest runs beside the first so many seconds (split_lanes)."""
     weights = {c["id"]: cell_weight(c, sel, k) for k, _ik, cs in plan.to_boot for c in cs}
     heavy_suites = {s.name for s in sel.suites if s.heavy}
     split = split_lanes([(k.name, cs) for k, _ik, cs in plan.to_boot], jobs,
                         lambda c: weights[c["id"]],
                         heavy=lambda c: any(e["name"] in heavy_suites and not e.get("not_applicable")
-                                            for e in c["suites"]))
+                                            for e in c["suites"]), beside_s=beside_s)
     per_kernel = {k.name: sum(1 for kn, _ in split if kn == k.name) for k, _ik, _cs in plan.to_boot}
     lanes, seen = [], {}
     for kname, cs in split:
