@@ -134,3 +134,23 @@ def test_suites_name_only_browsers_to_prestart(tmp_path):
         assert "prestart names obs" in str(exc)
     else:
         raise AssertionError("prestart = [\"obs\"] was accepted")
+
+
+def test_a_taken_over_browser_gets_the_normal_class_and_nice_back():
+    """The background start runs in the idle class at nice 19 (a real process stands for
+    the browser, started the way start() starts one); give_back_priority ends both, in every
+    thread of its session."""
+    p = procgroup.spawn(["chrt", "--idle", "0", "nice", "-n", str(prestart.BACKGROUND_NICE),
+                         "sh", "-c", "sleep 60 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(procgroup.live_members(p.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        members = procgroup.live_members(p.pid)
+        assert len(members) == 2
+        assert all(os.sched_getscheduler(m) == os.SCHED_IDLE for m in members)
+        prestart.give_back_priority(p.pid)
+        assert all(os.sched_getscheduler(m) == os.SCHED_OTHER for m in members)
+        assert all(os.getpriority(os.PRIO_PROCESS, m) == 0 for m in members)
+    finally:
+        procgroup.stop(p, grace=0)

@@ -4,8 +4,9 @@ K6 (suite together) reads the device with Chromium and Firefox, whose start unde
 minutes of CPU, while the suites before it leave the guest's vCPU idle much of the time (they
 wait on paced writers and timeouts). A suite that names them in `prestart` (scenarios/
 suites.toml) has the guest runner start them when the cell begins, at the lowest priority:
-nice 19, and the same for their session's autogroup (Debian's kernels share the CPU out by
-session first, so a niced session would still take half of it). Their pages wait for go.js
+the idle scheduling class (SCHED_IDLE: any other task that wakes takes the vCPU from them;
+nice alone did not do it, Chromium raises some of its threads to -8 itself), nice 19, and
+nice 19 for their session's autogroup where the kernel groups by session. Their pages wait for go.js
 (ticking.py) and open no device before it. The scenario takes one over (take_over): gives it
 back its priority, writes go.js and follows its log. One that died or never came up is
 launched afresh by the scenario, which records what it found. At the cell's end the runner
@@ -61,7 +62,8 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
         argv, env = ticking.browser_command(name, program, str(d / "home"))
         with open(d / "output.log", "wb") as log:
             t0, epoch0 = time.monotonic(), time.time()
-            proc = procgroup.spawn(["nice", "-n", str(BACKGROUND_NICE), *argv], stdout=log,
+            proc = procgroup.spawn(["chrt", "--idle", "0", "nice", "-n", str(BACKGROUND_NICE),
+                                    *argv], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         set_autogroup_nice(proc.pid, BACKGROUND_NICE)
         (d / "started.json").write_text(json.dumps({"pid": proc.pid, "t0": t0, "epoch0": epoch0,
@@ -79,8 +81,9 @@ def set_autogroup_nice(pid: int, nice: int) -> None:
 
 
 def give_back_priority(pid: int) -> None:
-    """Nice 0 for the browser's session autogroup and for each of its threads still at the
-    background's nice (Chromium sets some of its threads' priority itself: they keep it)."""
+    """The normal scheduling class for every thread of the browser's session, nice 0 for
+    those still at the background's nice (Chromium sets some of its threads' priority
+    itself: they keep it) and for its autogroup."""
     set_autogroup_nice(pid, 0)
     for member in procgroup.session_members(pid):
         try:
@@ -89,6 +92,8 @@ def give_back_priority(pid: int) -> None:
             continue
         for tid in tids:
             try:
+                if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
                 if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
                     os.setpriority(os.PRIO_PROCESS, tid, 0)
             except OSError:
