@@ -234,8 +234,8 @@ def test_k6_obs_writes_while_chromium_firefox_and_ffmpeg_read(cell, record_prope
             name, prestart.folder(cell.work_dir, cell.id), log_dir, card, RUN_S, TICK_S,
             sessions=sessions)
         if b is None:
-            b = ticking.launch(name, programs["chromium" if name == "chromium" else "firefox-esr"],
-                               home, log_dir, card, RUN_S, TICK_S, sessions=sessions)
+            b = ticking.launch(name, programs[ticking.PROGRAMS[name]], home, log_dir, card,
+                               RUN_S, TICK_S, sessions=sessions)
         browsers.append(b)
         readers[name] = b
         return b

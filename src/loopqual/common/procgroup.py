@@ -69,11 +69,8 @@ def session_members(sid: int) -> list[int]:
     for proc in entries:
         if not proc.name.isdigit():
             continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session ...
+        fields = _stat_fields(int(proc.name))
+        if fields is not None and len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session ...
             pids.append(int(proc.name))
     return pids
 

@@ -52,7 +52,7 @@ FFMPEG_DROP = re.compile(r"\bdrop=\s*(\d+)")
 GST_QOS_DROPPED = re.compile(r"dropped=\(guint64\)(\d+)")
 GST_CHAIN = re.compile(r"GstIdentity:(\w+): last-message = chain")
 FRAMEMD5 = re.compile(r"^\d+,\s*-?\d+,\s*-?\d+,\s*-?\d+,\s*\d+,\s*([0-9a-f]{32})\s*$")
-BROWSERS = {"chromium": "chromium", "firefox": "firefox-esr"}  # reader kind -> program
+BROWSERS = ticking.PROGRAMS  # reader kind -> program
 # Under TCG here OBS answered after 30-165 s and the browsers started in 70-120 s alone.
 DESKTOP_START_LIMIT_S = 600
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from loopqual.common import procgroup
 from loopqual.guest.programs import ticking
 
-PROGRAMS = {"chromium": "chromium", "firefox": "firefox-esr"}  # page name -> program
 BACKGROUND_NICE = 19
 
 
@@ -53,9 +52,9 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
     out = []
     for name in names:
         d = where / name
-        program = shutil.which(PROGRAMS.get(name, name))
-        if name not in PROGRAMS or program is None:
-            out.append(Prestarted(name, d, None, f"no program {PROGRAMS.get(name, name)}"))
+        program = shutil.which(ticking.PROGRAMS.get(name, name))
+        if name not in ticking.PROGRAMS or program is None:
+            out.append(Prestarted(name, d, None, f"no program {ticking.PROGRAMS.get(name, name)}"))
             continue
         shutil.rmtree(d, ignore_errors=True)
         (d / "home").mkdir(parents=True)

@@ -29,6 +29,8 @@ from loopqual.guest.programs.browser import BrowserRun, camera_by_label_js_of, c
 FIREFOX_SESSIONS = 3
 SESSION_DISTINCT = 3
 
+PROGRAMS = {"chromium": "chromium", "firefox": "firefox-esr"}  # page's browser -> its program
+
 # Both pages: getUserMedia again every 3 s until it succeeds (a tick reports each failure),
 # then the loopback device by its label; `until` is when the page stops reading. A page whose
 # track ends (Chromium ends a capture that got no frame for 10 s: 10 poll timeouts of 1 s) opens
