@@ -25,8 +25,10 @@ def test_one_failing_program_scenario_is_run_again_and_fails_again(fixtures):
     merged = merge_rerun(first, second, None)
     (k6,) = [sc for sc in merged if sc["id"] == again["id"]]
     assert k6["status"] == "fail" and k6["rerun"]["status"] == "fail" and "flaky" not in k6
-    assert "(run again: fail)" in results.failures({"gated": False, "build": {}, "scenarios": [k6],
-                                                   "compliance": [], "health": {}})[0]
+    (line,) = results.failures({"gated": False, "build": {}, "scenarios": [k6],
+                                "compliance": [], "health": {}})
+    assert "(run again: fail)" in line
+    assert f"| its second run: {k6['rerun']['message'].splitlines()[0][:600]}" in line
     assert [sc["status"] for sc in merged if sc is not k6] == ["pass"]
 
 

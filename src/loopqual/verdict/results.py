@@ -147,8 +147,11 @@ def failures(cell: dict) -> list[str]:
     for sc in cell["scenarios"]:
         if sc["status"] in FAILING:
             again = f" (run again: {sc['rerun']['status']})" if sc.get("rerun") else ""
+            # the second run's own reason too: it may differ from the first's
+            second = (sc.get("rerun") or {}).get("message") or ""
+            second = f" | its second run: {second.splitlines()[0][:600]}" if second else ""
             out.append(f"scenario {sc['id']} [{','.join(sc['rules'])}]: {sc['status']}{again}: "
-                       f"{sc['message'].splitlines()[0] if sc['message'] else ''}")
+                       f"{sc['message'].splitlines()[0] if sc['message'] else ''}{second}")
         elif sc["status"] == "xpass":
             out.append(f"scenario {sc['id']}: passes but is listed as an expected failure "
                        f"(remove it from kernel/expected-failures.toml)")

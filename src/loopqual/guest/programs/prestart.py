@@ -3,18 +3,20 @@
 K6 (suite together) reads the device with Chromium and Firefox, whose start under TCG takes
 minutes of CPU, while the suites before it leave the guest's vCPU idle much of the time (they
 wait on paced writers and timeouts). A suite that names them in `prestart` (scenarios/
-suites.toml) has the guest runner start them when the cell begins, at the lowest priority:
-the idle scheduling class (SCHED_IDLE: any other task that wakes takes the vCPU from them;
-nice alone did not do it, Chromium raises some of its threads to -8 itself), nice 19, and
-nice 19 for their session's autogroup where the kernel groups by session. Their pages wait for go.js
-(ticking.py) and open no device before it. The scenario takes one over (take_over): gives it
-back its priority, writes go.js and follows its log. One that died or never came up is
-launched afresh by the scenario, which records what it found. At the cell's end the runner
-stops and reaps whatever is left.
+suites.toml) has the guest runner start them when the cell begins, each in a cgroup of its own
+marked idle (cgroup v2 cpu.idle: the group runs only on CPU time nothing else wants, like
+SCHED_IDLE; nice 19 alone did not do it, Chromium raises some of its threads to -8 itself).
+Their pages wait for go.js (ticking.py) and open no device before it. The scenario takes one
+over (take_over): moves every process of its group back to the root cgroup until the group is
+empty (a process forked meanwhile is born in the group and goes with the next round; a sweep
+of the threads' scheduling classes missed those, and a Firefox taken over while still
+starting then read at a fraction of OBS's rate), writes go.js and follows its log. One that
+died or never came up is launched afresh by the scenario, which records what it found. At the
+cell's end the runner stops and reaps whatever is left and kills what stayed in a group.
 
 Each browser has its folder under the cell's: home/ (profile, page, go.js), output.log and
 started.json (pid, launch time on the guest's monotonic clock and by its wall clock, the
-program)."""
+program, its cgroup)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from pathlib import Path
 from loopqual.common import procgroup
 from loopqual.guest.programs import ticking
 
-BACKGROUND_NICE = 19
+CGROUPS = Path("/sys/fs/cgroup")
+GROUP_PREFIX = "loopqual-prestarted-"
 
 
 def folder(work_dir: str, cell_id: str) -> Path:
@@ -43,6 +46,7 @@ class Prestarted:
     dir: Path
     proc: subprocess.Popen | None
     why_not: str = ""  # when it could not be started
+    group: Path | None = None  # its idle cgroup, until taken over
 
 
 def start(names: list[str], where: Path) -> list[Prestarted]:
@@ -56,47 +60,88 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
         if name not in ticking.PROGRAMS or program is None:
             out.append(Prestarted(name, d, None, f"no program {ticking.PROGRAMS.get(name, name)}"))
             continue
+        group, why = idle_group(name)
+        if group is None:
+            out.append(Prestarted(name, d, None, why))
+            continue
         shutil.rmtree(d, ignore_errors=True)
         (d / "home").mkdir(parents=True)
         argv, env = ticking.browser_command(name, program, str(d / "home"))
         with open(d / "output.log", "wb") as log:
             t0, epoch0 = time.monotonic(), time.time()
-            proc = procgroup.spawn(["chrt", "--idle", "0", "nice", "-n", str(BACKGROUND_NICE),
-                                    *argv], stdout=log,
+            # the shell joins the group before it becomes the browser: nothing of it runs outside
+            proc = procgroup.spawn(["sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                                    str(group / "cgroup.procs"), *argv], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        set_autogroup_nice(proc.pid, BACKGROUND_NICE)
         (d / "started.json").write_text(json.dumps({"pid": proc.pid, "t0": t0, "epoch0": epoch0,
-                                                    "program": program}))
-        out.append(Prestarted(name, d, proc))
+                                                    "program": program, "cgroup": str(group)}))
+        out.append(Prestarted(name, d, proc, group=group))
     return out
 
 
-def set_autogroup_nice(pid: int, nice: int) -> None:
-    """The nice value of pid's session autogroup (a kernel without autogroups has no file)."""
+def idle_group(name: str) -> tuple[Path | None, str]:
+    """A fresh cgroup for `name` whose tasks get only CPU time nothing else wants: (its
+    folder, ""), or (None, why) where the guest has no cgroup v2 cpu controller for it."""
     try:
-        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
-    except OSError:
-        pass
+        if "cpu" not in (CGROUPS / "cgroup.controllers").read_text().split():
+            return None, f"no cgroup v2 cpu controller in {CGROUPS} to start it in the background"
+        control = CGROUPS / "cgroup.subtree_control"
+        if "cpu" not in control.read_text().split():
+            control.write_text("+cpu")
+        group = CGROUPS / f"{GROUP_PREFIX}{name}"
+        if group.exists():
+            kill_group(group)  # a former cell's, whose runner did not get to its end
+        group.mkdir()
+        if (group / "cpu.idle").exists():  # Linux 5.15 and later
+            (group / "cpu.idle").write_text("1")
+        else:
+            (group / "cpu.weight").write_text("1")
+        return group, ""
+    except OSError as e:
+        return None, f"could not make an idle cgroup to start it in the background: {e}"
 
 
-def give_back_priority(pid: int) -> None:
-    """The normal scheduling class for every thread of the browser's session, nice 0 for
-    those still at the background's nice (Chromium sets some of its threads' priority
-    itself: they keep it) and for its autogroup."""
-    set_autogroup_nice(pid, 0)
-    for member in procgroup.session_members(pid):
+def leave_group(group: Path, rounds: int = 50) -> tuple[int, bool]:
+    """Move every process of `group` to the root cgroup, round after round until it is empty
+    (a process forked meanwhile is born in the group), and remove the group: (processes
+    moved, whether the group is gone)."""
+    moved = 0
+    for _ in range(rounds):
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{member}/task")]
+            pids = (group / "cgroup.procs").read_text().split()
         except OSError:
-            continue
-        for tid in tids:
+            return moved, True  # no group (any more)
+        if not pids:
+            break
+        for pid in pids:
             try:
-                if os.sched_getscheduler(tid) == os.SCHED_IDLE:
-                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-                if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
-                    os.setpriority(os.PRIO_PROCESS, tid, 0)
+                (CGROUPS / "cgroup.procs").write_text(pid)
+                moved += 1
             except OSError:
-                pass
+                pass  # ended meanwhile
+    try:
+        group.rmdir()
+    except OSError:
+        return moved, False
+    return moved, True
+
+
+def kill_group(group: Path, wait_s: float = 10.0) -> None:
+    """Kill whatever is still in `group` (cgroup.kill, Linux 5.14 and later) and remove it."""
+    try:
+        if not (group / "cgroup.procs").read_text().split():
+            group.rmdir()
+            return
+        (group / "cgroup.kill").write_text("1")
+    except OSError:
+        return
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def stop_all(started: list[Prestarted]) -> None:
@@ -104,6 +149,8 @@ def stop_all(started: list[Prestarted]) -> None:
     for s in started:
         if s.proc is not None:
             procgroup.stop(s.proc, grace=2.0)
+        if s.group is not None:
+            kill_group(s.group)  # one that left the browser's session (a crash handler)
 
 
 def take_over(name: str, where: Path, log_dir: str, card: str, run_s: int, tick_s: int = 2,
@@ -119,7 +166,12 @@ def take_over(name: str, where: Path, log_dir: str, card: str, run_s: int, tick_
     status = procgroup.exit_status(pid)
     if status is not None:
         return None, f"prestarted, exited ({status}) before its scenario"
-    give_back_priority(pid)
+    group = Path(info["cgroup"]) if info.get("cgroup") else None
+    moved, gone = leave_group(group) if group else (0, True)
+    if not gone:  # a browser left in the idle class would be judged starved: launch afresh
+        procgroup.stop_foreign(pid, grace=2.0)
+        kill_group(group)
+        return None, f"prestarted, but its idle cgroup did not empty after {moved} moves"
     b = ticking.TickingBrowser.follow_named(name, pid, str(d / "output.log"), float(info["t0"]),
                                             float(info["epoch0"]))
     b.pump(0.1)
@@ -128,4 +180,5 @@ def take_over(name: str, where: Path, log_dir: str, card: str, run_s: int, tick_
     # the scenario's own log folder gets a pointer to the output it follows
     with open(os.path.join(log_dir, f"{name}.log"), "w") as f:
         f.write(f"prestarted: its output is {d / 'output.log'}\n")
-    return b, f"prestarted {time.monotonic() - b.t0:.0f} s before, {up}"
+    return b, (f"prestarted {time.monotonic() - b.t0:.0f} s before, {up}; {moved} process(es) "
+               f"moved out of the idle group")
