@@ -38,7 +38,7 @@ browser) and K6 took 702 s (debian-6.1, two guests on the machine); with Firefox
 Chromium after the hand-over, Chromium took 320 s beside OBS and a reading Firefox (705 s,
 debian-6.12, one guest). So the browsers start before OBS, on a writer that costs little,
 and a writer handing its readers over to another is judged on the way. And they start earlier
-still: the guest runner starts both when the cell begins, in an idle cgroup (cpu.idle), on
+still: the guest runner starts both when the cell begins, in a cgroup of the lowest weight, on
 pages that wait to be told to read (suites.toml's prestart; the cell runs this suite last),
 and K6 takes them over (guest/programs/prestart.py); one that is not running is launched here,
 and steps["prestart"] says which happened.

@@ -4,8 +4,12 @@ K6 (suite together) reads the device with Chromium and Firefox, whose start unde
 minutes of CPU, while the suites before it leave the guest's vCPU idle much of the time (they
 wait on paced writers and timeouts). A suite that names them in `prestart` (scenarios/
 suites.toml) has the guest runner start them when the cell begins, each in a cgroup of its own
-marked idle (cgroup v2 cpu.idle: the group runs only on CPU time nothing else wants, like
-SCHED_IDLE; nice 19 alone did not do it, Chromium raises some of its threads to -8 itself).
+with the lowest weight (cgroup v2 cpu.weight=1: the whole browser, whatever nice its threads
+set themselves, shares the vCPU about as one task at nice 19 does). Not nice 19 per thread: Chromium
+raises some of its threads to -8 and took most of a busy guest. Not the idle class (SCHED_IDLE
+or cpu.idle): on debian-sid's preemptible kernel a background Chromium thread was preempted
+inside an RCU read-side section and not run again for 21 s (an RCU stall: the kernel log
+detector fails the scenario); a weight, however low, still runs it now and then.
 Their pages wait for go.js (ticking.py) and open no device before it. The scenario takes one
 over (take_over): moves every process of its group back to the root cgroup until the group is
 empty (a process forked meanwhile is born in the group and goes with the next round; a sweep
@@ -33,6 +37,7 @@ from loopqual.guest.programs import ticking
 
 CGROUPS = Path("/sys/fs/cgroup")
 GROUP_PREFIX = "loopqual-prestarted-"
+BACKGROUND_WEIGHT = 1  # cgroup v2 cpu.weight: 1-10000, 100 by default
 
 
 def folder(work_dir: str, cell_id: str) -> Path:
@@ -46,7 +51,7 @@ class Prestarted:
     dir: Path
     proc: subprocess.Popen | None
     why_not: str = ""  # when it could not be started
-    group: Path | None = None  # its idle cgroup, until taken over
+    group: Path | None = None  # its background cgroup, until taken over
 
 
 def start(names: list[str], where: Path) -> list[Prestarted]:
@@ -60,7 +65,7 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
         if name not in ticking.PROGRAMS or program is None:
             out.append(Prestarted(name, d, None, f"no program {ticking.PROGRAMS.get(name, name)}"))
             continue
-        group, why = idle_group(name)
+        group, why = background_group(name)
         if group is None:
             out.append(Prestarted(name, d, None, why))
             continue
@@ -79,9 +84,9 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
     return out
 
 
-def idle_group(name: str) -> tuple[Path | None, str]:
-    """A fresh cgroup for `name` whose tasks get only CPU time nothing else wants: (its
-    folder, ""), or (None, why) where the guest has no cgroup v2 cpu controller for it."""
+def background_group(name: str) -> tuple[Path | None, str]:
+    """A fresh cgroup for `name` at the lowest CPU weight: (its folder, ""), or (None, why)
+    where the guest has no cgroup v2 cpu controller for it."""
     try:
         if "cpu" not in (CGROUPS / "cgroup.controllers").read_text().split():
             return None, f"no cgroup v2 cpu controller in {CGROUPS} to start it in the background"
@@ -92,13 +97,10 @@ def idle_group(name: str) -> tuple[Path | None, str]:
         if group.exists():
             kill_group(group)  # a former cell's, whose runner did not get to its end
         group.mkdir()
-        if (group / "cpu.idle").exists():  # Linux 5.15 and later
-            (group / "cpu.idle").write_text("1")
-        else:
-            (group / "cpu.weight").write_text("1")
+        (group / "cpu.weight").write_text(f"{BACKGROUND_WEIGHT}")
         return group, ""
     except OSError as e:
-        return None, f"could not make an idle cgroup to start it in the background: {e}"
+        return None, f"could not make a cgroup to start it in the background: {e}"
 
 
 def leave_group(group: Path, rounds: int = 50) -> tuple[int, bool]:
@@ -168,10 +170,10 @@ def take_over(name: str, where: Path, log_dir: str, card: str, run_s: int, tick_
         return None, f"prestarted, exited ({status}) before its scenario"
     group = Path(info["cgroup"]) if info.get("cgroup") else None
     moved, gone = leave_group(group) if group else (0, True)
-    if not gone:  # a browser left in the idle class would be judged starved: launch afresh
+    if not gone:  # a browser left in the background would be judged starved: launch afresh
         procgroup.stop_foreign(pid, grace=2.0)
         kill_group(group)
-        return None, f"prestarted, but its idle cgroup did not empty after {moved} moves"
+        return None, f"prestarted, but its background cgroup did not empty after {moved} moves"
     b = ticking.TickingBrowser.follow_named(name, pid, str(d / "output.log"), float(info["t0"]),
                                             float(info["epoch0"]))
     b.pump(0.1)
@@ -181,4 +183,4 @@ def take_over(name: str, where: Path, log_dir: str, card: str, run_s: int, tick_
     with open(os.path.join(log_dir, f"{name}.log"), "w") as f:
         f.write(f"prestarted: its output is {d / 'output.log'}\n")
     return b, (f"prestarted {time.monotonic() - b.t0:.0f} s before, {up}; {moved} process(es) "
-               f"moved out of the idle group")
+               f"moved out of the background group")
