@@ -138,8 +138,9 @@ def test_suites_name_only_browsers_to_prestart(tmp_path):
 
 def test_without_a_cgroup_v2_cpu_controller_nothing_is_started_and_it_says_why(
         tmp_path, monkeypatch):
-    """The background start needs an idle cgroup (the guests have cgroup v2 with the cpu
-    controller; this host has cgroup v1, so the folder stands for a tree without one): then
+    """The background start needs a cgroup of its own with a CPU weight (the guests have
+    cgroup v2 with the cpu controller; this host has cgroup v1, so the folder stands for a
+    tree without one): then
     the browser is left to its scenario, which launches it, and start() says why."""
     monkeypatch.setattr(prestart, "CGROUPS", tmp_path / "no-cgroup2")
     (s,) = prestart.start(["chromium"], tmp_path / "cell")
