@@ -74,10 +74,8 @@ def start(names: list[str], where: Path) -> list[Prestarted]:
         argv, env = ticking.browser_command(name, program, str(d / "home"))
         with open(d / "output.log", "wb") as log:
             t0, epoch0 = time.monotonic(), time.time()
-            # the shell joins the group before it becomes the browser: nothing of it runs outside
-            proc = procgroup.spawn(["sh", "-c", 'echo $$ > "$0" && exec "$@"',
-                                    str(group / "cgroup.procs"), *argv], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            proc = spawn_in_group(group, argv, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env)
         (d / "started.json").write_text(json.dumps({"pid": proc.pid, "t0": t0, "epoch0": epoch0,
                                                     "program": program, "cgroup": str(group)}))
         out.append(Prestarted(name, d, proc, group=group))
@@ -101,6 +99,13 @@ def background_group(name: str) -> tuple[Path | None, str]:
         return group, ""
     except OSError as e:
         return None, f"could not make a cgroup to start it in the background: {e}"
+
+
+def spawn_in_group(group: Path, argv: list[str], **popen) -> subprocess.Popen:
+    """Start `argv` (in a session of its own) as a member of cgroup `group`: a shell joins the
+    group and then becomes the program, so nothing of it runs outside the group."""
+    return procgroup.spawn(["sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                            str(group / "cgroup.procs"), *argv], **popen)
 
 
 def leave_group(group: Path, rounds: int = 50) -> tuple[int, bool]:
