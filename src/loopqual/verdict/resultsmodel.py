@@ -347,6 +347,7 @@ class Results(ResultsCore):
     wall_s: float
     boots: int
     accel: dict[str, str]  # kernel -> kvm or tcg
+    guest_cpu: dict[str, str] = {}  # kernel -> QEMU's -cpu for its guests
     host: Host
     seed: str | None = None
     jobs: int | None = None
