@@ -151,3 +151,20 @@ def test_without_a_cgroup_v2_cpu_controller_nothing_is_started_and_it_says_why(
     monkeypatch.setattr(prestart, "CGROUPS", tmp_path / "v2")
     (s,) = prestart.start(["chromium"], tmp_path / "cell")
     assert s.proc is None and s.why_not.startswith("no cgroup v2 cpu controller")
+
+
+def test_browsers_are_prestarted_only_when_no_k_selects_scenarios(monkeypatch):
+    """With -k the scenario that takes the browsers over may be deselected: nothing starts in
+    the background, and a K6 that runs launches them itself."""
+    from loopqual.config import data
+    from loopqual.run import qualify
+
+    monkeypatch.delenv("LOOPQUAL_PRESTART", raising=False)
+    ps = data.resolve_params("ec1", data.load_params())
+
+    def together(k):
+        sel = qualify.select(["debian-6.1"], ["patched"], ["ec1"], ["together"], k)
+        return next(e for e in qualify._cell_suites(ps, sel, {}) if e["name"] == "together")
+
+    assert together(None)["prestart"] == ["chromium", "firefox"]
+    assert "prestart" not in together("test_k3")

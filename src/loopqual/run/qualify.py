@@ -756,7 +756,9 @@ def _cell_suites(ps: data.ParamSet, sel: Selection, run_env: dict[str, str],
         why = s.applies_to(ps)
         if why:
             entry["not_applicable"] = why
-        if s.prestart and os.environ.get("LOOPQUAL_PRESTART", "1") != "0":
+        # not with -k: the scenario that takes them over may be deselected, and one that runs
+        # launches them itself, as with LOOPQUAL_PRESTART=0
+        if s.prestart and not sel.k and os.environ.get("LOOPQUAL_PRESTART", "1") != "0":
             entry["prestart"] = list(s.prestart)
         if s.tool:
             t = (prepared or {}).get(s.tool)
