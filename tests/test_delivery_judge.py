@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scenarios"))
@@ -138,3 +139,73 @@ def test_a_frame_published_while_the_reader_held_every_buffer_is_not_owed():
     # lose frame 8 as well: now one owed frame is missing
     fig = figures(writer, {**reader, "got": [g for g in got if g[0] != 8]})
     assert (fig["owed"], fig["received"]) == (6, 5)
+
+
+def _late_starter(window, delay: float) -> dict:
+    time.sleep(delay)
+    window.started()
+    while time.monotonic() < window.stop():
+        time.sleep(0.01)
+    return {"stop": window.stop()}
+
+
+def _fails_before_streaming(window) -> dict:
+    raise OSError(16, "Device or resource busy")
+
+
+def test_the_window_ends_a_fixed_time_after_the_last_reader_started():
+    """Real forked children: the window waits for the slowest starter, not the first, and a
+    child that fails before it streams does not hold the others up until STARTUP_S."""
+    from lib.delivery import Child, Window
+
+    window = Window()
+    try:
+        t0 = time.monotonic()
+        children = [Child("quick", _late_starter, window, 0.0),
+                    Child("slow", _late_starter, window, 0.6),
+                    Child("failing", _fails_before_streaming, window)]
+        took = window.await_readers(children, 0.3)
+        assert 0.3 <= took < 5.0
+        stop = window.stop()
+        assert stop >= t0 + 0.6 + 0.3
+        results = [c.collect(time.monotonic() + 10) for c in children]
+        assert results[0]["stop"] == results[1]["stop"] == stop
+        assert "Device or resource busy" in results[2]["error"]
+    finally:
+        window.close()
+
+
+def _counting_reader(window, slot: int, every: float) -> dict:
+    window.started()
+    n = 0
+    while time.monotonic() < window.stop():
+        time.sleep(every)
+        n += 1
+        window.received(slot, n)
+    return {"frames": n}
+
+
+def test_the_window_is_held_open_for_a_slow_reader_up_to_its_cap():
+    """A judged reader that receives a frame every 50 ms keeps a 0.3 s window open until it
+    has 20 frames; a reader that is not judged holds nothing; a count that is never reached
+    ends at the cap; a judged reader that failed holds nothing open."""
+    from lib.delivery import Child, Window
+
+    for need, cap, lo, hi, failing in ((20, 10.0, 0.9, 3.0, False),
+                                       (10_000, 1.5, 1.2, 1.6, False),
+                                       (10_000, 10.0, 0.2, 0.6, True)):
+        window = Window(2)
+        try:
+            judged = (Child("failing", _fails_before_streaming, window) if failing else
+                      Child("slow", _counting_reader, window, 0, 0.05))
+            children = [judged, Child("not judged", _counting_reader, window, 1, 1.0)]
+            window.await_readers(children, 0.3)
+            opened = time.monotonic()
+            window.hold_open({0: judged}, need, opened + cap)
+            held = window.stop() - opened
+            assert lo <= held <= hi, (need, held)
+            results = [c.collect(time.monotonic() + 10) for c in children]
+            if need == 20:
+                assert results[0]["frames"] >= 20
+        finally:
+            window.close()

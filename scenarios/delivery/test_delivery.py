@@ -9,7 +9,9 @@ frames published while it streamed, torn, repeated, out of order, held buffers o
 recorded as a measurement and judged as a ratio of what the writer published in the same run.
 
 LOOPQUAL_DELIVERY_FPS (default 30) and LOOPQUAL_DELIVERY_SECONDS (default 4) set the writer's
-rate and each run's window (suite delivery-debug: a slower rate for the sanitizer kernel).
+rate and each run's window (suite delivery-debug: a slower rate for the sanitizer kernel). The
+window starts once every reader streams and is held open, up to three times as long, until each
+judged reader has received enough frames to be judged: a slow guest takes longer, not a verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ MIN_RATIO = 0.99  # D1, D2
 # Fewer frames owed than this (published while the reader had a buffer queued for them) and the
 # guest was too starved to judge a reader: the scenario is incomplete rather than a verdict.
 MIN_OWED = 30
+# the window stays open until each judged reader has received this many more than MIN_OWED
+# (frames at the window's edges are not owed)
+OWED_MARGIN = 10
 # D3: a lagging reader sleeps this many frame periods before it gives each buffer back
 LAG_PERIODS = 2.5
 # D3, S9: a writer that waits for a stopped reader stops publishing for good; a gap longer than
@@ -52,19 +57,26 @@ def _request(cell) -> int:
     return min(cell.max_buffers, 8)
 
 
-def _run(cell, record_property, how: str, kinds: list[Kind], request):
+def _run(cell, record_property, how: str, kinds: list[Kind], request,
+         judged: list[Kind] | None = None):
+    """Run the writer and `kinds`; the window is held open (up to MAX_STRETCH times SECONDS)
+    while a reader of `judged` (default: all) has received too few frames to be judged."""
     need_openers(cell, 1 + len(kinds))
-    r = run(cell.device, how, kinds, _request(cell), FPS, SECONDS)
+    r = run(cell.device, how, kinds, _request(cell), FPS, SECONDS,
+            judged=kinds if judged is None else judged, min_frames=MIN_OWED + OWED_MARGIN)
     # what the writer and every reader reported, for a look afterwards (results directory)
     keep = os.path.join(cell.work_dir, "delivery", cell.id)
     os.makedirs(keep, exist_ok=True)
     name = request.node.name.replace("[", "-").replace("]", "")
     with open(os.path.join(keep, f"{name}.json"), "w") as f:
-        json.dump({"writer": r.writer, "readers": r.readers, "fps": FPS, "seconds": SECONDS}, f)
+        json.dump({"writer": r.writer, "readers": r.readers, "fps": FPS, "seconds": SECONDS,
+                   "readers_started_s": r.readers_started_s, "window_s": r.window_s}, f)
     record_property("writer", {"how": how, "target_fps": FPS,
                                "published": len(r.writer.get("began") or []),
                                "fps": r.writer_fps(), "longest_gap_s": r.writer_longest_gap(),
-                               "buffers": r.writer.get("count")})
+                               "buffers": r.writer.get("count"),
+                               "readers_started_s": r.readers_started_s,
+                               "window_s": r.window_s})
     if "error" in r.writer:
         pytest.fail(f"the writer ({how}) failed: {r.writer['error']}")
     failed = {name: rep["error"] for name, rep in r.readers.items() if "error" in rep}
@@ -85,7 +97,9 @@ def _judge_keeping_up(r, kinds: list[Kind], what: str) -> None:
             f"{what}: readers that did not keep up for {MIN_OWED} frames (frames published while "
             f"they had a buffer queued, of those published), too few to judge: "
             f"{'; '.join(starved)}; the writer by {r.writer['how']} made {r.writer_fps()} fps "
-            f"of {FPS:g}: the guest is too slow or too busy for this rate")
+            f"of {FPS:g} in a window held open for {r.window_s} s (the readers streamed "
+            f"{r.readers_started_s} s after they were started): the guest is too slow or too "
+            f"busy for this rate")
     for k in kinds:
         fig = r.figures[k.name]
         problems = keeps_up_problems(fig, MIN_RATIO)
@@ -142,7 +156,7 @@ def test_d3_lagging_and_stopped_readers_cost_nobody(cell, openers, record_proper
     explain (its buffers times its lag, plus two frame periods and a second of scheduling
     slack): no backlog of the device's."""
     kinds = [REQUEUE, LAGGING, STOPPED]
-    r = _run(cell, record_property, "qbuf", kinds, request)
+    r = _run(cell, record_property, "qbuf", kinds, request, judged=[REQUEUE])
     _judge_keeping_up(r, [REQUEUE], "beside a lagging and a stopped reader")
     lag = r.figures[LAGGING.name]
     n = lag["buffers"] or 1

@@ -12,8 +12,10 @@ field says.
 Every process records CLOCK_MONOTONIC times (one clock for the whole guest): the writer when
 each QBUF/write() began and returned, a reader when its stream started (STREAMON returned, its
 buffers queued) and when it stopped judging. A frame counts for a reader when its publishing
-began after the reader's start and ended before the reader's stop. Readers go on dequeuing for
-a short drain after their stop, so that frames published just before it are still received.
+began after the reader's start and ended before the reader's stop. The window ends a fixed time
+after the last reader started streaming (a busy guest may take seconds to start one), so every
+reader is judged over the whole window. Readers go on dequeuing for a short drain after their
+stop, so that frames published just before it are still received.
 """
 
 from __future__ import annotations
@@ -42,6 +44,75 @@ MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: neighbouring numbers get unlike
 WIDTH, HEIGHT = 160, 120  # YUYV: 38,400 bytes a frame (readers check every byte, in Python)
 DRAIN_S = 1.0  # readers keep dequeuing this long after their stop
 STARTUP_S = 20.0  # what a child may take to open, map and start before the window
+MAX_STRETCH = 3.0  # a window held open for slow readers lasts at most this many times its length
+
+
+class Window:
+    """When the readers stop judging, shared with forked readers: unknown (infinity) until
+    every reader streams, then set by the parent, which may push it on while a judged reader
+    has received too few frames to be judged (a slow guest). Each reader counts the frames it
+    received in a slot of its own."""
+
+    def __init__(self, slots: int = 0):
+        # anonymous and shared: forked children see the parent's stop, the parent their counts
+        self._mem = mmap.mmap(-1, 8 * (1 + slots))
+        self.set_stop(float("inf"))
+        self._started_r, self._started_w = os.pipe()
+
+    def received(self, slot: int, frames: int) -> None:
+        """In a reader: it has received `frames` frames so far."""
+        struct.pack_into("<q", self._mem, 8 * (1 + slot), frames)
+
+    def frames(self, slot: int) -> int:
+        return struct.unpack_from("<q", self._mem, 8 * (1 + slot))[0]
+
+    def hold_open(self, judged: dict[int, Child], min_frames: int, until: float) -> None:
+        """In the parent, once the stop is set: while a running reader of `judged` (slot ->
+        child) has received fewer than `min_frames` frames, push the stop on a second at a
+        time, not past `until`. A reader that has ended (it failed) holds nothing open."""
+        while True:
+            delay = self.stop() - 0.3 - time.monotonic()  # readers drain DRAIN_S after it
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            short = [i for i, c in judged.items() if self.frames(i) < min_frames and
+                     c.rfd >= 0 and not select.select([c.rfd], [], [], 0)[0]]
+            if not short or now + 0.3 >= until:
+                return
+            self.set_stop(min(now + 1.0, until))
+
+    def set_stop(self, at: float) -> None:
+        struct.pack_into("<d", self._mem, 0, at)
+
+    def stop(self) -> float:
+        return struct.unpack_from("<d", self._mem, 0)[0]
+
+    def started(self) -> None:
+        """In a reader: its stream is on (its pid to the parent)."""
+        os.write(self._started_w, struct.pack("<i", os.getpid()))
+
+    def await_readers(self, children: list, seconds: float) -> float:
+        """In the parent: wait up to STARTUP_S until each child has started or ended (having
+        failed), then end the window `seconds` from now. Returns how long that took."""
+        t0 = time.monotonic()
+        waiting = {c.pid: c for c in children}
+        deadline = t0 + STARTUP_S
+        while waiting and time.monotonic() < deadline:
+            for pid, c in list(waiting.items()):
+                if c.rfd < 0 or select.select([c.rfd], [], [], 0)[0]:
+                    del waiting[pid]  # it has ended (or written its result)
+            if waiting and select.select([self._started_r], [], [], 0.05)[0]:
+                # a pipe write of 4 bytes is atomic: whole pids only
+                data = os.read(self._started_r, 4 * 64)
+                for (pid,) in struct.iter_unpack("<i", data):
+                    waiting.pop(pid, None)
+        self.set_stop(time.monotonic() + seconds)
+        return round(time.monotonic() - t0, 3)
+
+    def close(self) -> None:
+        os.close(self._started_r)
+        os.close(self._started_w)
+        self._mem.close()
 
 
 def _body(n: int, size: int) -> bytes:
@@ -314,11 +385,11 @@ class _PollHang(Exception):
     pass
 
 
-def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, stop_at: float,
-               seed: int) -> dict:
-    """One reader of `kind` until stop_at (then a drain): every frame it got, with its number,
-    whether it was whole, its sequence field and when it was dequeued."""
-    rng = random.Random(seed)
+def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, window: Window,
+               slot: int) -> dict:
+    """One reader of `kind` until the window's stop (then a drain): every frame it got, with its
+    number, whether it was whole, its sequence field and when it was dequeued."""
+    rng = random.Random(1000 + slot)
     period = 1.0 / fps
     blocking = kind.io == "poll-blocking"
     fd = os.open(device, os.O_RDWR if blocking else os.O_RDWR | os.O_NONBLOCK)
@@ -338,7 +409,9 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
         buf = bytearray(size)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        while time.monotonic() < stop_at + DRAIN_S:
+        window.started()  # its first read() claims and queues the buffers
+        # the stop it went by: one the parent pushes on after this reader left is not its own
+        while time.monotonic() < (stop := window.stop()) + DRAIN_S:
             poller.poll(500)
             try:
                 n_read = os.readv(fd, [buf])
@@ -354,8 +427,9 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
                 torn_example = first_difference(buf, size) if n_read >= size else {
                     "read_returned": n_read, "of": size}
             got.append([n, whole, -1, now])
+            window.received(slot, len(got))
         os.close(fd)
-        return {"start": start or stop_at, "stop": stop_at, "count": None, "got": got,
+        return {"start": start or stop, "stop": stop, "count": None, "got": got,
                 "queued": queued, "overwritten": overwritten, "errors": errors,
                 "torn_example": torn_example}
     count = reqbufs(fd, CAP, request)
@@ -367,6 +441,7 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
         _ioctl(fd, QBUF, buffer(CAP, i), f"QBUF(CAPTURE, {i})")
     streamon(fd, CAP)
     start = time.monotonic()
+    window.started()
     queued += [start] * count
     hold = count - 1 if kind.hold is None else min(kind.hold, count - 1)
     held: list[tuple[int, bytes]] = []  # (index, the bytes it held when dequeued)
@@ -380,12 +455,13 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
         queued.append(time.monotonic())
 
     stopped = False
+    stop = window.stop()
     try:
-        while time.monotonic() < stop_at + DRAIN_S:
+        while time.monotonic() < (stop := window.stop()) + DRAIN_S:
             if kind.stop_after_s is not None and not stopped and \
                     time.monotonic() - start >= kind.stop_after_s:
                 stopped = True
-            if stopped and time.monotonic() < stop_at:
+            if stopped and time.monotonic() < stop:
                 time.sleep(0.05)  # still streaming, no DQBUF: the device must not wait for it
                 continue
             try:
@@ -402,6 +478,7 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
                 torn_example = {**first_difference(data, size), "index": b.index,
                                 "bytesused": b.bytesused, "sequence": b.sequence}
             got.append([n, whole, b.sequence, time.monotonic()])
+            window.received(slot, len(got))
             if kind.lag_periods:
                 time.sleep(kind.lag_periods * period)
             held.append((b.index, data))
@@ -428,7 +505,7 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, sto
         for m in maps:
             m.close()
         os.close(fd)
-    return {"start": start, "stop": stop_at, "count": count, "got": got, "queued": queued,
+    return {"start": start, "stop": stop, "count": count, "got": got, "queued": queued,
             "overwritten": overwritten, "errors": errors, "torn_example": torn_example}
 
 
@@ -524,6 +601,8 @@ class Run:
     writer: dict
     readers: dict[str, dict]  # kind name -> what the reader reported
     figures: dict[str, dict]  # kind name -> figures(), for readers that reported frames
+    readers_started_s: float = 0.0  # from forking the readers until the last one streamed
+    window_s: float = 0.0  # from then until the readers stopped (before their drain)
 
     def writer_longest_gap(self) -> float:
         """The longest time between the starts of two frames' publishing."""
@@ -538,13 +617,16 @@ class Run:
 
 
 def run(device: str, how: str, kinds: list[Kind], request: int, fps: float,
-        seconds: float) -> Run:
+        seconds: float, judged: list[Kind] | None = None, min_frames: int = 0) -> Run:
     """A writer (`how`: "qbuf" or "write") at `fps`; once its first frame is out, every reader
-    of `kinds` at once, each judged over `seconds`. Errors of the children are in their
-    reports ("error")."""
+    of `kinds` at once, each judged until `seconds` after the last of them started streaming,
+    or later (up to MAX_STRETCH times as long) while a reader of `judged` has received fewer
+    than `min_frames` frames. Errors of the children are in their reports ("error")."""
     ready_r, ready_w = os.pipe()
     stop_r, stop_w = os.pipe()
-    limit = STARTUP_S + seconds + DRAIN_S + 30
+    window = Window(len(kinds))
+    # the readers' start (up to STARTUP_S), their window, their drain, then a margin
+    limit = 2 * STARTUP_S + MAX_STRETCH * seconds + DRAIN_S + 30
     writer = Child(f"writer ({how})", run_writer, device, how, request, fps,
                    time.monotonic() + limit, ready_w, stop_r)
     os.close(ready_w)
@@ -557,23 +639,28 @@ def run(device: str, how: str, kinds: list[Kind], request: int, fps: float,
             return Run({"error": w.get("error") or f"the writer published no frame in "
                                                   f"{STARTUP_S:.0f} s"}, {}, {})
         size = struct.unpack("<I", ready)[0]  # what the writer writes: readers check as much
-        stop_at = time.monotonic() + 0.5 + seconds
         for i, kind in enumerate(kinds):
             readers.append((kind, Child(f"reader {kind.name}", run_reader, device, kind, size,
-                                        request, fps, stop_at, 1000 + i)))
-        deadline = stop_at + DRAIN_S + STARTUP_S
+                                        request, fps, window, i)))
+        started_s = window.await_readers([child for _kind, child in readers], seconds)
+        opened = time.monotonic()
+        window.hold_open({i: child for i, (kind, child) in enumerate(readers)
+                          if kind in (judged or [])}, min_frames, opened + MAX_STRETCH * seconds)
+        window_s = round(window.stop() - opened, 3)
+        deadline = window.stop() + DRAIN_S + STARTUP_S
         got = {kind.name: child.collect(deadline) for kind, child in readers}
     finally:
         for _kind, child in readers:
             if child.result is None:
                 child.kill()
         os.write(stop_w, b"1")
-        w = writer.collect(time.monotonic() + 15)
+        w = writer.result or writer.collect(time.monotonic() + 15)
         for fd in (ready_r, stop_r, stop_w):
             os.close(fd)
+        window.close()
     figs = {name: figures(w, r) for name, r in got.items()
             if "error" not in r and "error" not in w}
-    return Run(w, got, figs)
+    return Run(w, got, figs, started_s, window_s)
 
 
 # -- real programs: frames counted by content in what they pass on ---------------------------
