@@ -75,8 +75,8 @@ class Window:
             if delay > 0:
                 time.sleep(delay)
             now = time.monotonic()
-            short = [i for i, c in judged.items() if self.frames(i) < min_frames and
-                     c.rfd >= 0 and not select.select([c.rfd], [], [], 0)[0]]
+            short = [i for i, c in judged.items()
+                     if self.frames(i) < min_frames and not c.has_ended()]
             if not short or now + 0.3 >= until:
                 return
             self.set_stop(min(now + 1.0, until))
@@ -99,8 +99,8 @@ class Window:
         deadline = t0 + STARTUP_S
         while waiting and time.monotonic() < deadline:
             for pid, c in list(waiting.items()):
-                if c.rfd < 0 or select.select([c.rfd], [], [], 0)[0]:
-                    del waiting[pid]  # it has ended (or written its result)
+                if c.has_ended():
+                    del waiting[pid]
             if waiting and select.select([self._started_r], [], [], 0.05)[0]:
                 # a pipe write of 4 bytes is atomic: whole pids only
                 data = os.read(self._started_r, 4 * 64)
@@ -168,6 +168,10 @@ class Child:
         os.close(wfd)
         self.pid, self.rfd = pid, rfd
         self.result: dict | None = None
+
+    def has_ended(self) -> bool:
+        """Whether it has written its result (or died): its pipe is readable or collected."""
+        return self.rfd < 0 or bool(select.select([self.rfd], [], [], 0)[0])
 
     def collect(self, deadline: float) -> dict:
         """The child's result, or an error naming where it waits if it has none by the
@@ -455,7 +459,6 @@ def run_reader(device: str, kind: Kind, size: int, request: int, fps: float, win
         queued.append(time.monotonic())
 
     stopped = False
-    stop = window.stop()
     try:
         while time.monotonic() < (stop := window.stop()) + DRAIN_S:
             if kind.stop_after_s is not None and not stopped and \
